@@ -1,0 +1,67 @@
+"""Ensemble uncertainty: total = aleatoric + epistemic (paper Eq. 14), each an entropy over
+log(number of classes) so it lies in 0..1, and the out-of-domain score from the epistemic part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from scipy.special import entr
+
+from emodistill.tasks import TASKS, Task
+from emodistill.tasks import task as task_by_name
+
+
+def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy in nats along `axis` (0 log 0 = 0)."""
+    return entr(np.asarray(p, dtype=np.float64)).sum(axis=axis)
+
+
+def decompose(member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Members' class distributions (T, N, C) -> (total, aleatoric, epistemic), each (N,).
+
+    Eq. 14: total = H(mean p), aleatoric = mean H(p), epistemic = total - aleatoric (the mutual
+    information, clipped at 0 against round-off); all divided by log C. Extra axes between T
+    and C are kept: (T, N, G, C) -> (N, G).
+    """
+    member_probs = np.asarray(member_probs, dtype=np.float64)
+    if member_probs.ndim < 3 or member_probs.shape[-1] < 2:
+        raise ValueError(f"member probabilities should be (T, N, C) with C >= 2, "
+                         f"got shape {member_probs.shape}")
+    if not np.isfinite(member_probs).all():
+        raise ValueError("member probabilities contain NaN or infinite values")
+    scale = np.log(member_probs.shape[-1])
+    total = entropy(member_probs.mean(0)) / scale
+    aleatoric = entropy(member_probs).mean(0) / scale
+    return total, aleatoric, np.maximum(total - aleatoric, 0.0)
+
+
+def decompose_binary(member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Members' P(present) (T, N) -> (total, aleatoric, epistemic), each (N,), over log 2."""
+    member_probs = np.asarray(member_probs, dtype=np.float64)
+    return decompose(np.stack([1.0 - member_probs, member_probs], axis=-1))  # (T, N, 2)
+
+
+def decompose_task(task: Task | str,
+                   member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One task's member probabilities (T, N, n_logits) -> (total, aleatoric, epistemic),
+    each (N, n_groups): per AU, for the expression, per valence/arousal dimension.
+
+    `task` is a `tasks.Task` or its name.
+    """
+    spec = task_by_name(task) if isinstance(task, str) else task
+    return decompose(spec.distributions(member_probs))  # (T, N, G, K) -> (N, G)
+
+
+def ood_score(member_probs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Out-of-domain score (N,): epistemic uncertainty averaged over each task's groups, then
+    over the tasks given (task name -> (T, N, n_logits))."""
+    names = [t.name for t in TASKS if t.name in member_probs]
+    unknown = set(member_probs) - set(names)
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))} in member probabilities")
+    if not names:
+        raise ValueError("ood_score needs the member probabilities of at least one task")
+    per_task = [decompose_task(name, member_probs[name])[2].mean(-1) for name in names]  # (N,) each
+    return np.mean(per_task, axis=0)

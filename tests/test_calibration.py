@@ -1,0 +1,139 @@
+"""Temperature scaling (fit, apply, test-time cross-validation) and MC dropout on a small model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import softmax
+from torch import nn
+
+from emodistill.calibration import (
+    apply_temperatures,
+    enable_mc_dropout,
+    fit_temperatures,
+    mc_dropout_probs,
+    temperature_scaling_cv,
+)
+from emodistill.metrics import nll_binary, nll_categorical
+from emodistill.tasks import TASKS, VA_BINS, VA_CENTRES
+
+
+def overconfident_data(n: int, scale: float, seed: int = 0):
+    """Labels drawn from softmax(z); the logits handed over are scale * z (T* = scale)."""
+    rng = np.random.default_rng(seed)
+    z = {task.name: rng.normal(0, 1.5, (n, task.n_logits)) for task in TASKS}
+    p_au = 1 / (1 + np.exp(-z["AU"]))
+    labels = {"AU": (rng.random((n, 12)) < p_au).astype(np.float32),
+              "EXPR": np.array([rng.choice(7, p=row) for row in softmax(z["EXPR"], axis=1)])}
+    va_bins = [[rng.choice(VA_BINS, p=softmax(z["VA"][i, d * 20:(d + 1) * 20]))
+                for d in range(2)] for i in range(n)]
+    labels["VA"] = VA_CENTRES[np.array(va_bins)]  # (n, 2) values at their bin centres
+    return {name: scale * value for name, value in z.items()}, labels
+
+
+def test_fit_recovers_the_temperature():
+    logits, labels = overconfident_data(3000, scale=2.5)
+    temperatures = fit_temperatures(logits, labels, {})
+    assert temperatures["AU"].shape == (12,) and temperatures["EXPR"].shape == (1,)
+    assert temperatures["VA"].shape == (2,)
+    for name in ("AU", "EXPR", "VA"):
+        np.testing.assert_allclose(temperatures[name], 2.5, rtol=0.15)
+
+
+def test_fit_lowers_nll_and_identity_at_one():
+    logits, labels = overconfident_data(600, scale=3.0, seed=1)
+    ones = {task.name: np.ones(task.n_groups) for task in TASKS}
+    raw = apply_temperatures(logits, ones)
+    np.testing.assert_allclose(raw["EXPR"], softmax(logits["EXPR"], axis=1))
+    np.testing.assert_allclose(raw["AU"], 1 / (1 + np.exp(-logits["AU"])))
+    calibrated = apply_temperatures(logits, fit_temperatures(logits, labels, {}))
+    assert nll_binary(labels["AU"], calibrated["AU"]) < nll_binary(labels["AU"], raw["AU"])
+    assert (nll_categorical(labels["EXPR"], calibrated["EXPR"])
+            < nll_categorical(labels["EXPR"], raw["EXPR"]))
+    # each VA dimension's 20 probabilities still sum to 1
+    np.testing.assert_allclose(calibrated["VA"].reshape(-1, 2, 20).sum(-1), 1.0)
+
+
+def test_fit_ignores_masked_rows_and_tasks_without_labels():
+    logits, labels = overconfident_data(400, scale=2.0, seed=2)
+    masks = {"EXPR": np.arange(400) < 200}
+    labels["EXPR"][200:] = -1  # invalid, must not be read
+    temperatures = fit_temperatures(logits, {"EXPR": labels["EXPR"]}, masks)
+    assert np.isfinite(temperatures["EXPR"]).all()
+    np.testing.assert_array_equal(temperatures["AU"], 1.0)
+    masks["EXPR"][:] = False
+    np.testing.assert_array_equal(fit_temperatures(logits, labels, masks)["EXPR"], 1.0)
+
+
+def test_cross_validation_never_scores_a_row_with_its_own_label():
+    logits, labels = overconfident_data(200, scale=2.0, seed=3)
+    logits, labels = {"EXPR": logits["EXPR"]}, {"EXPR": labels["EXPR"]}
+    before = temperature_scaling_cv(logits, labels, {}, seed=5)["EXPR"]
+    assert before.shape == (200, 7)
+    changed = {"EXPR": labels["EXPR"].copy()}
+    changed["EXPR"][17] = (changed["EXPR"][17] + 3) % 7
+    after = temperature_scaling_cv(logits, changed, {}, seed=5)["EXPR"]
+    np.testing.assert_array_equal(before[17], after[17])  # row 17's label only fits the other half
+    moved = ~np.isclose(before, after).all(axis=1)
+    assert 0 < moved.sum() <= 100  # the other half, whose temperature changed
+
+
+class TinyModel(nn.Module):
+    """Frames (B, L, 8) -> logits dict, with a BatchNorm and a dropout like the real heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(8)
+        self.dropout = nn.Dropout(0.5)
+        self.heads = nn.ModuleDict({t.name: nn.Linear(8, t.n_logits) for t in TASKS})
+
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor | None = None):
+        features = self.norm(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # (B, L, 8)
+        if audio is not None:
+            features = features + audio
+        features = self.dropout(features)
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+def test_mc_dropout_samples_and_restores_the_model():
+    torch.manual_seed(0)
+    model = TinyModel()
+    model.train()
+    model.norm.running_mean.fill_(0.3)
+    frames = torch.randn(2, 3, 8)
+    stats = model.norm.running_mean.clone(), model.norm.running_var.clone()
+    rng_state = torch.get_rng_state()
+    one = mc_dropout_probs(model, frames, passes=1, seed=0)
+    other = mc_dropout_probs(model, frames, passes=1, seed=1)
+    assert not torch.allclose(one["EXPR"], other["EXPR"])  # dropout really samples
+    again = mc_dropout_probs(model, frames, passes=10, seed=0)
+    assert torch.equal(again["AU"], mc_dropout_probs(model, frames, passes=10)["AU"])
+    assert torch.equal(torch.get_rng_state(), rng_state)  # the caller's random state is kept
+    assert all(m.training for m in model.modules())  # modes restored
+    assert torch.equal(model.norm.running_mean, stats[0])
+    assert torch.equal(model.norm.running_var, stats[1])
+    np.testing.assert_allclose(again["VA"].reshape(2, 3, 2, 20).sum(-1), 1.0, rtol=1e-6)
+    assert again["AU"].shape == (2, 3, 12)
+    # audio reaches forward as the second argument
+    with_audio = mc_dropout_probs(model, frames, audio=torch.ones(2, 3, 8), passes=1)
+    assert not torch.allclose(with_audio["EXPR"], one["EXPR"])
+
+
+def test_enable_mc_dropout_modes():
+    model = TinyModel().eval()
+    with enable_mc_dropout(model):
+        assert model.dropout.training and not model.norm.training and not model.training
+    assert not any(m.training for m in model.modules())
+    with pytest.raises(ValueError, match="no dropout"), enable_mc_dropout(nn.Linear(2, 2)):
+        pass
+
+
+def test_mc_dropout_mean_matches_manual_average():
+    model = TinyModel().eval()
+    frames = torch.randn(1, 2, 8)
+    averaged = mc_dropout_probs(model, frames, passes=3, seed=7)
+    torch.manual_seed(7)
+    with torch.no_grad(), enable_mc_dropout(model):
+        manual = sum(torch.softmax(model(frames)["EXPR"], -1) for _ in range(3)) / 3
+    torch.testing.assert_close(averaged["EXPR"], manual)
