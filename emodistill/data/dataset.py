@@ -21,7 +21,8 @@ class Split:
 
     name: str  # "train" | "val"
     frames: np.ndarray  # (N, S, S, 3) uint8 RGB, usually a read-only memory map of the cache
-    labels: dict[str, np.ndarray]  # "AU": (N, 12) float32 0/1, "EXPR": (N,) int64, "VA": (N, 2) float32
+    # "AU": (N, 12) float32 0/1, "EXPR": (N,) int64, "VA": (N, 2) float32
+    labels: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]  # task name -> (N,) bool, True where that task's label is valid
     video: np.ndarray  # (N,) int32 index into video_names
     frame_index: np.ndarray  # (N,) int32 0-based annotation line: line i is crop {i+1:05d}.jpg
@@ -38,7 +39,8 @@ class Split:
     @property
     def tasks_present(self) -> tuple[str, ...]:
         """Names of the tasks with at least one valid label in this split."""
-        return tuple(t.name for t in TASKS if t.name in self.masks and bool(self.masks[t.name].any()))
+        masks = self.masks
+        return tuple(t.name for t in TASKS if t.name in masks and bool(masks[t.name].any()))
 
     def video_ranges(self) -> list[tuple[int, int]]:
         """(start, stop) index range of each video's frames, in order."""

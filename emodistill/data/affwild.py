@@ -1,0 +1,508 @@
+"""Aff-wild2 / ABAW reader: annotation folders (or a CSV manifest) and face crops -> a `Split`.
+
+Crops are decoded once into a memory-mapped cache (cache.py); labels are re-parsed every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from emodistill.data import audio as audio_features
+from emodistill.data.cache import (
+    Cached,
+    cached_array,
+    default_cache_dir,
+    file_signature,
+)
+from emodistill.data.dataset import Split
+from emodistill.data.manifest import (
+    LabelSet,
+    TaskLabels,
+    label_columns,
+    parse_cells,
+    raw_video_name,
+    read_manifest,
+)
+from emodistill.errors import InputError
+from emodistill.tasks import TASKS, Task
+
+SPLIT_FOLDERS = {"train": ("Train_Set", "Training_Set"), "val": ("Validation_Set",)}
+RAW_VIDEO_SUFFIXES = (".mp4", ".avi")
+DEFAULT_FPS = 30.0  # assumed for a video whose raw file is absent
+DECODE_CHUNK = 512  # crops handed to the decoding threads at a time
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+@dataclass
+class LoadSummary:
+    """What `load_split` read, skipped and reused; str() is a one-paragraph report."""
+
+    split: str  # "train" | "val"
+    source: str  # the label files read
+    videos: int  # videos with at least one frame
+    frames: int  # rows of the Split
+    labelled: dict[str, int]  # task -> frames with a valid label
+    invalid: dict[str, int]  # task -> annotated frames carrying the invalid marker (masked)
+    missing_crops: int  # annotated frames skipped because their crop file does not exist
+    cache_reused: bool  # True when no crop was decoded
+    cache: str  # frame cache status: "cache reused" | "cache built" | "cache rebuilt: ..."
+    cache_path: Path  # the frame cache .npy
+    audio_cache: str | None = None  # audio cache status, None without audio
+    seconds: float = 0.0  # wall time of the whole load
+    notes: list[str] = field(default_factory=list)  # sentences the user should read
+
+    def __str__(self) -> str:
+        labelled = ", ".join(f"{name} {count:,}" for name, count in self.labelled.items())
+        invalid = ", ".join(f"{name} {count:,}" for name, count in self.invalid.items())
+        text = (
+            f"{self.split} split from {self.source}: {self.frames:,} frames of {self.videos} "
+            f"videos, valid labels {labelled}; invalid labels masked {invalid}; "
+            f"{self.missing_crops:,} annotated frames without a crop skipped; frames {self.cache} "
+            f"({self.cache_path})"
+        )
+        if self.audio_cache is not None:
+            text += f"; audio {self.audio_cache}"
+        text += f"; {self.seconds:.1f} s."
+        return " ".join([text, *(f"{note}." for note in self.notes)])
+
+
+def read_annotation_file(task: Task, path: Path) -> tuple[TaskLabels, bool]:
+    """One Aff-wild2 annotation file -> its labels, and whether line 1 looked like data.
+
+    Line 1 is always the header; line i + 2 is frame i, crop {i + 1:05d}.jpg.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a UTF-8 text file") from None
+    while lines and not lines[-1].strip():  # trailing blank lines carry no frame
+        lines.pop()
+    if not lines:
+        raise InputError(f"{path} is empty; expected a header line then one line per frame")
+    header, body = lines[0], lines[1:]
+    n_columns = len(label_columns(task))
+    counts = np.fromiter((line.count(",") + 1 for line in body), dtype=np.int64, count=len(body))
+    wrong = np.flatnonzero(counts != n_columns)
+    if wrong.size:
+        row = wrong[0]
+        what = (f"one {task.name} value" if n_columns == 1
+                else f"{n_columns} comma-separated {task.name} values")
+        raise InputError(f"{path}:{row + 2}: expected {what}, got {counts[row]}")
+    cells = np.array(",".join(body).split(",") if body else [], dtype=object)
+    cells = cells.reshape(len(body), n_columns)  # (n, columns) of str
+    values, valid = parse_cells(task, cells, str(path), np.arange(2, len(body) + 2))
+    header_is_data = all(_is_number(cell) for cell in header.split(","))
+    return TaskLabels(np.arange(len(body), dtype=np.int64), values, valid), header_is_data
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_annotations(root: Path, split: str) -> LabelSet:
+    """`ROOT/annotations/{AU,EXPR,VA}_Set/<split folder>/*.txt` -> one split's labels."""
+    folder = root / "annotations"
+    if not folder.is_dir():
+        raise InputError(f"{folder} does not exist; expected AU_Set, EXPR_Set and VA_Set in it")
+    names = "|".join(SPLIT_FOLDERS[split])
+    videos: dict[str, dict[str, TaskLabels]] = {}
+    files: list[Path] = []
+    notes: list[str] = []
+    header_as_data: list[Path] = []
+    if not any((folder / task.annotation_dir).is_dir() for task in TASKS):
+        raise InputError(f"{folder} holds none of {', '.join(t.annotation_dir for t in TASKS)}")
+    for task in TASKS:
+        task_folder = folder / task.annotation_dir
+        split_folders = [task_folder / n for n in SPLIT_FOLDERS[split]
+                         if (task_folder / n).is_dir()]
+        if len(split_folders) > 1:
+            raise InputError(
+                f"{task_folder} holds both {' and '.join(SPLIT_FOLDERS[split])}; keep one"
+            )
+        if not split_folders:
+            notes.append(f"The {split} split has no {task.name} labels ({task_folder}/{names} "
+                         "absent)")
+            continue
+        for path in sorted(split_folders[0].glob("*.txt")):
+            labels, header_is_data = read_annotation_file(task, path)
+            videos.setdefault(path.stem, {})[task.name] = labels
+            files.append(path)
+            if header_is_data:
+                header_as_data.append(path)
+    if header_as_data:
+        notes.append(
+            f"Line 1 of {len(header_as_data)} annotation file(s) (first: {header_as_data[0]}) "
+            "looks like data; it was skipped as the header, as Aff-wild2 files always have one"
+        )
+    frames = {name: np.unique(np.concatenate([labels.frame_index for labels in per_task.values()]))
+              for name, per_task in videos.items()}
+    return LabelSet(videos=videos, frames=frames, files=files, source=f"{folder}/*/{names}",
+                    notes=notes)
+
+
+def read_labels(root: Path, split: str, labels: Path | None = None) -> LabelSet:
+    """One split's labels: CSV `labels` if given, else ROOT/annotations, else ROOT/labels.csv."""
+    if labels is not None:
+        return read_manifest(Path(labels), split)
+    if (root / "annotations").is_dir():
+        return read_annotations(root, split)
+    if (root / "labels.csv").is_file():
+        return read_manifest(root / "labels.csv", split)
+    raise InputError(f"{root} has neither an annotations folder nor a labels.csv")
+
+
+@dataclass
+class _Rows:
+    """The frames of a split that have a crop, sorted by (video, frame)."""
+
+    video_names: list[str]
+    video: np.ndarray  # (N,) int32 index into video_names
+    frame_index: np.ndarray  # (N,) int32 0-based frame
+    crops: dict[str, dict[str, list[int]]]  # "cropped_aligned/<video>" -> crop name -> signature
+    listed: int  # frames the labels list, with or without a crop
+
+    def ranges(self) -> list[tuple[int, int]]:
+        stops = np.cumsum(np.bincount(self.video, minlength=len(self.video_names)))
+        return list(zip([0, *stops[:-1].tolist()], stops.tolist(), strict=True))
+
+    def digest(self) -> str:
+        """Identity of the row order, for fingerprints of per-row caches."""
+        digest = hashlib.sha256(json.dumps(self.video_names).encode("utf-8"))
+        digest.update(self.video.tobytes())
+        digest.update(self.frame_index.tobytes())
+        return digest.hexdigest()
+
+
+def crop_name(frame_index: int) -> str:
+    """0-based frame -> its crop file name: frame 0 is 00001.jpg."""
+    return f"{frame_index + 1:05d}.jpg"
+
+
+def _frame_rows(label_set: LabelSet, crops_dir: Path) -> _Rows:
+    names, video, frame_index, crops = [], [], [], {}
+    listed = 0
+    for name in sorted(label_set.frames):
+        frames = label_set.frames[name]
+        listed += frames.size
+        folder = crops_dir / name
+        present = set(os.listdir(folder)) if folder.is_dir() else set()
+        kept = np.array([crop_name(i) in present for i in frames.tolist()], dtype=bool)
+        if not kept.any():
+            continue
+        frames = frames[kept]
+        crops[f"{crops_dir.name}/{name}"] = {
+            crop_name(i): file_signature(folder / crop_name(i)) for i in frames.tolist()
+        }
+        video.append(np.full(frames.size, len(names), dtype=np.int32))
+        frame_index.append(frames.astype(np.int32))
+        names.append(name)
+    return _Rows(
+        video_names=names,
+        video=np.concatenate(video) if video else np.zeros(0, np.int32),
+        frame_index=np.concatenate(frame_index) if frame_index else np.zeros(0, np.int32),
+        crops=crops,
+        listed=listed,
+    )
+
+
+def _label_arrays(
+    label_set: LabelSet, rows: _Rows
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-task label arrays and masks over the rows; rows without a valid label hold zeros."""
+    n = len(rows.frame_index)
+    labels, masks = {}, {}
+    for task in TASKS:
+        width = len(label_columns(task))
+        categorical = task.kind == "categorical"
+        values = np.zeros(n if categorical else (n, width), np.int64 if categorical else np.float32)
+        mask = np.zeros(n, dtype=bool)
+        for (start, stop), name in zip(rows.ranges(), rows.video_names, strict=True):
+            task_labels = label_set.videos[name].get(task.name)
+            if task_labels is None:
+                continue
+            frames = rows.frame_index[start:stop]
+            at = np.minimum(np.searchsorted(frames, task_labels.frame_index), frames.size - 1)
+            # Valid labels of frames that have a crop; all other rows stay zero and masked.
+            keep = (frames[at] == task_labels.frame_index) & task_labels.valid
+            given = task_labels.values[keep]  # (k, columns)
+            values[start + at[keep]] = given[:, 0] if categorical else given
+            mask[start + at[keep]] = True
+        labels[task.name], masks[task.name] = values, mask
+    return labels, masks
+
+
+def read_crop(path: Path, size: int) -> np.ndarray:
+    """One face crop -> (size, size, 3) uint8 RGB, resized with INTER_AREA."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path} could not be read ({err.strerror})") from None
+    # OpenCV decodes a truncated JPEG without failing (grey rows at the bottom), so check that
+    # the end-of-image marker is there; it cannot occur inside the entropy-coded data.
+    if not data.startswith(JPEG_START) or JPEG_END not in data[-64:]:
+        raise InputError(f"{path} is not a complete JPEG file (corrupt or truncated)")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)  # (H, W, 3) BGR
+    if image is None:
+        raise InputError(f"{path} could not be decoded as a JPEG image")
+    if image.shape[:2] != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _decode_crops(
+    paths: list[Path], size: int, out: np.ndarray, progress: bool, what: str
+) -> None:
+    """Decode `paths` into out (N, size, size, 3), one thread per core (OpenCV frees the GIL)."""
+    workers = len(os.sched_getaffinity(0))
+    with ThreadPoolExecutor(workers) as pool, tqdm(
+        total=len(paths), desc=what, unit="frame", disable=not progress
+    ) as bar:
+        for start in range(0, len(paths), DECODE_CHUNK):
+            chunk = paths[start : start + DECODE_CHUNK]
+            for offset, image in enumerate(pool.map(partial(read_crop, size=size), chunk)):
+                out[start + offset] = image
+            bar.update(len(chunk))
+
+
+def probe_fps(path: Path) -> float:
+    """Frame rate of a raw video's first video stream."""
+    with audio_features.open_media(path) as container:
+        if not container.streams.video:
+            raise InputError(f"{path} has no video stream, so its frame rate is unknown")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise InputError(f"{path} does not state a frame rate")
+    return float(rate)
+
+
+def _raw_videos(root: Path, video_names: list[str]) -> dict[str, Path]:
+    """Video name -> its raw file under ROOT/videos (a `_left`/`_right` subject -> the base)."""
+    folder = root / "videos"
+    if not folder.is_dir():
+        return {}
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in RAW_VIDEO_SUFFIXES and path.is_file():
+            by_stem.setdefault(path.stem, path)
+    found = {}
+    for name in video_names:
+        path = by_stem.get(name) or by_stem.get(raw_video_name(name))
+        if path is not None:
+            found[name] = path
+    return found
+
+
+def _frame_rates(
+    video_names: list[str], raw: dict[str, Path], notes: list[str]
+) -> dict[str, float]:
+    """Frames per second of each video from its raw file; a note lists those assumed."""
+    fps: dict[str, float] = {}
+    by_path: dict[Path, float] = {}  # the two subjects of one raw video share it
+    for name in video_names:
+        path = raw.get(name)
+        if path is None:
+            fps[name] = DEFAULT_FPS
+            continue
+        if path not in by_path:
+            by_path[path] = probe_fps(path)
+        fps[name] = by_path[path]
+    without = [name for name in video_names if name not in raw]
+    if without:
+        shown = ", ".join(without[:3]) + (", ..." if len(without) > 3 else "")
+        notes.append(f"{len(without)} video(s) have no raw video under videos/ ({shown}): "
+                     f"{DEFAULT_FPS:g} fps assumed")
+    return fps
+
+
+def _audio_cache(
+    root: Path, rows: _Rows, raw: dict[str, Path], fps: dict[str, float],
+    cache_dir: Path, split: str, progress: bool,
+) -> Cached:
+    """(N, 64, 64) float32 log-mel windows of the rows, cached independently of the frame size."""
+    for name in rows.video_names:
+        if name not in raw:
+            raise InputError(
+                f"video {name} has no raw file under {root / 'videos'}; the audio-visual model "
+                "needs one for its audio (use --modality v)"
+            )
+    paths = sorted({raw[name] for name in rows.video_names})
+    fingerprint = {
+        "rows": rows.digest(),
+        "params": {  # the feature settings: changing one rebuilds the cache
+            name: getattr(audio_features, name)
+            for name in ("SAMPLE_RATE", "N_MELS", "WINDOW_COLUMNS", "HOP_SECONDS", "WIN_SECONDS",
+                         "LOG_FLOOR_DB", "LOG_MEL_MEAN_DB", "LOG_MEL_STD_DB")
+        },
+        "files": {"videos": {_relative(p, root): file_signature(p) for p in paths}},
+    }
+
+    def fill(out: np.ndarray) -> None:
+        decoded: tuple[Path | None, np.ndarray] = (None, np.zeros(0, np.float32))
+        ranges = list(zip(rows.video_names, rows.ranges(), strict=True))
+        for name, (start, stop) in tqdm(ranges, desc=f"audio of {split} videos", unit="video",
+                                        disable=not progress):
+            if decoded[0] != raw[name]:  # `_left`/`_right` subjects follow each other
+                decoded = (raw[name], audio_features.decode_audio(raw[name]))
+            frames = rows.frame_index[start:stop]
+            out[start:stop] = audio_features.log_mel_per_frame(
+                decoded[1], audio_features.SAMPLE_RATE, int(frames[-1]) + 1, fps[name], frames
+            )
+
+    shape = (len(rows.frame_index), audio_features.N_MELS, audio_features.WINDOW_COLUMNS)
+    return cached_array(cache_dir, f"{split}-audio", fingerprint, shape, np.float32, fill)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing; truth/ must hold one file per video") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path} is not a readable .npz file ({err})") from None
+
+
+def _truth(root: Path, rows: _Rows) -> dict[str, np.ndarray] | None:
+    """Simulator data: the true label distributions of the rows from ROOT/truth/<video>.npz."""
+    folder = root / "truth"
+    if not folder.is_dir():
+        return None
+    n = len(rows.frame_index)
+    truth = {task.name: np.zeros((n, task.n_logits), dtype=np.float32) for task in TASKS}
+    for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True):
+        path = folder / f"{name}.npz"
+        arrays = _read_npz(path)
+        frames = rows.frame_index[start:stop]
+        for task in TASKS:
+            array = arrays.get(task.name)
+            if array is None:
+                raise InputError(f"{path} lacks the array {task.name}")
+            if array.ndim != 2 or array.shape[1] != task.n_logits or array.shape[0] <= frames[-1]:
+                raise InputError(
+                    f"{path} holds {task.name} of shape {array.shape}; expected (F, "
+                    f"{task.n_logits}) with F > {frames[-1]}, one row per annotation line"
+                )
+            truth[task.name][start:stop] = array[frames]
+    return truth
+
+
+def _invalid_counts(label_set: LabelSet) -> dict[str, int]:
+    """Task -> annotated frames carrying the invalid marker, over all listed frames."""
+    counts = dict.fromkeys((task.name for task in TASKS), 0)
+    for video in label_set.videos.values():
+        for name, labels in video.items():
+            counts[name] += int((~labels.valid).sum())
+    return counts
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_split(
+    root: Path,
+    split: str,
+    size: int = 112,
+    audio: bool = False,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    labels: Path | None = None,
+) -> tuple[Split, LoadSummary]:
+    """Read one split ("train" or "val") of an Aff-wild2-style root into a `Split`.
+
+    Labels come from `labels` (a CSV manifest) if given, else ROOT/annotations, else
+    ROOT/labels.csv; the three tasks are merged into one row per (video, frame) that has a crop.
+    Frames (and, with `audio`, log-mel windows) come from memory-mapped caches in `cache_dir`
+    (default ROOT/.emodistill-cache), built on the first call and reused while the files
+    they came from are unchanged.
+    """
+    started = time.perf_counter()
+    root = Path(root)
+    if split not in SPLIT_FOLDERS:
+        raise InputError(f"unknown split {split!r}; expected train or val")
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder; expected a data root with annotations/ "
+                         "(or labels.csv) and cropped_aligned/")
+    label_set = read_labels(root, split, labels)
+    if not label_set.videos:
+        raise InputError(
+            f"the {split} split has no labelled frames: nothing found in {label_set.source}"
+        )
+    crops_dir = root / "cropped_aligned"
+    if not crops_dir.is_dir():
+        raise InputError(f"{crops_dir} does not exist; expected one folder of face crops per video")
+    rows = _frame_rows(label_set, crops_dir)
+    n = len(rows.frame_index)
+    if n == 0:
+        raise InputError(f"the {split} split has no frames: none of the {rows.listed:,} frames "
+                         f"listed in {label_set.source} has a crop in {crops_dir}")
+    label_arrays, masks = _label_arrays(label_set, rows)
+
+    cache_dir = default_cache_dir(root) if cache_dir is None else Path(cache_dir)
+    # The rows digest fixes which crops fill which rows, so editing a label never re-decodes.
+    fingerprint = {"rows": rows.digest(), "files": rows.crops}
+
+    def decode(out: np.ndarray) -> None:
+        paths = [crops_dir / name / crop_name(int(i))
+                 for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True)
+                 for i in rows.frame_index[start:stop]]
+        _decode_crops(paths, size, out, progress, f"decoding {split} crops")
+
+    frame_cache = cached_array(
+        cache_dir, f"{split}-frames-{size}", fingerprint, (n, size, size, 3), np.uint8, decode
+    )
+
+    notes = list(label_set.notes)
+    raw = _raw_videos(root, rows.video_names)
+    fps = _frame_rates(rows.video_names, raw, notes)
+    audio_cache = (_audio_cache(root, rows, raw, fps, cache_dir, split, progress)
+                   if audio else None)
+
+    result = Split(
+        name=split,
+        frames=frame_cache.array,
+        labels=label_arrays,
+        masks=masks,
+        video=rows.video,
+        frame_index=rows.frame_index,
+        video_names=rows.video_names,
+        audio=None if audio_cache is None else audio_cache.array,
+        fps=fps,
+        truth=_truth(root, rows),
+    )
+    summary = LoadSummary(
+        split=split,
+        source=label_set.source,
+        videos=len(rows.video_names),
+        frames=n,
+        labelled={name: int(mask.sum()) for name, mask in masks.items()},
+        invalid=_invalid_counts(label_set),
+        missing_crops=rows.listed - n,
+        cache_reused=frame_cache.reused,
+        cache=frame_cache.status,
+        cache_path=frame_cache.path,
+        audio_cache=None if audio_cache is None else audio_cache.status,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+    return result, summary
