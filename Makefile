@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	bash scripts/install-system-deps.sh
 	touch $(STAMP)
 

@@ -1,0 +1,108 @@
+"""Atomic files of a run: member weights (safetensors), member records and run config (JSON).
+
+A file is written beside its final name and moved into place, so an interrupted run never
+leaves a half-written file under a name that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy_file
+from safetensors.numpy import save_file as save_numpy_file
+from safetensors.torch import load_file as load_torch_file
+from safetensors.torch import save_file as save_torch_file
+
+from emodistill.errors import InputError
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.chmod(0o644)  # mkstemp makes 0600; a run folder is often shared by a team or a cluster
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file; a missing or broken one is a clear error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+
+
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    """Save a model's state_dict as safetensors, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_torch_file(state, str(tmp)))
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """Load safetensors weights into `model`; missing, extra or misshapen keys are an error."""
+    try:
+        state = load_torch_file(str(path))
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{path} is not a readable safetensors file ({error})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or extra or wrong:
+        raise InputError(
+            f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}, "
+            f"wrong shape {wrong[:3]}"
+        )
+    model.load_state_dict(state)
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Save named arrays (e.g. soft labels) as safetensors, atomically."""
+    contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    atomic_write(path, lambda tmp: save_numpy_file(contiguous, str(tmp)))
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Load named arrays saved by `save_arrays`."""
+    try:
+        return load_numpy_file(str(path))
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

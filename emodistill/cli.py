@@ -1,0 +1,222 @@
+"""The `emodistill` command: one sub-command per job, each a thin layer over the library.
+
+User mistakes (bad files, lines, flags) end as one sentence on stderr and exit status 2;
+Ctrl-C ends with status 130 and keeps every finished file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from emodistill import __version__
+from emodistill.errors import InputError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from emodistill.models import presets_table
+
+    print(presets_table())
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from emodistill.data.synth import generate
+
+    sizes = {k: v for k, v in (("videos", args.videos), ("frames", args.frames)) if v is not None}
+    summary = generate(args.out, size=args.size, seed=args.seed, preview=args.preview,
+                       progress=not args.quiet, **sizes)
+    print(summary)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from emodistill.data.preview import contact_sheet
+
+    out = args.output or args.data / "preview.png"
+    print(f"contact sheet: {contact_sheet(args.data, out, n=args.n, seed=args.seed)}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from emodistill.data.prepare import prepare_videos
+
+    summary = prepare_videos(args.videos, args.out, size=args.size, progress=not args.quiet,
+                             detect_every=args.detect_every)
+    print(summary)
+    return 0
+
+
+def _run_config(args: argparse.Namespace):
+    from emodistill.distillation import RunConfig
+    from emodistill.models import PRESETS
+    from emodistill.training import TrainConfig
+
+    modality = args.modality or ("va" if PRESETS.get(args.preset) and PRESETS[args.preset].audio else "v")
+    audio_visual = modality == "va"
+    epochs = args.epochs or (15 if audio_visual else 10)
+    lr_step = args.lr_step or max(1, round(epochs * (4 / 15 if audio_visual else 3 / 10)))
+    train = TrainConfig(epochs=epochs, lr=args.lr, lr_step=lr_step, batches_per_epoch=args.batches_per_epoch,
+                        clip_length=args.clip_length, clips_per_task=args.clips_per_task,
+                        reweight=not args.no_reweight, balance=not args.no_balance)
+    return RunConfig(data=str(args.data), preset=args.preset, modality=modality, members=args.members,
+                     generations=args.generations, seed=args.seed,
+                     backbone_weights=str(args.backbone_weights) if args.backbone_weights else None, train=train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from emodistill.distillation import train_run
+    from emodistill.runtime import resolve_device
+
+    config = _run_config(args)
+    if args.backend == "ray":
+        from emodistill.distributed import train_run_ray
+
+        # The driver may have no GPU while the workers do: each worker resolves the device.
+        train_run_ray(args.out, config, address=args.address, gpus_per_member=args.gpus_per_member,
+                      cpus_per_member=args.cpus_per_member, max_retries=args.max_retries,
+                      device=args.device, progress=not args.quiet)
+    else:
+        train_run(args.out, config, resolve_device(args.device), progress=not args.quiet)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from emodistill.evaluation import evaluate_run
+    from emodistill.reporting import summary_table, write_report
+    from emodistill.runtime import resolve_device
+
+    report = evaluate_run(args.run, resolve_device(args.device), ood_dir=args.ood_dir, ood_limit=args.ood_limit,
+                          mc_passes=args.mc_passes, seed=args.seed, progress=not args.quiet)
+    paths = write_report(report, args.run / "report")
+    print(summary_table(report))
+    print(f"report: {paths[1]} ({len(paths)} files in {paths[0].parent})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from emodistill.reporting import compare_runs
+
+    print(compare_runs(args.runs))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from emodistill.demo import run_demo
+    from emodistill.runtime import resolve_device
+
+    run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
+             progress=not args.quiet)
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser, device: bool = False) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emodistill",
+        description="Multitask facial emotion recognition with honest uncertainty "
+                    "(deep ensembles + iterative self-distillation).",
+    )
+    parser.add_argument("--version", action="version", version=f"emodistill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    add("models", cmd_models, "list model presets: parameters, multiply-adds per frame, input size")
+
+    p = add("synth", cmd_synth, "simulate face videos with known label distributions, in the Aff-wild2 layout")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--videos", type=int, default=None, help="number of videos (default: the demo's)")
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default: the demo's)")
+    p.add_argument("--size", type=int, default=112, help="crop size in pixels (Aff-wild2: 112)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview", action="store_true", help="also write preview.png, a contact sheet")
+    _add_common(p)
+
+    p = add("show", cmd_show, "contact sheet PNG of crops and their labels from an Aff-wild2-layout folder")
+    p.add_argument("data", type=Path)
+    p.add_argument("--output", "-o", type=Path, default=None, help="PNG path (default: DATA/preview.png)")
+    p.add_argument("-n", type=int, default=24, help="number of frames")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("prepare", cmd_prepare, "detect, crop and align faces of raw videos into the Aff-wild2 layout")
+    p.add_argument("videos", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--detect-every", type=int, default=1, help="run the face detector every k-th frame")
+    _add_common(p)
+
+    p = add("train", cmd_train, "train a teacher ensemble and K generations of students")
+    p.add_argument("--data", type=Path, required=True, help="Aff-wild2-layout folder (or prepare output)")
+    p.add_argument("--out", type=Path, required=True, help="run folder; rerun the same command to resume")
+    p.add_argument("--preset", default="emenet-v", help="model preset (see `emodistill models`)")
+    p.add_argument("--modality", choices=["v", "va"], default=None, help="v: faces; va: faces + audio")
+    p.add_argument("--members", type=int, default=5, help="T, models per ensemble")
+    p.add_argument("--generations", type=int, default=3, help="K, student generations")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per member (paper: 10 v, 15 va)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-step", type=int, default=None, help="divide lr by 10 every N epochs (paper: 3 v, 4 va)")
+    p.add_argument("--batches-per-epoch", type=int, default=None, help="default: one pass over labelled frames")
+    p.add_argument("--clip-length", type=int, default=16)
+    p.add_argument("--clips-per-task", type=int, default=5)
+    p.add_argument("--no-reweight", action="store_true", help="plain BCE/CE (paper Table 1 ablation)")
+    p.add_argument("--no-balance", action="store_true", help="fixed equal task weights (paper Table 5 ablation)")
+    p.add_argument("--backbone-weights", type=Path, default=None,
+                   help="MobileFaceNet checkpoint (safetensors, or a pytorch_face_landmark state_dict)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["local", "ray"], default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
+    p.add_argument("--gpus-per-member", type=float, default=None, help="Ray: GPUs per member task")
+    p.add_argument("--cpus-per-member", type=float, default=None, help="Ray: CPUs per member task")
+    p.add_argument("--max-retries", type=int, default=2, help="Ray: retries of a member whose worker died")
+    _add_common(p, device=True)
+
+    p = add("evaluate", cmd_evaluate, "score every generation and write RUN/report/")
+    p.add_argument("run", type=Path)
+    p.add_argument("--ood-dir", type=Path, default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--ood-limit", type=int, default=5000, help="OOD images (and as many validation frames)")
+    p.add_argument("--mc-passes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p, device=True)
+
+    p = add("compare", cmd_compare, "put several runs' reports side by side")
+    p.add_argument("runs", type=Path, nargs="+")
+
+    p = add("demo", cmd_demo, "simulate data, distil, evaluate and report (the main job)")
+    p.add_argument("--out", type=Path, default=Path("demo-run"))
+    p.add_argument("--quick", action="store_true", help="a tiny version in under 2 minutes")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p, device=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from emodistill.runtime import tune_allocator
+
+    tune_allocator()
+    try:
+        return args.handler(args)
+    except InputError as error:
+        print(f"emodistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nemodistill {args.command}: interrupted; finished files are kept, "
+              "rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Scoring a run generation by generation: emotion metrics, in-domain uncertainty, OOD detection.
+
+Baselines (temperature scaling, MC dropout) are applied to the teacher members; on simulator
+data the Bayes-optimal predictor from `truth/` is scored the same way (Tables 1, 3, 4; Fig. 4-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emodistill.calibration import mc_dropout_probs, temperature_scaling_cv
+from emodistill.data.affwild import load_split
+from emodistill.data.dataset import Split
+from emodistill.data.ood import load_ood
+from emodistill.distillation import Run, RunConfig, generation_name
+from emodistill.errors import InputError
+from emodistill.inference import activate, predict_images, predict_split
+from emodistill.metrics import ece, emotion_metrics, nll_binary, nll_categorical, reliability, rmse, roc_auc, roc_curve
+from emodistill.models import PRESETS
+from emodistill.tasks import AU, EXPR, TASKS, VA, va_expectation
+from emodistill.uncertainty import decompose_task, ood_score
+
+Probs = dict[str, np.ndarray]  # task -> (N, n_logits) probabilities
+OOD_FALSE_ALARM = 0.05  # the stored OOD threshold flags 5% of in-domain validation frames
+
+
+def uncertainty_scores(split: Split, probs: Probs) -> dict:
+    """In-domain uncertainty of one predictor: NLL per AU and EXPR, RMSE of V/A, ECE (Tables 3-4)."""
+    scores: dict = {"nll": {}, "rmse": {}, "ece": {}}
+    au = split.masks.get("AU")
+    if au is not None and au.any() and "AU" in probs:
+        y, p = split.labels["AU"][au].astype(int), probs["AU"][au]
+        per_au = nll_binary(y, p, per_column=True)
+        scores["nll"]["AU"] = [float(v) for v in per_au]
+        scores["nll"]["AU_mean"] = float(np.mean(per_au))
+        scores["ece"]["AU"] = ece(y, p)
+    expr = split.masks.get("EXPR")
+    if expr is not None and expr.any() and "EXPR" in probs:
+        y, p = split.labels["EXPR"][expr], probs["EXPR"][expr]
+        scores["nll"]["EXPR"] = nll_categorical(y, p)
+        scores["ece"]["EXPR"] = ece(y, p)
+    va = split.masks.get("VA")
+    if va is not None and va.any() and "VA" in probs:
+        predicted = va_expectation(probs["VA"][va])
+        for d, name in enumerate(VA.names):
+            scores["rmse"][name] = rmse(split.labels["VA"][va][:, d], predicted[:, d])
+    return scores
+
+
+def mean_scores(all_scores: list[dict]) -> dict:
+    """Average nested score dicts (lists element-wise) over members."""
+    first = all_scores[0]
+    if isinstance(first, dict):
+        return {k: mean_scores([s[k] for s in all_scores]) for k in first}
+    if isinstance(first, list):
+        return [float(v) for v in np.mean(np.asarray(all_scores, dtype=float), axis=0)]
+    return float(np.mean(all_scores))
+
+
+def emotion_summary(split: Split, member_probs: list[Probs]) -> dict:
+    """Ensemble metrics and single members' mean and std (Table 1, Figure 4)."""
+    ensemble = {t: np.mean([p[t] for p in member_probs], axis=0) for t in member_probs[0]}
+    singles = [emotion_metrics(split.labels, p, split.masks) for p in member_probs]
+    keys = singles[0].keys()
+    return {
+        "ensemble": emotion_metrics(split.labels, ensemble, split.masks),
+        "single_mean": {k: float(np.mean([s[k] for s in singles])) for k in keys},
+        "single_std": {k: float(np.std([s[k] for s in singles])) for k in keys},
+        "single": singles,
+    }
+
+
+def stack_members(member_probs: list[Probs]) -> dict[str, np.ndarray]:
+    """List over members of task -> (N, n) into task -> (T, N, n)."""
+    return {t: np.stack([p[t] for p in member_probs]) for t in member_probs[0]}
+
+
+def aleatoric_vs_truth(split: Split, member_probs: list[Probs]) -> dict[str, float]:
+    """Mean absolute gap between the ensemble's aleatoric and the true normalised entropy, per task."""
+    if split.truth is None:
+        return {}
+    stacked = stack_members(member_probs)
+    gaps = {}
+    for task in TASKS:
+        if task.name in stacked and task.name in split.truth:
+            _, aleatoric, _ = decompose_task(task, stacked[task.name])
+            true_entropy, _, _ = decompose_task(task, split.truth[task.name][None])
+            gaps[task.name] = float(np.mean(np.abs(aleatoric - true_entropy)))
+    return gaps
+
+
+def reliability_data(split: Split, member_probs: list[Probs]) -> dict:
+    """Reliability diagram bins of the pooled single members, for AU and EXPR."""
+    out = {}
+    for task in (AU, EXPR):
+        mask = split.masks.get(task.name)
+        if mask is None or not mask.any() or task.name not in member_probs[0]:
+            continue
+        y = split.labels[task.name][mask]
+        if task is AU:
+            y = y.astype(int)
+        pooled_y = np.concatenate([y] * len(member_probs))
+        pooled_p = np.concatenate([p[task.name][mask] for p in member_probs])
+        confidence, accuracy, count = reliability(pooled_y, pooled_p)
+        used = count > 0  # empty bins have no confidence or accuracy (NaN is not JSON)
+        out[task.name] = {"confidence": confidence[used].tolist(), "accuracy": accuracy[used].tolist(),
+                          "count": count[used].tolist()}
+    return out
+
+
+class OODProbe:
+    """In-domain validation frames and OOD images, both as length-1 sequences."""
+
+    def __init__(self, val: Split, size: int, directory: Path | None, limit: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        n_in = min(limit, len(val))
+        self.in_index = np.sort(rng.choice(len(val), size=n_in, replace=False))
+        ood = load_ood(size, directory=directory, limit=limit, seed=seed)
+        self.name = ood.name
+        self.in_images = np.asarray(val.frames[self.in_index])
+        self.ood_images = ood.images
+        self.in_audio = None if val.audio is None else np.asarray(val.audio[self.in_index])
+        # OOD images have no sound: they get the spectrogram of silence (the log-mel floor).
+        self.ood_audio = None if val.audio is None else np.full(
+            (len(ood.images), *val.audio.shape[1:]), float(np.min(val.audio)), dtype=np.float32
+        )
+
+    @property
+    def is_ood(self) -> np.ndarray:
+        return np.concatenate([np.zeros(len(self.in_images), bool), np.ones(len(self.ood_images), bool)])
+
+    def scores(self, models: list[torch.nn.Module], device: torch.device, tasks: tuple[str, ...]) -> np.ndarray:
+        """Epistemic uncertainty averaged over tasks, for in-domain then OOD images."""
+        member_probs = []
+        for model in models:
+            inside = activate(predict_images(model, self.in_images, device, self.in_audio), tasks)
+            outside = activate(predict_images(model, self.ood_images, device, self.ood_audio), tasks)
+            member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
+        return ood_score(stack_members(member_probs))
+
+
+def thinned_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 200) -> dict[str, list[float]]:
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
+
+
+def evaluate_generation(
+    generation: int,
+    models: list[torch.nn.Module],
+    val: Split,
+    probe: OODProbe,
+    device: torch.device,
+    config: RunConfig,
+    tasks: tuple[str, ...],
+) -> tuple[dict, list[dict[str, np.ndarray]]]:
+    """All scores of one generation, plus its members' logits on the validation split."""
+    use_audio = config.modality == "va"
+    member_logits = [
+        predict_split(m, val, device, config.train.clip_length, config.train.eval_batch_clips, use_audio)
+        for m in models
+    ]
+    member_probs = [activate(logits, tasks) for logits in member_logits]
+    entry: dict = {"name": generation_name(generation)}
+    emotion = emotion_summary(val, member_probs)
+    entry.update({k: emotion[k] for k in ("ensemble", "single_mean", "single_std")})
+    entry.update(mean_scores([uncertainty_scores(val, p) for p in member_probs]))
+    scores = probe.scores(models, device, tasks)
+    fpr, tpr = roc_curve(probe.is_ood, scores)
+    entry["ood_auc"] = roc_auc(probe.is_ood, scores)
+    entry["ood_threshold"] = float(np.quantile(scores[~probe.is_ood], 1.0 - OOD_FALSE_ALARM))
+    entry["roc"] = thinned_curve(fpr, tpr)
+    entry["reliability"] = reliability_data(val, member_probs)
+    gaps = aleatoric_vs_truth(val, member_probs)
+    if gaps:
+        entry["aleatoric_gap"] = gaps
+    return entry, member_logits
+
+
+def baselines(
+    teachers: list[torch.nn.Module],
+    teacher_logits: list[dict[str, np.ndarray]],
+    val: Split,
+    device: torch.device,
+    config: RunConfig,
+    tasks: tuple[str, ...],
+    mc_passes: int,
+    seed: int,
+) -> dict:
+    """Temperature scaling (test-time cross-validation) and MC dropout on the teacher members."""
+    use_audio = config.modality == "va"
+    ts = [temperature_scaling_cv(logits, val.labels, val.masks, seed=seed) for logits in teacher_logits]
+    mc = []
+    for model in teachers:
+        def forward(frames: torch.Tensor, audio: torch.Tensor | None, model: torch.nn.Module = model) -> dict:
+            return mc_dropout_probs(model, frames, audio, passes=mc_passes, seed=seed)
+
+        mc.append(predict_split(forward, val, device, config.train.clip_length, config.train.eval_batch_clips, use_audio))
+    ts_scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in tasks if t in p}) for p in ts])
+    mc_scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in tasks}) for p in mc])
+    return {
+        "temperature_scaling": {"nll": ts_scores["nll"], "ece": ts_scores["ece"]},
+        "mc_dropout": {"nll": mc_scores["nll"], "rmse": mc_scores["rmse"], "ece": mc_scores["ece"],
+                       "passes": mc_passes},
+    }
+
+
+def oracle(val: Split) -> dict:
+    """The Bayes-optimal predictor (the simulator's true label distributions), scored alike."""
+    assert val.truth is not None
+    truth = {t.name: val.truth[t.name] for t in TASKS if t.name in val.truth}
+    entry = uncertainty_scores(val, truth)
+    entry["emotion"] = emotion_metrics(val.labels, truth, val.masks)
+    return entry
+
+
+def evaluate_run(
+    root: Path,
+    device: torch.device,
+    ood_dir: Path | None = None,
+    ood_limit: int = 2000,
+    mc_passes: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Score every finished generation of a run; returns the report dict (see report.json)."""
+    run = Run(root)
+    config = run.config()
+    finished = run.finished_generations()
+    if 0 not in finished:
+        raise InputError(f"{run.root} has no finished teacher ensemble yet; run `emodistill train` first")
+    generations = [g for g in finished if g == 0 or g - 1 in finished]
+    size = PRESETS[config.preset].input_size
+    val, summary = load_split(Path(config.data), "val", size=size, audio=config.modality == "va", progress=progress)
+    log(f"val: {summary}")
+    tasks = val.tasks_present
+    probe = OODProbe(val, size, ood_dir, ood_limit, seed)
+    log(f"out-of-domain set: {probe.name} ({len(probe.ood_images)} images) "
+        f"against {len(probe.in_images)} validation frames")
+    report: dict = {"run": str(run.root), "preset": config.preset, "modality": config.modality,
+                    "members": config.members, "tasks": list(tasks), "ood_set": probe.name,
+                    "generations": []}
+    for generation in generations:
+        models = run.load_ensemble(generation, device)
+        entry, member_logits = evaluate_generation(generation, models, val, probe, device, config, tasks)
+        report["generations"].append(entry)
+        log(f"{entry['name']}: ensemble total {entry['ensemble'].get('total', float('nan')):.3f}, "
+            f"single {entry['single_mean'].get('total', float('nan')):.3f}, OOD AUC {entry['ood_auc']:.3f}")
+        if generation == 0:
+            report["baselines"] = baselines(models, member_logits, val, device, config, tasks, mc_passes, seed)
+    if val.truth is not None:
+        report["oracle"] = oracle(val)
+    return report

@@ -1,0 +1,87 @@
+"""Batched forward passes over a whole split or a stack of images, returning NumPy arrays.
+
+Training validation, soft labels, evaluation and the baselines all go through here, so every
+frame is seen the same way (clips of the training length, zero GRU state at each clip).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from emodistill.data.dataset import Split
+from emodistill.data.sampler import sequential_clips
+from emodistill.tasks import TASKS
+
+# A model-like callable: (frames (B, L, 3, S, S), audio (B, L, 64, 64) | None) -> task -> (B, L, n).
+Forward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
+
+
+def frames_to_input(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (..., S, S, 3) RGB -> float (..., 3, S, S) in [0, 1] on `device`."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return tensor.movedim(-1, -3).float().div_(255.0)
+
+
+def audio_to_input(audio: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    """float (..., 64, 64) log-mel -> tensor on `device` (None stays None)."""
+    if audio is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(device)
+
+
+@torch.no_grad()
+def predict_split(
+    forward: Forward,
+    split: Split,
+    device: torch.device,
+    length: int = 16,
+    batch_clips: int = 32,
+    use_audio: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run `forward` over every frame of `split` once; task -> (N, n_logits) float32."""
+    n = len(split)
+    outputs = {t.name: np.zeros((n, t.n_logits), dtype=np.float32) for t in TASKS}
+    by_length: dict[int, list[np.ndarray]] = defaultdict(list)
+    for clip in sequential_clips(split, length):
+        by_length[len(clip)].append(clip)
+    for clips in by_length.values():
+        for start in range(0, len(clips), batch_clips):
+            index = np.stack(clips[start : start + batch_clips])  # (B, L)
+            audio = split.audio[index] if use_audio and split.audio is not None else None
+            result = forward(frames_to_input(split.frames[index], device), audio_to_input(audio, device))
+            flat = index.reshape(-1)
+            for name, values in result.items():
+                outputs[name][flat] = values.reshape(len(flat), -1).float().cpu().numpy()
+    return outputs
+
+
+@torch.no_grad()
+def predict_images(
+    forward: Forward,
+    images: np.ndarray,
+    device: torch.device,
+    audio: np.ndarray | None = None,
+    batch_size: int = 256,
+) -> dict[str, np.ndarray]:
+    """Run `forward` on single images as length-1 sequences; task -> (N, n_logits) float32."""
+    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
+    for start in range(0, len(images), batch_size):
+        frames = frames_to_input(images[start : start + batch_size, None], device)  # (B, 1, 3, S, S)
+        clip_audio = None if audio is None else audio_to_input(audio[start : start + batch_size, None], device)
+        for name, values in forward(frames, clip_audio).items():
+            chunks[name].append(values[:, 0].float().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def activate(logits: dict[str, np.ndarray], tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Logits -> probabilities per task (sigmoid for AU, softmax for EXPR and per VA dimension)."""
+    wanted = tasks or [t.name for t in TASKS]
+    return {
+        t.name: t.activate(torch.from_numpy(logits[t.name])).numpy()
+        for t in TASKS
+        if t.name in wanted and t.name in logits
+    }

@@ -1,0 +1,265 @@
+"""Turning a report dict into files a person reads: report.json, report.md and PNG figures.
+
+Tables are shaped like the paper's (Tables 1, 3, 4; Figures 4, 5); everything here is drawn
+from report.json alone, so a report can be re-rendered or compared without the models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from emodistill.checkpoints import read_json, write_json
+from emodistill.errors import InputError
+from emodistill.tasks import AU, METRIC_NAMES
+
+SHORT = {"teacher": "Tea"}
+
+
+def short_name(name: str) -> str:
+    """teacher -> Tea, student2 -> Stu2 (the paper's labels)."""
+    return SHORT.get(name, name.replace("student", "Stu"))
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def emotion_table(report: dict) -> str:
+    """Ensemble metrics per generation with the single members' total (Table 1, Figure 4)."""
+    keys = [k for k in (*METRIC_NAMES, "total") if k in report["generations"][0]["ensemble"]]
+    rows = []
+    for g in report["generations"]:
+        single = f"{fmt(g['single_mean'].get('total'))} ± {fmt(g['single_std'].get('total'))}"
+        rows.append([short_name(g["name"]), *(fmt(g["ensemble"].get(k)) for k in keys), single])
+    return markdown_table(["Generation", *(f"{k} (ens.)" for k in keys), "total (single, mean ± std)"], rows)
+
+
+def uncertainty_rows(report: dict) -> list[tuple[str, dict]]:
+    """(label, scores) for each generation's single members, the baselines and the oracle."""
+    rows = [(short_name(g["name"]), g) for g in report["generations"]]
+    for key, label in (("temperature_scaling", "TS"), ("mc_dropout", "MC")):
+        if key in report.get("baselines", {}):
+            rows.append((label, report["baselines"][key]))
+    if "oracle" in report:
+        rows.append(("Oracle", report["oracle"]))
+    return rows
+
+
+def au_nll_table(report: dict) -> str:
+    """NLL of each AU for single members and baselines (Table 3)."""
+    rows = []
+    for label, scores in uncertainty_rows(report):
+        per_au = scores.get("nll", {}).get("AU")
+        if per_au:
+            rows.append([label, *(fmt(v) for v in per_au), fmt(scores["nll"]["AU_mean"])])
+    return markdown_table(["Method", *AU.names, "Avg."], rows) if rows else ""
+
+
+def other_uncertainty_table(report: dict) -> str:
+    """EXPR NLL, valence and arousal RMSE, and ECE (Table 4, plus calibration error)."""
+    rows = []
+    for label, scores in uncertainty_rows(report):
+        rmse = scores.get("rmse", {})
+        ece = scores.get("ece", {})
+        rows.append([label, fmt(scores.get("nll", {}).get("EXPR")), fmt(rmse.get("valence")),
+                     fmt(rmse.get("arousal")), fmt(ece.get("AU")), fmt(ece.get("EXPR"))])
+    return markdown_table(["Method", "EXPR NLL", "Valence RMSE", "Arousal RMSE", "AU ECE", "EXPR ECE"], rows)
+
+
+def verdicts(report: dict) -> list[str]:
+    """Plain sentences on whether distillation helped on this data, good or bad."""
+    gens = report["generations"]
+    lines = []
+    teacher = gens[0]
+    if len(gens) > 1:
+        best = max(gens[1:], key=lambda g: g["ensemble"].get("total", float("-inf")))
+        delta = best["ensemble"]["total"] - teacher["ensemble"]["total"]
+        verb = "beats" if delta > 0 else "does not beat"
+        lines.append(f"Best student ensemble ({short_name(best['name'])}) {verb} the teacher ensemble "
+                     f"on the total emotion metric ({fmt(best['ensemble']['total'])} vs "
+                     f"{fmt(teacher['ensemble']['total'])}, {delta:+.3f}).")
+        best_ood = max(gens, key=lambda g: g["ood_auc"])
+        lines.append(f"Best OOD AUC: {fmt(best_ood['ood_auc'])} ({short_name(best_ood['name'])}); "
+                     f"teacher {fmt(teacher['ood_auc'])}.")
+    base = report.get("baselines", {})
+    for key, label in (("AU_mean", "AU NLL"), ("EXPR", "EXPR NLL")):
+        ours = {short_name(g["name"]): g["nll"].get(key) for g in gens if g["nll"].get(key) is not None}
+        if not ours:
+            continue
+        best_label, best_value = min(ours.items(), key=lambda kv: kv[1])
+        for name, baseline_label in (("temperature_scaling", "TS"), ("mc_dropout", "MC dropout")):
+            value = base.get(name, {}).get("nll", {}).get(key)
+            if value is not None:
+                verb = "lower (better) than" if best_value < value else "not lower than"
+                lines.append(f"{label}: best single member ({best_label}, {fmt(best_value)}) is {verb} "
+                             f"{baseline_label} ({fmt(value)}).")
+    for g in gens:
+        if g["ensemble"].get("total", 0.0) < g["single_mean"].get("total", 0.0):
+            lines.append(f"{short_name(g['name'])}: the ensemble scores below its single members' mean.")
+    return lines
+
+
+def figure_emotion(report: dict, path: Path) -> None:
+    """Total emotion metric per generation: ensemble and single members with std (Figure 4)."""
+    gens = report["generations"]
+    names = [short_name(g["name"]) for g in gens]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(names, [g["ensemble"].get("total") for g in gens], "o-", label="ensemble")
+    ax.errorbar(names, [g["single_mean"].get("total") for g in gens],
+                yerr=[g["single_std"].get("total") for g in gens], fmt="s--", capsize=4, label="single (mean ± std)")
+    ax.set_ylabel("total emotion metric (validation)")
+    ax.set_title(f"{report['preset']} ({report['modality']}), T={report['members']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure_roc(report: dict, path: Path) -> None:
+    """ROC curves of the averaged epistemic uncertainty, one per generation (Figure 5)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for g in report["generations"]:
+        ax.plot(g["roc"]["fpr"], g["roc"]["tpr"], label=f"{short_name(g['name'])} (AUC {g['ood_auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"OOD detection: validation vs {report['ood_set']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure_reliability(report: dict, path: Path) -> None:
+    """Reliability diagrams of the single members for AU and EXPR, one line per generation."""
+    tasks = [t for t in ("AU", "EXPR") if t in report["generations"][0].get("reliability", {})]
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5 * max(len(tasks), 1), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=False):
+        for g in report["generations"]:
+            bins = g["reliability"][task]
+            ax.plot(bins["confidence"], bins["accuracy"], "o-", label=short_name(g["name"]))
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{task} reliability (single members)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure_au_nll(report: dict, path: Path) -> None:
+    """NLL of each AU for each generation and baseline (Table 3 as bars)."""
+    rows = [(label, s["nll"]["AU"]) for label, s in uncertainty_rows(report) if s.get("nll", {}).get("AU")]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(rows)
+    for i, (label, values) in enumerate(rows):
+        ax.bar([x + i * width for x in range(len(AU.names))], values, width=width, label=label)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(AU.names))], AU.names)
+    ax.set_ylabel("NLL (lower is better)")
+    ax.legend(ncol=min(len(rows), 6), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FIGURES = {
+    "emotion_per_generation.png": figure_emotion,
+    "roc.png": figure_roc,
+    "reliability.png": figure_reliability,
+    "au_nll.png": figure_au_nll,
+}
+
+
+def render_markdown(report: dict) -> str:
+    parts = [
+        f"# emodistill report: {report['run']}",
+        f"Preset `{report['preset']}`, modality `{report['modality']}`, T = {report['members']} members, "
+        f"tasks {', '.join(report['tasks'])}; out-of-domain set: {report['ood_set']}.",
+        "## Emotion metrics on the validation split (paper Table 1, Figure 4)",
+        emotion_table(report),
+        "## In-domain uncertainty of single members (paper Tables 3-4; lower is better)",
+        "TS and MC are applied to the teacher members; Oracle is the true label distribution "
+        "(simulator data only).",
+        au_nll_table(report),
+        other_uncertainty_table(report),
+        "## Out-of-domain detection (paper Figure 5)",
+        markdown_table(["Generation", "ROC AUC", "threshold (5% false alarms)"],
+                       [[short_name(g["name"]), fmt(g["ood_auc"]), fmt(g["ood_threshold"])]
+                        for g in report["generations"]]),
+    ]
+    if any("aleatoric_gap" in g for g in report["generations"]):
+        tasks = list(report["generations"][0]["aleatoric_gap"])
+        parts += ["## Aleatoric uncertainty against the truth (simulator data)",
+                  "Mean absolute gap between the ensemble's aleatoric entropy and the true label "
+                  "entropy, both normalised to 0..1 (lower is better).",
+                  markdown_table(["Generation", *tasks],
+                                 [[short_name(g["name"]), *(fmt(g["aleatoric_gap"][t]) for t in tasks)]
+                                  for g in report["generations"]])]
+    parts += ["## What this run shows", "\n".join(f"- {line}" for line in verdicts(report))]
+    parts += ["## Figures", *(f"![{name}]({name})" for name in FIGURES)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> list[Path]:
+    """Write report.json, report.md and the figures into `out_dir`; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "report.json", report)
+    (out_dir / "report.md").write_text(render_markdown(report))
+    written = [out_dir / "report.json", out_dir / "report.md"]
+    for name, draw in FIGURES.items():
+        draw(report, out_dir / name)
+        if (out_dir / name).exists():
+            written.append(out_dir / name)
+    return written
+
+
+def summary_table(report: dict) -> str:
+    """A short plain-text table for the terminal."""
+    lines = [f"{'generation':<11}{'ensemble':>9}{'single':>15}{'AU NLL':>8}{'EXPR NLL':>9}{'OOD AUC':>8}"]
+    for g in report["generations"]:
+        single = f"{g['single_mean'].get('total', 0):.3f}±{g['single_std'].get('total', 0):.3f}"
+        lines.append(f"{short_name(g['name']):<11}{g['ensemble'].get('total', 0):>9.3f}{single:>15}"
+                     f"{fmt(g['nll'].get('AU_mean')):>8}{fmt(g['nll'].get('EXPR')):>9}{g['ood_auc']:>8.3f}")
+    for label, scores in uncertainty_rows(report)[len(report["generations"]):]:
+        lines.append(f"{label:<11}{'':>9}{'':>15}{fmt(scores['nll'].get('AU_mean')):>8}"
+                     f"{fmt(scores['nll'].get('EXPR')):>9}{'':>8}")
+    return "\n".join(lines)
+
+
+def compare_runs(runs: list[Path]) -> str:
+    """Several runs' reports side by side (e.g. the paper's ablations, Tables 1 and 5)."""
+    rows = []
+    for root in runs:
+        path = Path(root) / "report" / "report.json"
+        if not path.exists():
+            raise InputError(f"{path} does not exist; run `emodistill evaluate {root}` first")
+        report = read_json(path)
+        config = read_json(Path(root) / "run.json")
+        teacher = report["generations"][0]
+        best = max(report["generations"], key=lambda g: g["ensemble"].get("total", float("-inf")))
+        rows.append([
+            str(root), config["preset"], str(config["members"]),
+            "yes" if config["train"]["reweight"] else "no", "yes" if config["train"]["balance"] else "no",
+            *(fmt(teacher["ensemble"].get(k)) for k in (*METRIC_NAMES, "total")),
+            fmt(teacher["single_mean"].get("total")),
+            f"{short_name(best['name'])} {fmt(best['ensemble'].get('total'))}",
+            fmt(max(g["ood_auc"] for g in report["generations"])),
+        ])
+    header = ["run", "preset", "T", "reweight", "balance", *(f"Tea {k}" for k in METRIC_NAMES),
+              "Tea total", "Tea single", "best generation", "best OOD AUC"]
+    return markdown_table(header, rows)

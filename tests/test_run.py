@@ -1,0 +1,103 @@
+"""End to end: the quick demo's report, resuming a killed run, refusing a changed config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emodistill.cli import main
+from emodistill.reporting import compare_runs
+
+TINY_TRAIN = ["--preset", "tiny", "--epochs", "1", "--batches-per-epoch", "2", "--clip-length", "8", "--quiet",
+              "--device", "cpu"]
+
+
+def test_demo_quick_writes_a_sane_report(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick", "--quiet", "--device", "cpu"]) == 0
+    report_dir = out / "run" / "report"
+    report = json.loads((report_dir / "report.json").read_text())
+    assert [g["name"] for g in report["generations"]] == ["teacher", "student1"]
+    for g in report["generations"]:
+        assert set(g["ensemble"]) == {"AU", "EXPR", "valence", "arousal", "total"}
+        assert set(g["single_mean"]) == set(g["single_std"]) == set(g["ensemble"])
+        assert g["ensemble"]["total"] == pytest.approx(sum(g["ensemble"][k] for k in
+                                                           ("AU", "EXPR", "valence", "arousal")))
+        assert len(g["nll"]["AU"]) == 12 and g["nll"]["AU_mean"] > 0 and g["nll"]["EXPR"] > 0
+        assert set(g["rmse"]) == {"valence", "arousal"} and set(g["ece"]) == {"AU", "EXPR"}
+        assert 0.0 <= g["ood_auc"] <= 1.0
+        # Averaging members' probabilities must not do worse than a typical member.
+        assert g["ensemble"]["total"] >= g["single_mean"]["total"] - 0.05
+    baselines = report["baselines"]
+    assert len(baselines["temperature_scaling"]["nll"]["AU"]) == 12
+    assert set(baselines["mc_dropout"]["rmse"]) == {"valence", "arousal"}
+    assert report["ood_set"] in {"fashion-mnist", "lfw-nonfaces+digits"}
+    # The oracle knows the true label distributions: no model beats its AU NLL by much.
+    assert report["oracle"]["nll"]["AU_mean"] <= min(g["nll"]["AU_mean"] for g in report["generations"]) + 0.02
+    for name in ("report.md", "emotion_per_generation.png", "roc.png", "reliability.png", "au_nll.png"):
+        data = (report_dir / name).read_bytes()
+        assert len(data) > 1000, name
+    assert (report_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (report_dir / "report.md").read_text()
+    assert "| Tea |" in markdown and "| Stu1 |" in markdown and "| TS |" in markdown
+    assert str(out / "run") in compare_runs([out / "run"])
+
+
+def _train_command(data: Path, run: Path, members: int) -> list[str]:
+    return [sys.executable, "-m", "emodistill.cli", "train", "--data", str(data), "--out", str(run),
+            "--members", str(members), "--generations", "0", *TINY_TRAIN]
+
+
+def test_killed_run_resumes_without_retraining_finished_members(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    process = subprocess.Popen(_train_command(tiny_data, run, members=3), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    first = run / "teacher" / "member-0.json"
+    deadline = time.time() + 120
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first.exists(), process.stderr.read().decode()
+    assert not (run / "teacher" / "member-2.json").exists(), "the run finished before it could be killed"
+    record_before = first.read_text()
+    mtime_before = first.stat().st_mtime_ns
+
+    resumed = subprocess.run(_train_command(tiny_data, run, members=3), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "teacher member 1: already trained, kept" in resumed.stdout
+    assert first.read_text() == record_before and first.stat().st_mtime_ns == mtime_before
+    for member in range(3):
+        assert (run / "teacher" / f"member-{member}.safetensors").exists()
+        assert (run / "teacher" / f"member-{member}.json").exists()
+    assert not list(run.rglob("*.tmp")), "a half-written file was left behind"
+
+    changed = subprocess.run(_train_command(tiny_data, run, members=4), capture_output=True, text=True)
+    assert changed.returncode == 2
+    assert "different config" in changed.stderr and "members" in changed.stderr
+    assert "Traceback" not in changed.stderr
+
+
+def test_data_without_a_task_trains_the_others(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "no-expr"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".emodistill-cache"))
+    shutil.rmtree(data / "annotations" / "EXPR_Set")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--members", "1", "--generations", "1",
+                 *TINY_TRAIN]) == 0
+    assert "no EXPR labels" in capsys.readouterr().out
+    record = json.loads((run / "student1" / "member-0.json").read_text())
+    assert "EXPR" not in record["scores"] and "AU" in record["scores"]
+
+
+def test_bad_run_folder_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an emodistill run" in err and err.count("\n") == 1
