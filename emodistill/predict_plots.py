@@ -1,0 +1,211 @@
+"""Figures of `predict --plot`: the paper's Figure 1 for chosen frames (the face, its labels and a
+bar of uncertainty per output) and, for a video, a timeline of every output with its uncertainty.
+
+Drawn on matplotlib `Figure` objects (the Agg canvas), never through pyplot's global state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+
+from emodistill.predict import OUTPUT_NAMES, FramePrediction
+from emodistill.tasks import TASKS, Task
+
+MAX_TIMELINES = 8  # timelines written for an input of many videos (a cropped_aligned folder)
+ALEATORIC_COLOUR = "#4c72b0"  # noise in the data: more data of the same kind will not lower it
+EPISTEMIC_COLOUR = "#dd8452"  # the members disagree: the face is unlike the training data
+NO_FACE_COLOUR = "#d9d9d9"
+TASK_COLOURS = {t.name: c for t, c in zip(TASKS, ("#55a868", "#c44e52", "#8172b2"), strict=True)}
+
+
+def _output_labels(row: dict[str, object]) -> list[str]:
+    """The prediction of each output, in OUTPUT_NAMES order: "AU12  1", "Expression  Happiness"."""
+    labels = []
+    for task in TASKS:
+        if task.kind == "binary":
+            labels += [f"{name}  {row[f'{name}_present']}" for name in task.names]
+        elif task.kind == "categorical":
+            labels.append(f"Expression  {row['expression']}")
+        else:
+            labels += [f"{name.capitalize()}  {row[name]:+.2f}" for name in task.names]
+    return labels
+
+
+def _frame_title(row: dict[str, object]) -> str:
+    where = f"frame {row['frame']}"
+    if row.get("file"):
+        where = str(row["file"])
+    elif row.get("timestamp") is not None:
+        where += f" ({row['timestamp']:.2f} s)"
+    if row.get("ood_score") is None:
+        return where
+    verdict = {True: "out of domain", False: "in domain"}.get(row.get("ood_flag"), "no threshold")
+    return f"{where}    OOD score {row['ood_score']:.3g}: {verdict}"
+
+
+def figure1(prediction: FramePrediction, path: Path, model: str = "") -> Path:
+    """The paper's Figure 1 for one frame: the face (left), each output's label beside a bar of
+    its normalised entropy (right); an ensemble's bars split into aleatoric and epistemic parts."""
+    if prediction.face is None or prediction.uncertainty is None:
+        raise ValueError("figure1 needs a frame with a face and its uncertainty")
+    row = prediction.row
+    labels = _output_labels(row)
+    fig = Figure(figsize=(10, 5.6), layout="constrained")
+    face_ax, bar_ax = fig.subplots(1, 2, width_ratios=(1, 1.35))
+    face_ax.imshow(prediction.face)
+    face_ax.set_axis_off()
+    face_ax.set_title(f"{row['expression']}, valence {row['valence']:+.2f}, "
+                      f"arousal {row['arousal']:+.2f}")
+    y = np.arange(len(OUTPUT_NAMES))
+    if "aleatoric" in prediction.uncertainty:
+        aleatoric = prediction.uncertainty["aleatoric"]
+        epistemic = prediction.uncertainty["epistemic"]
+        bar_ax.barh(y, aleatoric, color=ALEATORIC_COLOUR, label="aleatoric (data)")
+        bar_ax.barh(y, epistemic, left=aleatoric, color=EPISTEMIC_COLOUR,
+                    label="epistemic (model)")
+        bar_ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=2, fontsize="small",
+                      frameon=False)
+    else:
+        total = prediction.uncertainty["entropy"]
+        bar_ax.barh(y, total, color=colormaps["RdYlGn_r"](total))
+    bar_ax.set_yticks(y, labels, fontsize="small", family="monospace")
+    bar_ax.invert_yaxis()  # AU1 at the top, as in the paper
+    bar_ax.set_xlim(0, 1)
+    bar_ax.set_xlabel("uncertainty: normalised entropy (0 sure, 1 no idea)")
+    bar_ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(_frame_title(row) + (f"\n{model}" if model else ""), fontsize="medium")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _no_face_spans(face: np.ndarray, x: np.ndarray, step: float) -> list[tuple[float, float]]:
+    """(start, stop) on the x axis of each run of frames without a face (frames `step` apart)."""
+    missing = np.concatenate([[False], ~face, [False]])
+    edges = np.flatnonzero(np.diff(missing.astype(np.int8)))
+    return [(x[a] - step / 2, x[b - 1] + step / 2) for a, b in zip(edges[::2], edges[1::2],
+                                                                   strict=True)]
+
+
+def _heatmap(ax: Axes, task: Task, columns: list[str], data: pd.DataFrame, x: np.ndarray,
+             step: float, cmap: Colormap) -> None:
+    values = data[columns].to_numpy(dtype=float, na_value=np.nan).T  # (outputs, frames)
+    extent = (x[0] - step / 2, x[-1] + step / 2, len(columns) - 0.5, -0.5)
+    image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=1,
+                      extent=extent)
+    names = task.names
+    ax.set_yticks(np.arange(len(names)), names, fontsize="x-small")
+    ax.set_ylabel(task.name)
+    ax.figure.colorbar(image, ax=ax, pad=0.01, fraction=0.02, label="probability")
+
+
+def timeline(data: pd.DataFrame, path: Path, title: str = "",
+             ood_threshold: float | None = None) -> Path:
+    """Every output over time: AU and expression probabilities, valence and arousal with a band
+    of one standard deviation, each task's uncertainty and, for an ensemble, the OOD score."""
+    frames = data.set_index("frame").sort_index()
+    frames = frames.reindex(np.arange(frames.index.min(), frames.index.max() + 1))  # gaps: NaN
+    numbers = frames.index.to_numpy()
+    times = frames["timestamp"].to_numpy(dtype=float, na_value=np.nan)
+    timed = np.isfinite(times).any()
+    if timed:  # fill frames missing from the table on the video's own clock
+        known = np.isfinite(times)
+        times = np.interp(numbers, numbers[known], times[known])
+    x = times if timed else numbers.astype(float)
+    step = float(np.median(np.diff(x))) if len(x) > 1 else 1.0  # one frame on the x axis
+    face = frames["face"].fillna(0).to_numpy(dtype=bool)
+    ensemble = "AU_epistemic" in frames
+    panels = ["AU", "EXPR", "VA", "uncertainty", *(["ood"] if "ood_score" in frames else [])]
+    heights = {"AU": 2.2, "EXPR": 1.5, "VA": 1.5, "uncertainty": 1.3, "ood": 1.0}
+    fig = Figure(figsize=(12, sum(heights[p] for p in panels) + 0.8), layout="constrained")
+    axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True,
+                                         height_ratios=[heights[p] for p in panels]), strict=True))
+    cmap = colormaps["viridis"].with_extremes(bad=NO_FACE_COLOUR)
+    for task in TASKS:
+        if task.kind == "binary":
+            _heatmap(axes[task.name], task, list(task.names), frames, x, step, cmap)
+        elif task.kind == "categorical":
+            columns = [f"{task.name}_{name}" for name in task.names]
+            _heatmap(axes[task.name], task, columns, frames, x, step, cmap)
+        else:
+            ax = axes[task.name]
+            for name, colour in zip(task.names, ("#c44e52", "#4c72b0"), strict=True):
+                mean, sd = frames[name].to_numpy(float), frames[f"{name}_sd"].to_numpy(float)
+                ax.plot(x, mean, color=colour, lw=1.2, label=name)
+                ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.2, lw=0)
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_ylim(-1, 1)
+            ax.set_ylabel("VA (± 1 sd)")
+            ax.legend(loc="upper right", fontsize="x-small", ncols=2)
+    ax = axes["uncertainty"]
+    for task in TASKS:
+        colour = TASK_COLOURS[task.name]
+        ax.plot(x, frames[f"{task.name}_entropy"].to_numpy(float), color=colour, lw=1.2,
+                label=f"{task.name} entropy")
+        if ensemble:
+            ax.fill_between(x, 0, frames[f"{task.name}_epistemic"].to_numpy(float), color=colour,
+                            alpha=0.25, lw=0)
+    ax.set_ylim(0, 1.05)  # room for the lines of an untrained model, at 1
+    ax.set_ylabel("uncertainty")
+    note = " (shaded: epistemic part)" if ensemble else ""
+    ax.legend(loc="upper right", fontsize="x-small", ncols=3, title=f"normalised entropy{note}",
+              title_fontsize="x-small")
+    if "ood" in axes:
+        ax = axes["ood"]
+        score = frames["ood_score"].to_numpy(float)
+        ax.plot(x, score, color="k", lw=1)
+        if ood_threshold is not None:
+            ax.axhline(ood_threshold, color=EPISTEMIC_COLOUR, ls="--", lw=1, label="threshold")
+            flagged = score > ood_threshold
+            ax.scatter(x[flagged], score[flagged], color=EPISTEMIC_COLOUR, s=6, zorder=3,
+                       label="flagged")
+            ax.legend(loc="upper right", fontsize="x-small", ncols=2)
+        ax.set_ylabel("OOD score")
+    for name in ("VA", "uncertainty", *(["ood"] if "ood" in axes else [])):
+        for start, stop in _no_face_spans(face, x, step):
+            axes[name].axvspan(start, stop, color=NO_FACE_COLOUR, lw=0, zorder=0)
+    axes[panels[-1]].set_xlabel("time (s)" if timed else "frame")
+    axes[panels[-1]].set_xlim(x[0] - step / 2, x[-1] + step / 2)
+    shown = f"{int(face.sum())} of {len(face)} frames with a face (grey: none)"
+    fig.suptitle(f"{title}    {shown}" if title else shown, fontsize="medium")
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _figure_name(row: dict[str, object], name: str, sequence: bool) -> str:
+    """figure1-<file> in a folder, figure1-frame000123 in a video, figure1-<name> for an image."""
+    if row.get("file"):
+        return "figure1-" + Path(str(row["file"])).with_suffix("").as_posix().replace("/", "-")
+    return f"figure1-frame{row['frame']:06d}" if sequence else f"figure1-{name}"
+
+
+def write_plots(data: pd.DataFrame, faces: list[FramePrediction], out_dir: Path,
+                sequence: bool, ood_threshold: float | None = None, model: str = "",
+                name: str = "") -> list[Path]:
+    """Figure 1 for each prediction in `faces`, and for time series one timeline per video.
+
+    `model` names the predictor in titles; `name` is the input's name (a video's stem)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [figure1(p, out_dir / f"{_figure_name(p.row, name, sequence)}.png", model)
+               for p in faces]
+    if not sequence or data.empty:
+        return written
+    if "file" in data:  # crop folders: one video per parent folder of the crops
+        videos = data["file"].map(lambda f: Path(f).parent.as_posix())
+        groups = list(data.groupby(videos, sort=False))[:MAX_TIMELINES]
+    else:
+        groups = [(name, data)]
+    single = len(groups) == 1
+    for video, frames in groups:
+        stem = "timeline" if single else f"timeline-{str(video).replace('/', '-')}"
+        title = " ".join(part for part in (str(video) if video not in ("", ".") else name, model)
+                         if part)
+        written.append(timeline(frames, out_dir / f"{stem}.png", title, ood_threshold))
+    return written

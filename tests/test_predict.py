@@ -1,0 +1,347 @@
+"""Tests for `emodistill predict` and `Predictor`: rows, GRU state, inputs, files and figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import entropy as scipy_entropy
+from skimage import data as skdata
+from test_media import FPS, background, face_frame, write_video
+
+from emodistill.data.audio import log_mel_per_frame
+from emodistill.data.media import FaceTracker, iter_frames
+from emodistill.distillation import Run, RunConfig, train_run
+from emodistill.errors import InputError
+from emodistill.predict import AudioTrack, Predictor, predict_command
+from emodistill.tasks import AU, EXPR, TASKS, VA_CENTRES
+from emodistill.training import TrainConfig
+
+SIZE = 32  # the tiny preset's input size
+# The test video: 2 blank frames, 10 with the face, 8 blank, 4 with the face again. The tracker
+# bridges 5 missed detections (BoxSmoother.hold), so blank frames 13-17 keep the last box.
+N_LEAD, N_FIRST, N_GAP, N_SECOND = 2, 10, 8, 4
+HOLD = 5
+FACE_FLAGS = [0] * N_LEAD + [1] * (N_FIRST + HOLD) + [0] * (N_GAP - HOLD) + [1] * N_SECOND
+N_FRAMES = len(FACE_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("predict-run") / "run"
+    config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=0,
+                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8))
+    train_run(root, config, torch.device("cpu"), progress=False, log=lambda s: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gap_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    blank = background()
+    faces = [face_frame(k)[0] for k in range(N_FIRST + N_SECOND)]
+    frames = [blank] * N_LEAD + faces[:N_FIRST] + [blank] * N_GAP + faces[N_FIRST:]
+    return write_video(tmp_path_factory.mktemp("predict-video") / "gap.mp4", frames)
+
+
+@pytest.fixture(scope="module")
+def video_table(tiny_run: Path, gap_video: Path) -> pd.DataFrame:
+    return Predictor(tiny_run, batch_frames=4, device="cpu", log=lambda s: None).predict(gap_video)
+
+
+def expected_columns(ensemble: bool, ood: bool, file: bool = False) -> list[str]:
+    """The documented column order, written out from the task names."""
+    parts = ("entropy", "aleatoric", "epistemic") if ensemble else ("entropy",)
+    return [
+        *(["file"] if file else []),
+        "frame", "timestamp", "face", "x", "y", "w", "h",
+        *AU.names, *(f"{n}_present" for n in AU.names),
+        *(f"EXPR_{n}" for n in EXPR.names), "expression",
+        "valence", "arousal", "valence_sd", "arousal_sd",
+        *(f"{t}_{p}" for t in ("AU", "EXPR", "VA") for p in parts),
+        *(["ood_score", "ood_flag"] if ood else []),
+    ]
+
+
+PREDICTION_COLUMNS = [c for c in expected_columns(True, True)
+                      if c not in ("frame", "timestamp", "face", "x", "y", "w", "h")]
+
+
+def reference_probs(run: Path, crops: np.ndarray, members: int = 2) -> dict[str, np.ndarray]:
+    """Each member's probabilities, task -> (T, L, n), from one whole-sequence `forward`."""
+    frames = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255)[None]  # (1, L, 3, S, S)
+    out = {t.name: [] for t in TASKS}
+    for m in range(members):
+        model = Run(run).load_member(0, m)
+        with torch.no_grad():
+            logits = model(frames)
+        for t in TASKS:
+            out[t.name].append(t.activate(logits[t.name][0]).numpy())
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def tracked_crops(video: Path) -> list[np.ndarray | None]:
+    tracker = FaceTracker(crop_size=SIZE)
+    return [tracker.track(frame.rgb)[1] for frame in iter_frames(video)]
+
+
+def test_video_rows_columns_and_value_ranges(video_table: pd.DataFrame):
+    table = video_table
+    assert list(table.columns) == expected_columns(ensemble=True, ood=True)
+    assert table["frame"].tolist() == list(range(1, N_FRAMES + 1))
+    assert table["timestamp"].to_numpy() == pytest.approx(np.arange(N_FRAMES) / FPS)
+    assert table["face"].tolist() == FACE_FLAGS
+    empty, found = table[table["face"] == 0], table[table["face"] == 1]
+    assert empty[[*PREDICTION_COLUMNS, "x", "y", "w", "h"]].isna().all().all()
+    assert found[PREDICTION_COLUMNS[:-1]].notna().all().all()  # ood_flag: no report yet
+    assert table["ood_flag"].isna().all()
+    au = found[list(AU.names)].to_numpy(float)
+    assert ((au >= 0) & (au <= 1)).all()
+    present = found[[f"{n}_present" for n in AU.names]].to_numpy(int)
+    assert np.array_equal(present, (au >= 0.5).astype(int))
+    expr = found[[f"EXPR_{n}" for n in EXPR.names]].to_numpy(float)
+    assert expr.sum(1) == pytest.approx(1.0, abs=1e-6)
+    assert found["expression"].tolist() == [EXPR.names[i] for i in expr.argmax(1)]
+    assert found[["valence", "arousal"]].abs().to_numpy().max() <= 0.95 + 1e-9
+    for task in ("AU", "EXPR", "VA"):
+        total, aleatoric, epistemic = (found[f"{task}_{p}"].to_numpy(float)
+                                       for p in ("entropy", "aleatoric", "epistemic"))
+        assert ((total >= 0) & (total <= 1 + 1e-9)).all()
+        assert (epistemic >= 0).all()
+        assert aleatoric + epistemic == pytest.approx(total, abs=1e-9)  # Eq. 14
+    # With every task present the OOD score is the epistemic part averaged over the tasks.
+    mean_epistemic = found[["AU_epistemic", "EXPR_epistemic", "VA_epistemic"]].mean(axis=1)
+    assert found["ood_score"].to_numpy() == pytest.approx(mean_epistemic.to_numpy(), abs=1e-12)
+
+
+def test_face_boxes_are_where_the_face_is(video_table: pd.DataFrame):
+    first = video_table.iloc[N_LEAD]
+    truth = face_frame(0)[1]
+    ix = min(first.x + first.w, truth.x + truth.w) - max(first.x, truth.x)
+    iy = min(first.y + first.h, truth.y + truth.h) - max(first.y, truth.y)
+    inter = max(ix, 0) * max(iy, 0)
+    assert inter / (first.w * first.h + truth.w * truth.h - inter) > 0.5
+
+
+def test_streaming_equals_whole_sequence_and_restarts_after_a_gap(
+    tiny_run: Path, gap_video: Path, video_table: pd.DataFrame
+):
+    crops = tracked_crops(gap_video)
+    assert [int(c is not None) for c in crops] == FACE_FLAGS
+    # Two stretches with a face, each one sequence from a zero GRU state (chunks of 4 carried on).
+    stretches = [(N_LEAD, N_LEAD + N_FIRST + HOLD), (N_FRAMES - N_SECOND, N_FRAMES)]
+    for start, stop in stretches:
+        probs = reference_probs(tiny_run, np.stack(crops[start:stop]))
+        rows = video_table.iloc[start:stop]
+        mean_au = probs["AU"].mean(0)  # (L, 12)
+        assert rows[list(AU.names)].to_numpy(float) == pytest.approx(mean_au, abs=1e-5)
+        mean_expr = probs["EXPR"].mean(0)
+        got_expr = rows[[f"EXPR_{n}" for n in EXPR.names]].to_numpy(float)
+        assert got_expr == pytest.approx(mean_expr, abs=1e-5)
+        mean_va = probs["VA"].mean(0).reshape(-1, 2, 20)
+        assert rows[["valence", "arousal"]].to_numpy(float) == pytest.approx(
+            mean_va @ VA_CENTRES, abs=1e-5)
+        # Normalised entropy of the ensemble mean, by SciPy: AU averaged over the 12 AUs.
+        au_entropy = scipy_entropy(np.stack([1 - mean_au, mean_au]), axis=0).mean(1) / np.log(2)
+        assert rows["AU_entropy"].to_numpy(float) == pytest.approx(au_entropy, abs=1e-5)
+    # Frames 5.. of the first stretch would differ from a restart at each chunk of 4: the state
+    # really is carried.
+    start = N_LEAD + 4
+    restarted = reference_probs(tiny_run, np.stack(crops[start:start + 4]))["AU"].mean(0)
+    carried = video_table.iloc[start:start + 4][list(AU.names)].to_numpy(float)
+    assert np.abs(restarted - carried).max() > 1e-4
+
+
+def test_single_member_has_entropy_only(tiny_run: Path, gap_video: Path):
+    table = Predictor(tiny_run, members=1, log=lambda s: None).predict(gap_video)
+    assert list(table.columns) == expected_columns(ensemble=False, ood=False)
+    found = table[table["face"] == 1]
+    crops = tracked_crops(gap_video)
+    stop = N_LEAD + N_FIRST + HOLD
+    expr = reference_probs(tiny_run, np.stack(crops[N_LEAD:stop]), members=1)["EXPR"][0]
+    expected = scipy_entropy(expr, axis=1) / np.log(7)
+    got = found["EXPR_entropy"].to_numpy(float)[: stop - N_LEAD]
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_image_folder_and_single_image(tiny_run: Path, tmp_path: Path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    face = face_frame(3)[0]
+    for name, rgb in (("a_face.png", face), ("b_wall.jpg", background()),
+                      ("c_astronaut.jpg", skdata.astronaut())):
+        cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("not an image\n")
+    predictor = Predictor(tiny_run, batch_frames=2, log=lambda s: None)
+    table = predictor.predict(folder)
+    assert list(table.columns) == expected_columns(ensemble=True, ood=True, file=True)
+    assert table["file"].tolist() == ["a_face.png", "b_wall.jpg", "c_astronaut.jpg"]
+    assert table["frame"].tolist() == [1, 2, 3]
+    assert table["face"].tolist() == [1, 0, 1]
+    assert table["timestamp"].isna().all()
+    assert table.iloc[1][PREDICTION_COLUMNS].isna().all()
+    # Each image is a sequence of its own: alone it gives the same prediction as in the folder.
+    alone = predictor.predict(folder / "c_astronaut.jpg")
+    assert "file" not in alone.columns and len(alone) == 1
+    columns = [*AU.names, "valence", "AU_epistemic"]
+    in_folder = table.iloc[[2]][columns].to_numpy(float)
+    assert alone[columns].to_numpy(float) == pytest.approx(in_folder, abs=1e-6)
+
+
+def copy_crops(source: Path, folder: Path, numbers: list[int]) -> Path:
+    """Copy crops 00001.jpg... of `source` into `folder`, keeping only `numbers`."""
+    folder.mkdir(parents=True)
+    for number in numbers:
+        shutil.copy(source / f"{number:05d}.jpg", folder / f"{number:05d}.jpg")
+    return folder
+
+
+def test_cropped_aligned_folders(tiny_run: Path, tiny_data: Path, tmp_path: Path):
+    video = sorted(p for p in (tiny_data / "cropped_aligned").iterdir() if p.is_dir())[0]
+    root = tmp_path / "cropped_aligned"
+    copy_crops(video, root / "whole", [1, 2, 3, 4, 5, 6])
+    copy_crops(video, root / "holed", [1, 2, 3, 5, 6])  # crop 4 missing: no face there
+    tail = copy_crops(video, tmp_path / "tail", [5, 6])
+    predictor = Predictor(tiny_run, batch_frames=2, log=lambda s: None)
+    table = predictor.predict(tmp_path)  # a folder holding cropped_aligned/
+    assert table["file"].tolist() == [f"{v}/{n:05d}.jpg" for v, numbers in
+                                      (("holed", (1, 2, 3, 5, 6)), ("whole", range(1, 7)))
+                                      for n in numbers]
+    assert table["frame"].tolist() == [1, 2, 3, 5, 6, 1, 2, 3, 4, 5, 6]
+    assert (table["face"] == 1).all() and table[PREDICTION_COLUMNS[:-1]].notna().all().all()
+    au = table[list(AU.names)].to_numpy(float)
+    assert au[:3] == pytest.approx(au[5:8], abs=1e-6)  # the same crops, the same history
+    # After the missing crop the sequence starts again, as a folder of crops 5 and 6 alone.
+    alone = predictor.predict(tail)
+    assert alone["file"].tolist() == ["00005.jpg", "00006.jpg"]
+    assert au[3:5] == pytest.approx(alone[list(AU.names)].to_numpy(float), abs=1e-6)
+    assert np.abs(au[3:5] - au[9:11]).max() > 1e-6  # with crop 4 before them they differ
+
+
+def test_onnx_backend_exports_on_the_fly_and_matches_torch(tiny_run: Path, tiny_data: Path,
+                                                            tmp_path: Path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # the export writes into the run folder
+    video = sorted(p for p in (tiny_data / "cropped_aligned").iterdir() if p.is_dir())[0]
+    clip = copy_crops(video, tmp_path / "clip", [1, 2, 3, 4, 5, 6])
+    onnx = Predictor(run, backend="onnx", batch_frames=4, log=lambda s: None).predict(clip)
+    assert sorted(p.name for p in (run / "teacher" / "onnx").iterdir()) == [
+        "member-0.onnx", "member-1.onnx"]
+    reference = Predictor(run, batch_frames=4, log=lambda s: None).predict(clip)
+    numbers = [c for c in reference.columns if c not in ("file", "expression", "ood_flag")]
+    assert onnx[numbers].to_numpy(float) == pytest.approx(reference[numbers].to_numpy(float),
+                                                          abs=1e-5, nan_ok=True)
+
+
+def test_ood_flag_uses_the_reports_threshold(tiny_run: Path, gap_video: Path,
+                                             video_table: pd.DataFrame, tmp_path: Path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    scores = video_table["ood_score"].dropna()
+    threshold = float(scores.median())
+    report = {"tasks": ["AU", "EXPR", "VA"], "members": 2,
+              "generations": [{"name": "teacher", "ood_threshold": threshold}]}
+    (run / "report").mkdir()
+    (run / "report" / "report.json").write_text(json.dumps(report))
+    notes = []
+    table = Predictor(run / "teacher", batch_frames=4, log=notes.append).predict(gap_video)
+    assert notes == []
+    found = table[table["face"] == 1]
+    assert found["ood_flag"].tolist() == (found["ood_score"] > threshold).tolist()
+    assert table.loc[table["face"] == 0, "ood_flag"].isna().all()
+
+
+def test_predict_command_writes_tables_and_figures(
+    tiny_run: Path, gap_video: Path, video_table: pd.DataFrame, tmp_path: Path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    out = predict_command(gap_video, tiny_run, plot=tmp_path / "figures", device="cpu",
+                          progress=False)
+    assert out == tmp_path / "gap.emotions.csv"
+    summary = capsys.readouterr().out
+    assert f"{N_FRAMES} frames, {sum(FACE_FLAGS)} with a face" in summary
+    written = pd.read_csv(out)
+    assert list(written.columns) == list(video_table.columns)
+    numbers = [c for c in video_table.columns if c not in ("expression", "ood_flag")]
+    assert written[numbers].to_numpy(float) == pytest.approx(
+        video_table[numbers].to_numpy(float), abs=1e-6, nan_ok=True)
+    parquet = predict_command(gap_video, tiny_run, members="1", out=tmp_path / "one.parquet",
+                              progress=False)
+    single = pd.read_parquet(parquet)
+    assert "AU_epistemic" not in single.columns and len(single) == N_FRAMES
+    assert single["AU1_present"].dtype == "Int8"
+    assert single["expression"].isna().sum() == FACE_FLAGS.count(0)
+    figures = sorted((tmp_path / "figures").glob("*.png"))
+    names = [p.name for p in figures]
+    assert "timeline.png" in names and sum(n.startswith("figure1-frame") for n in names) >= 3
+    assert all(p.stat().st_size > 20_000 for p in figures)
+
+
+def test_audio_windows_made_per_chunk_equal_the_whole_track():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0, 0.1, 16000 * 3).astype(np.float32)
+    fps = 25.0  # 640 samples per frame: chunk starts fall on the 10 ms hop grid
+    whole = log_mel_per_frame(samples, 16000, 75, fps)
+    track = AudioTrack(samples, 16000, fps)
+    for indices in (np.arange(0, 8), np.arange(30, 46), np.arange(70, 75)):
+        assert track.windows(indices) == pytest.approx(whole[indices], abs=1e-4)
+
+
+def make_bad_input(folder: Path, name: str) -> Path:
+    """One kind of unusable input, named `name` in `folder` (absent.mp4 is not created)."""
+    path = folder / name
+    if name == "notes.mp4":
+        path.write_text("hello\n")
+    elif name == "zero.mp4":
+        path.write_bytes(b"")
+    elif name == "none.mp4":  # an mp4 container with a video stream header and no frame
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=FPS)
+            stream.width, stream.height = 64, 64
+            container.start_encoding()
+    elif name == "broken.png":
+        path.write_bytes(b"\x89PNG nothing")
+    elif name == "hollow":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("notes.mp4", r"notes\.mp4: not a readable video"),
+        ("zero.mp4", r"zero\.mp4: the file is empty \(0 bytes\)"),
+        ("none.mp4", r"none\.mp4: the file holds no video stream"),
+        ("broken.png", r"broken\.png: not a readable image"),
+        ("hollow", r"hollow: the folder holds no images"),
+        ("absent.mp4", r"absent\.mp4: no such file or folder"),
+    ],
+)
+def test_bad_inputs_are_one_sentence(tiny_run: Path, tmp_path: Path, name: str, message: str):
+    path = make_bad_input(tmp_path, name)
+    with pytest.raises(InputError, match=message) as caught:
+        Predictor(tiny_run, log=lambda s: None).predict(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_models_and_options_are_one_sentence(tiny_run: Path, gap_video: Path, tmp_path: Path):
+    (tmp_path / "not-a-run").mkdir()
+    cases = [
+        (lambda: Predictor(tmp_path / "not-a-run"), r"not-a-run is not an emodistill run"),
+        (lambda: Predictor(tmp_path / "nowhere"), r"nowhere: no such model folder"),
+        (lambda: Predictor(tiny_run, members=3), r"--members must be between 1 and 2"),
+        (lambda: Predictor(tiny_run, generation="student1"), r"student1 is not finished"),
+        (lambda: Predictor(tiny_run, backend="tpu"), r"unknown backend 'tpu'"),
+        (lambda: predict_command(gap_video, tiny_run, out=tmp_path / "x.txt"),
+         r"x\.txt: the output must end in \.csv or \.parquet"),
+        (lambda: predict_command(gap_video, tiny_run, members="some"),
+         r"--members must be all or a number"),
+    ]
+    for make, message in cases:
+        with pytest.raises(InputError, match=message) as caught:
+            make()
+        assert "\n" not in str(caught.value)
