@@ -114,6 +114,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from emodistill.predict import predict_command
+
+    predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
+                    backend=args.backend, device=args.device, progress=not args.quiet)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from emodistill.export import export_command
+
+    export_command(args.run, args.generation)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from emodistill.bench import bench_command
+
+    bench_command(quick=args.quick)
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser, device: bool = False) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     if device:
@@ -193,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("compare", cmd_compare, "put several runs' reports side by side")
     p.add_argument("runs", type=Path, nargs="+")
+
+    p = add("predict", cmd_predict, "per-frame emotions with uncertainty from a video, image or folder")
+    p.add_argument("input", type=Path, help="video, image, folder of images, or a cropped_aligned folder")
+    p.add_argument("--model", type=Path, required=True, help="RUN or RUN/GENERATION (default: the last)")
+    p.add_argument("--members", default="all", help="all, or the first N members of the ensemble")
+    p.add_argument("--out", type=Path, default=None, help="FILE.csv or FILE.parquet")
+    p.add_argument("--plot", type=Path, default=None, help="folder for Figure-1 panels and timelines")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    _add_common(p, device=True)
+
+    p = add("export", cmd_export, "export each member of a run to ONNX")
+    p.add_argument("run", type=Path)
+    p.add_argument("--generation", default=None, help="teacher, studentK (default: the last finished)")
+
+    p = add("bench", cmd_bench, "measure speed and memory on this machine; writes benchmarks/results.json")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
 
     p = add("demo", cmd_demo, "simulate data, distil, evaluate and report (the main job)")
     p.add_argument("--out", type=Path, default=Path("demo-run"))

@@ -137,3 +137,27 @@ def test_mc_dropout_mean_matches_manual_average():
     with torch.no_grad(), enable_mc_dropout(model):
         manual = sum(torch.softmax(model(frames)["EXPR"], -1) for _ in range(3)) / 3
     torch.testing.assert_close(averaged["EXPR"], manual)
+
+
+def test_mc_dropout_encodes_once_and_matches_full_passes() -> None:
+    """EMENet's fast path (CNN once, heads `passes` times) equals full stochastic passes."""
+    from emodistill.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    frames = torch.rand(2, 3, 3, 32, 32)
+    fast = mc_dropout_probs(model, frames, passes=4, seed=5)
+
+    class FullPasses(torch.nn.Module):  # hides encode/decode, so every pass runs the CNN
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self.inner(x)
+
+    slow = mc_dropout_probs(FullPasses(), frames, passes=4, seed=5)
+    for name in fast:
+        torch.testing.assert_close(fast[name], slow[name], atol=1e-6, rtol=1e-5)
+    single = {k: v for k, v in mc_dropout_probs(model, frames, passes=1, seed=5).items()}
+    assert any(not torch.allclose(fast[k], single[k]) for k in fast), "dropout had no effect"

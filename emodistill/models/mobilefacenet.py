@@ -1,0 +1,109 @@
+"""MobileFaceNet (Chen et al. 2018) as the per-frame visual feature extractor of EMENet.
+
+Ends at the global depthwise conv (GDC): the landmark model's final linear + BN are removed
+(REFERENCE.md Sec. 4), so a face crop becomes a `feature_dim`-d vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Bottleneck stages (expansion t, channels c, repeats n, first stride s), Chen et al. Table 1.
+# The expansion multiplies a block's input channels.
+BOTTLENECKS: tuple[tuple[int, int, int, int], ...] = (
+    (2, 64, 5, 2),
+    (4, 128, 1, 2),
+    (2, 128, 6, 1),
+    (4, 128, 1, 2),
+    (2, 128, 2, 1),
+)
+STEM_CHANNELS = 64
+STRIDE_TWO_LAYERS = 1 + sum(1 for *_, stride in BOTTLENECKS if stride == 2)  # stem + 3 stages
+
+
+def scale_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
+    """Channels times the width multiplier, rounded to the nearest multiple of `divisor`."""
+    scaled = max(divisor, int(channels * width_mult + divisor / 2) // divisor * divisor)
+    # Never round down by more than 10% (the MobileNet convention).
+    return scaled + divisor if scaled < 0.9 * channels * width_mult else scaled
+
+
+def final_map_size(input_size: int) -> int:
+    """Side of the last feature map: each stride-2 3x3 conv (padding 1) maps s to ceil(s / 2)."""
+    size = input_size
+    for _ in range(STRIDE_TWO_LAYERS):
+        size = (size + 1) // 2
+    return size
+
+
+class ConvBN(nn.Module):
+    """Conv2d without bias -> BatchNorm -> optional per-channel PReLU.
+
+    Submodule names `conv`, `bn`, `prelu` match the face-landmark checkpoint's blocks.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        padding: int | None = None,
+        act: bool = True,
+    ) -> None:
+        super().__init__()
+        padding = kernel // 2 if padding is None else padding
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.prelu = nn.PReLU(out_ch) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return self.prelu(x) if self.prelu is not None else x
+
+
+class Bottleneck(nn.Module):
+    """Inverted residual: 1x1 expand -> 3x3 depthwise -> 1x1 linear projection."""
+
+    def __init__(self, in_ch: int, out_ch: int, expansion: int, stride: int) -> None:
+        super().__init__()
+        hidden = in_ch * expansion
+        self.expand = ConvBN(in_ch, hidden, 1)
+        self.depthwise = ConvBN(hidden, hidden, 3, stride, groups=hidden)
+        self.project = ConvBN(hidden, out_ch, 1, act=False)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.residual else out
+
+
+class MobileFaceNet(nn.Module):
+    """(N, 3, S, S) normalised faces -> (N, feature_dim) features."""
+
+    def __init__(
+        self, input_size: int = 112, width_mult: float = 1.0, feature_dim: int = 512
+    ) -> None:
+        super().__init__()
+        stem = scale_channels(STEM_CHANNELS, width_mult)
+        self.stem = ConvBN(3, stem, 3, stride=2)  # (N, 64, S/2, S/2)
+        self.stem_dw = ConvBN(stem, stem, 3, groups=stem)
+        blocks = []
+        in_ch = stem
+        for expansion, channels, repeats, stride in BOTTLENECKS:
+            out_ch = scale_channels(channels, width_mult)
+            for i in range(repeats):
+                blocks.append(Bottleneck(in_ch, out_ch, expansion, stride if i == 0 else 1))
+                in_ch = out_ch
+        self.blocks = nn.Sequential(*blocks)  # (N, 128, S/16, S/16)
+        self.pointwise = ConvBN(in_ch, feature_dim, 1)  # (N, 512, S/16, S/16)
+        # Global depthwise conv: one kernel per channel covering the whole map (7x7 at 112),
+        # a learned spatial weighting instead of average pooling.
+        side = final_map_size(input_size)
+        self.gdc = ConvBN(feature_dim, feature_dim, side, groups=feature_dim, padding=0, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem_dw(self.stem(x)))
+        return self.gdc(self.pointwise(x)).flatten(1)  # (N, 512)
