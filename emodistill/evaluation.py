@@ -61,9 +61,13 @@ def mean_scores(all_scores: list[dict]) -> dict:
     return float(np.mean(all_scores))
 
 
-def emotion_summary(split: Split, member_probs: list[Probs]) -> dict:
+def ensemble_mean(member_probs: list[Probs]) -> Probs:
+    """The ensemble's prediction: the members' probabilities averaged (Sec. 3.1, F_T)."""
+    return {t: np.mean([p[t] for p in member_probs], axis=0) for t in member_probs[0]}
+
+
+def emotion_summary(split: Split, member_probs: list[Probs], ensemble: Probs) -> dict:
     """Ensemble metrics and single members' mean and std (Table 1, Figure 4)."""
-    ensemble = {t: np.mean([p[t] for p in member_probs], axis=0) for t in member_probs[0]}
     singles = [emotion_metrics(split.labels, p, split.masks) for p in member_probs]
     keys = singles[0].keys()
     return {
@@ -164,10 +168,12 @@ def evaluate_generation(
         for m in models
     ]
     member_probs = [activate(logits, tasks) for logits in member_logits]
+    ensemble = ensemble_mean(member_probs)
     entry: dict = {"name": generation_name(generation)}
-    emotion = emotion_summary(val, member_probs)
+    emotion = emotion_summary(val, member_probs, ensemble)
     entry.update({k: emotion[k] for k in ("ensemble", "single_mean", "single_std")})
     entry.update(mean_scores([uncertainty_scores(val, p) for p in member_probs]))
+    entry["ensemble_uncertainty"] = uncertainty_scores(val, ensemble)
     scores = probe.scores(models, device, tasks)
     fpr, tpr = roc_curve(probe.is_ood, scores)
     entry["ood_auc"] = roc_auc(probe.is_ood, scores)
@@ -198,7 +204,8 @@ def baselines(
         def forward(frames: torch.Tensor, audio: torch.Tensor | None, model: torch.nn.Module = model) -> dict:
             return mc_dropout_probs(model, frames, audio, passes=mc_passes, seed=seed)
 
-        mc.append(predict_split(forward, val, device, config.train.clip_length, config.train.eval_batch_clips, use_audio))
+        mc.append(predict_split(forward, val, device, config.train.clip_length, config.train.eval_batch_clips,
+                                use_audio))
     ts_scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in tasks if t in p}) for p in ts])
     mc_scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in tasks}) for p in mc])
     return {

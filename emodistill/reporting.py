@@ -41,8 +41,11 @@ def emotion_table(report: dict) -> str:
     rows = []
     for g in report["generations"]:
         single = f"{fmt(g['single_mean'].get('total'))} ± {fmt(g['single_std'].get('total'))}"
-        rows.append([short_name(g["name"]), *(fmt(g["ensemble"].get(k)) for k in keys), single])
-    return markdown_table(["Generation", *(f"{k} (ens.)" for k in keys), "total (single, mean ± std)"], rows)
+        nll = g.get("ensemble_uncertainty", {}).get("nll", {})
+        rows.append([short_name(g["name"]), *(fmt(g["ensemble"].get(k)) for k in keys), single,
+                     fmt(nll.get("AU_mean")), fmt(nll.get("EXPR"))])
+    return markdown_table(["Generation", *(f"{k} (ens.)" for k in keys), "total (single, mean ± std)",
+                           "AU NLL (ens.)", "EXPR NLL (ens.)"], rows)
 
 
 def uncertainty_rows(report: dict) -> list[tuple[str, dict]]:

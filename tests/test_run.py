@@ -33,8 +33,10 @@ def test_demo_quick_writes_a_sane_report(tmp_path: Path) -> None:
         assert len(g["nll"]["AU"]) == 12 and g["nll"]["AU_mean"] > 0 and g["nll"]["EXPR"] > 0
         assert set(g["rmse"]) == {"valence", "arousal"} and set(g["ece"]) == {"AU", "EXPR"}
         assert 0.0 <= g["ood_auc"] <= 1.0
-        # Averaging members' probabilities must not do worse than a typical member.
-        assert g["ensemble"]["total"] >= g["single_mean"]["total"] - 0.05
+        # The ensemble averages probabilities, so its NLL is at most the members' mean NLL
+        # (Jensen); a wrong combination (averaged logits, a lost member) breaks this.
+        for key in ("AU_mean", "EXPR"):
+            assert g["ensemble_uncertainty"]["nll"][key] <= g["nll"][key] + 1e-9, key
     baselines = report["baselines"]
     assert len(baselines["temperature_scaling"]["nll"]["AU"]) == 12
     assert set(baselines["mc_dropout"]["rmse"]) == {"valence", "arousal"}
