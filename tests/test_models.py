@@ -286,9 +286,7 @@ def test_safetensors_round_trip(tmp_path):
 def test_mismatched_checkpoints_name_file_and_keys(tmp_path):
     path = tmp_path / "landmark.pth"
     torch.save(landmark_state_dict(), path)
-    with pytest.raises(
-        InputError, match=r"landmark\.pth.*shaped unlike.*stem\.conv\.weight \(64, 3, 3, 3\)"
-    ):
+    with pytest.raises(InputError, match=r"landmark\.pth.*shaped unlike.*stem\.conv\.weight \(64, 3, 3, 3\)"):
         load_backbone_weights(build_model("tiny"), path)  # width 0.25 vs the full-width file
     state = build_model("tiny").backbone.state_dict()
     del state["gdc.conv.weight"]

@@ -49,13 +49,9 @@ PRESETS: dict[str, ModelConfig] = {
     # Full-width network on 64x64 crops: about 3x cheaper per frame on a CPU.
     "small": ModelConfig("small", input_size=64),
     # The 2-core demo: 20 members trained in about 10 minutes.
-    "demo": ModelConfig(
-        "demo", input_size=48, width_mult=0.5, feature_dim=256, audio_dim=64, gru_hidden=64
-    ),
+    "demo": ModelConfig("demo", input_size=48, width_mult=0.5, feature_dim=256, audio_dim=64, gru_hidden=64),
     # Unit tests: a forward + backward in milliseconds.
-    "tiny": ModelConfig(
-        "tiny", input_size=32, width_mult=0.25, feature_dim=64, audio_dim=32, gru_hidden=32
-    ),
+    "tiny": ModelConfig("tiny", input_size=32, width_mult=0.25, feature_dim=64, audio_dim=32, gru_hidden=32),
 }
 
 
@@ -68,9 +64,7 @@ class TaskHead(nn.Module):
         self.gru = nn.GRU(in_dim, hidden, num_layers=1, batch_first=True)
         self.out = nn.Linear(hidden, n_logits)
 
-    def forward(
-        self, features: torch.Tensor, hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, L, D), hidden (1, B, H) -> logits (B, L, n_logits), hidden (1, B, H)."""
         seq, hidden = self.gru(self.dropout(features), hidden)  # (B, L, H)
         return self.out(torch.relu(seq)), hidden
@@ -85,21 +79,14 @@ class EMENet(nn.Module):
         self.backbone = MobileFaceNet(config.input_size, config.width_mult, config.feature_dim)
         self.audio_encoder = MarbleNet(config.n_mels, config.audio_dim) if config.audio else None
         self.heads = nn.ModuleDict(
-            {
-                t.name: TaskHead(
-                    config.head_input_dim, config.gru_hidden, t.n_logits, config.dropout
-                )
-                for t in TASKS
-            }
+            {t.name: TaskHead(config.head_input_dim, config.gru_hidden, t.n_logits, config.dropout) for t in TASKS}
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Conv1d):
                 # He initialisation (fan-out), the MobileNet-family default.
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(
-        self, frames: torch.Tensor, audio: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Logits {"AU": (B, L, 12), "EXPR": (B, L, 7), "VA": (B, L, 40)} from a zero GRU state.
 
         `audio` is ignored by a visual-only model.
@@ -149,21 +136,16 @@ class EMENet(nn.Module):
             states.append(state)
         return logits, torch.cat(states)  # (n_tasks, B, H)
 
-    def _check_inputs(
-        self, frames: torch.Tensor, audio: torch.Tensor | None, hidden: torch.Tensor | None
-    ) -> None:
+    def _check_inputs(self, frames: torch.Tensor, audio: torch.Tensor | None, hidden: torch.Tensor | None) -> None:
         """One-sentence InputError for any input the model cannot take."""
         cfg = self.config
         size = cfg.input_size
         if frames.dim() != 5 or tuple(frames.shape[2:]) != (3, size, size):
             raise InputError(
-                f"model {cfg.name!r} expects frames of shape (B, L, 3, {size}, {size}), "
-                f"got {tuple(frames.shape)}"
+                f"model {cfg.name!r} expects frames of shape (B, L, 3, {size}, {size}), got {tuple(frames.shape)}"
             )
         if not frames.is_floating_point():
-            raise InputError(
-                f"model {cfg.name!r} expects float frames in [0, 1], got {frames.dtype}"
-            )
+            raise InputError(f"model {cfg.name!r} expects float frames in [0, 1], got {frames.dtype}")
         B, L = frames.shape[:2]
         if cfg.audio:
             expected = (B, L, cfg.n_mels, cfg.audio_frames)
@@ -174,8 +156,7 @@ class EMENet(nn.Module):
                 )
             if tuple(audio.shape) != expected:
                 raise InputError(
-                    f"model {cfg.name!r} expects audio of shape {expected} (B, L, mels, "
-                    f"time), got {tuple(audio.shape)}"
+                    f"model {cfg.name!r} expects audio of shape {expected} (B, L, mels, time), got {tuple(audio.shape)}"
                 )
         if hidden is not None and tuple(hidden.shape) != (len(TASKS), B, cfg.gru_hidden):
             raise InputError(
@@ -194,9 +175,7 @@ def build_model(preset: str | ModelConfig, modality: str | None = None) -> EMENe
         raise InputError(f"unknown model preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if modality is not None:
         if modality not in MODALITIES:
-            raise InputError(
-                f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}"
-            )
+            raise InputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
         config = replace(config, audio=modality == "va")
     return EMENet(config)
 
@@ -268,7 +247,4 @@ def presets_table() -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)

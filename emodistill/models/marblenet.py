@@ -38,9 +38,7 @@ FULL_WIDTH = 128  # the last block's filters in the paper's config
 class ConvBN1d(nn.Module):
     """(Separable) Conv1d without bias -> BatchNorm; the length is kept ('same' padding)."""
 
-    def __init__(
-        self, in_ch: int, out_ch: int, kernel: int, dilation: int, separable: bool
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, dilation: int, separable: bool) -> None:
         super().__init__()
         padding = dilation * (kernel - 1) // 2
         if separable:
@@ -57,9 +55,7 @@ class ConvBN1d(nn.Module):
                 nn.Conv1d(in_ch, out_ch, 1, bias=False),
             )
         else:
-            self.conv = nn.Conv1d(
-                in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False
-            )
+            self.conv = nn.Conv1d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False)
         self.bn = nn.BatchNorm1d(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,9 +68,7 @@ class MarbleBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, spec: BlockSpec) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
-            ConvBN1d(
-                in_ch if i == 0 else out_ch, out_ch, spec.kernel, spec.dilation, spec.separable
-            )
+            ConvBN1d(in_ch if i == 0 else out_ch, out_ch, spec.kernel, spec.dilation, spec.separable)
             for i in range(spec.repeat)
         )
         self.residual = ConvBN1d(in_ch, out_ch, 1, 1, separable=False) if spec.residual else None

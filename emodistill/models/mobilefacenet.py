@@ -83,9 +83,7 @@ class Bottleneck(nn.Module):
 class MobileFaceNet(nn.Module):
     """(N, 3, S, S) normalised faces -> (N, feature_dim) features."""
 
-    def __init__(
-        self, input_size: int = 112, width_mult: float = 1.0, feature_dim: int = 512
-    ) -> None:
+    def __init__(self, input_size: int = 112, width_mult: float = 1.0, feature_dim: int = 512) -> None:
         super().__init__()
         stem = scale_channels(STEM_CHANNELS, width_mult)
         self.stem = ConvBN(3, stem, 3, stride=2)  # (N, 64, S/2, S/2)

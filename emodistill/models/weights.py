@@ -63,9 +63,7 @@ def load_backbone_weights(model: EMENet, path: Path) -> None:
         (mismatched, f"has {len(mismatched)} tensors shaped unlike model {name!r}'s"),
     ):
         if keys:
-            raise InputError(
-                f"{path}: backbone checkpoint {problem}, e.g. {', '.join(keys[:SHOWN_KEYS])}"
-            )
+            raise InputError(f"{path}: backbone checkpoint {problem}, e.g. {', '.join(keys[:SHOWN_KEYS])}")
     model.backbone.load_state_dict(state)
 
 
@@ -88,12 +86,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # Training scripts save {"state_dict": ..., "epoch": ...}; DataParallel prefixes "module.".
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(
-        isinstance(v, torch.Tensor) for v in loaded.values()
-    ):
-        raise InputError(
-            f"{path}: expected a state_dict of tensors by name, got {type(loaded).__name__}"
-        )
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise InputError(f"{path}: expected a state_dict of tensors by name, got {type(loaded).__name__}")
     return {key.removeprefix("module."): value for key, value in loaded.items()}
 
 
