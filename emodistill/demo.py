@@ -38,7 +38,7 @@ class DemoPlan:
 
 
 FULL = DemoPlan(videos=48, frames=120, crop_size=112, preset="demo", members=5, generations=3,
-                epochs=4, lr_step=3, batches_per_epoch=30, ood_limit=1500, mc_passes=10)
+                epochs=4, lr_step=3, batches_per_epoch=12, ood_limit=1500, mc_passes=10)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
                  epochs=2, lr_step=1, batches_per_epoch=3, ood_limit=64, mc_passes=3)
 
