@@ -1,0 +1,167 @@
+"""Tests for ONNX export (emodistill.export): parity with PyTorch, dynamic axes, runs, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from emodistill.distillation import Run, RunConfig, train_run
+from emodistill.errors import InputError
+from emodistill.export import (
+    OnnxMember,
+    export_command,
+    export_member,
+    export_run,
+    parse_generation,
+)
+from emodistill.models import build_model
+from emodistill.tasks import TASKS
+from emodistill.training import TrainConfig
+
+TOLERANCE = 1e-4  # the issue's bound on |ONNX - PyTorch|
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained 2-member teacher of the tiny preset (seconds on 2 cores)."""
+    root = tmp_path_factory.mktemp("run") / "run"
+    config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=0,
+                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8))
+    train_run(root, config, torch.device("cpu"), progress=False, log=lambda _: None)
+    return root
+
+
+def random_inputs(model, B: int, L: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cfg = model.config
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.rand(B, L, 3, cfg.input_size, cfg.input_size, generator=generator)
+    audio = None
+    if cfg.audio:
+        audio = torch.randn(B, L, cfg.n_mels, cfg.audio_frames, generator=generator)
+    return frames, audio
+
+
+def assert_close(onnx_logits: dict, torch_logits: dict, onnx_state, torch_state) -> None:
+    for task in TASKS:
+        np.testing.assert_allclose(onnx_logits[task.name], torch_logits[task.name].numpy(),
+                                   rtol=0, atol=TOLERANCE, err_msg=task.name)
+    np.testing.assert_allclose(onnx_state, torch_state.numpy(), rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("modality", ["v", "va"])
+def test_onnx_matches_pytorch_with_carried_state_and_any_batch_or_length(
+    modality: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny", modality).eval()
+    member = OnnxMember(export_member(model, tmp_path / "member.onnx"), threads=1)
+    assert member.config == model.config
+    # Two chunks of one stream (the second continues the first's GRU state), then another
+    # batch size and length through the same file.
+    torch_state = onnx_state = None
+    for B, L, seed in ((2, 5, 1), (2, 3, 2), (3, 1, 3)):
+        frames, audio = random_inputs(model, B, L, seed)
+        if torch_state is not None and torch_state.shape[1] != B:
+            torch_state = onnx_state = None  # a new stream with a different batch
+        with torch.no_grad():
+            torch_logits, torch_state = model.forward_stateful(frames, audio, torch_state)
+        audio_np = None if audio is None else audio.numpy()
+        onnx_logits, onnx_state = member.forward_stateful(frames.numpy(), audio_np, onnx_state)
+        assert onnx_logits["VA"].shape == (B, L, 40) and onnx_state.shape == (len(TASKS), B, 32)
+        assert_close(onnx_logits, torch_logits, onnx_state, torch_state)
+
+
+def test_streaming_in_chunks_equals_one_pass(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    member = OnnxMember(export_member(build_model("tiny").eval(), tmp_path / "m.onnx"))
+    frames = np.random.default_rng(0).random((1, 6, 3, 32, 32), np.float32)
+    whole, _ = member.forward_stateful(frames)
+    first, state = member.forward_stateful(frames[:, :4])
+    second, _ = member.forward_stateful(frames[:, 4:], None, state)
+    for task in TASKS:
+        chunked = np.concatenate([first[task.name], second[task.name]], axis=1)
+        np.testing.assert_allclose(chunked, whole[task.name], atol=1e-5)
+
+
+def test_exported_graph_has_the_documented_interface(tmp_path: Path) -> None:
+    path = export_member(build_model("tiny", "va").eval(), tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["frames", "audio", "hidden"]
+    assert [o.name for o in graph.output] == ["AU", "EXPR", "VA", "hidden_out"]
+    frames_dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert frames_dims == ["batch", "length", 3, 32, 32]
+    assert not list(tmp_path.glob("*.tmp")), "a temporary file was left behind"
+
+
+def test_export_leaves_the_model_as_it_was(tmp_path: Path) -> None:
+    model = build_model("tiny").train().to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_member(model, tmp_path / "m.onnx")
+    assert model.training
+    assert model.backbone.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_export_run_writes_every_member_of_the_last_generation(tiny_run: Path) -> None:
+    paths = export_run(tiny_run)
+    assert paths == [tiny_run / "teacher" / "onnx" / f"member-{m}.onnx" for m in range(2)]
+    run = Run(tiny_run)
+    frames = np.random.default_rng(1).random((2, 4, 3, 32, 32), np.float32)
+    for m, path in enumerate(paths):
+        with torch.no_grad():
+            torch_logits, torch_state = run.load_member(0, m).forward_stateful(
+                torch.from_numpy(frames))
+        onnx_logits, onnx_state = OnnxMember(path).forward_stateful(frames)
+        assert_close(onnx_logits, torch_logits, onnx_state, torch_state)
+
+
+def test_export_command_prints_each_file(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    paths = export_command(tiny_run, "teacher")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == [str(p) for p in paths]
+    assert "exported 2 members" in printed[-1]
+    custom = export_run(tiny_run, 0, out_dir=tmp_path / "elsewhere")
+    assert [p.name for p in custom] == ["member-0.onnx", "member-1.onnx"]
+
+
+def test_export_refuses_folders_that_are_not_runs_and_missing_generations(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="is not an emodistill run"):
+        export_run(tmp_path)
+    with pytest.raises(InputError, match="no finished student1 generation"):
+        export_run(tiny_run, 1)
+
+
+def test_parse_generation() -> None:
+    assert [parse_generation(t) for t in (None, "teacher", "student2", "3")] == [None, 0, 2, 3]
+    for bad in ("student", "student0", "tea"):
+        with pytest.raises(InputError, match="unknown generation"):
+            parse_generation(bad)
+
+
+def test_onnx_member_refuses_bad_files_and_inputs(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such ONNX file"):
+        OnnxMember(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf")
+    with pytest.raises(InputError, match=r"junk\.onnx is not a loadable ONNX model"):
+        OnnxMember(junk)
+    path = export_member(build_model("tiny", "va").eval(), tmp_path / "va.onnx")
+    foreign = onnx.load(str(path))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(InputError, match="was not exported by emodistill"):
+        OnnxMember(tmp_path / "foreign.onnx")
+    member = OnnxMember(path)
+    frames = np.zeros((1, 2, 3, 32, 32), np.float32)
+    with pytest.raises(InputError, match=r"expects frames of shape \(B, L, 3, 32, 32\)"):
+        member.forward_stateful(np.zeros((1, 2, 3, 48, 48), np.float32))
+    with pytest.raises(InputError, match="needs a spectrogram"):
+        member.forward_stateful(frames)
+    with pytest.raises(InputError, match="cannot take these inputs"):
+        member.forward_stateful(frames, np.zeros((1, 2, 64, 32), np.float32))
