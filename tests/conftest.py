@@ -18,3 +18,16 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-data")
     generate(root, videos=8, frames=32, size=48, seed=3, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained 2-member teacher ensemble of the tiny preset (seconds on 2 cores)."""
+    from emodistill.distillation import RunConfig, train_run
+    from emodistill.training import TrainConfig
+
+    root = tmp_path_factory.mktemp("tiny-run") / "run"
+    config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=0,
+                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8))
+    train_run(root, config, torch.device("cpu"), progress=False, log=lambda _: None)
+    return root

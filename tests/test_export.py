@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from emodistill.distillation import Run, RunConfig, train_run
+from emodistill.distillation import Run
 from emodistill.errors import InputError
 from emodistill.export import (
     OnnxMember,
@@ -20,19 +20,8 @@ from emodistill.export import (
 )
 from emodistill.models import build_model
 from emodistill.tasks import TASKS
-from emodistill.training import TrainConfig
 
 TOLERANCE = 1e-4  # the issue's bound on |ONNX - PyTorch|
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained 2-member teacher of the tiny preset (seconds on 2 cores)."""
-    root = tmp_path_factory.mktemp("run") / "run"
-    config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=0,
-                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8))
-    train_run(root, config, torch.device("cpu"), progress=False, log=lambda _: None)
-    return root
 
 
 def random_inputs(model, B: int, L: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -18,11 +18,10 @@ from test_media import FPS, background, face_frame, write_video
 
 from emodistill.data.audio import log_mel_per_frame
 from emodistill.data.media import FaceTracker, iter_frames
-from emodistill.distillation import Run, RunConfig, train_run
+from emodistill.distillation import Run
 from emodistill.errors import InputError
 from emodistill.predict import AudioTrack, Predictor, predict_command
 from emodistill.tasks import AU, EXPR, TASKS, VA_CENTRES
-from emodistill.training import TrainConfig
 
 SIZE = 32  # the tiny preset's input size
 # The test video: 2 blank frames, 10 with the face, 8 blank, 4 with the face again. The tracker
@@ -31,15 +30,6 @@ N_LEAD, N_FIRST, N_GAP, N_SECOND = 2, 10, 8, 4
 HOLD = 5
 FACE_FLAGS = [0] * N_LEAD + [1] * (N_FIRST + HOLD) + [0] * (N_GAP - HOLD) + [1] * N_SECOND
 N_FRAMES = len(FACE_FLAGS)
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("predict-run") / "run"
-    config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=0,
-                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8))
-    train_run(root, config, torch.device("cpu"), progress=False, log=lambda s: None)
-    return root
 
 
 @pytest.fixture(scope="module")
