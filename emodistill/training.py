@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -184,8 +184,3 @@ def train_member(
     best.history = history
     best.seconds = time.perf_counter() - start_time
     return best
-
-
-def config_dict(config: TrainConfig) -> dict:
-    """The training config as plain JSON-able data."""
-    return asdict(config)
