@@ -1,15 +1,12 @@
 """Atomic files of a run: member weights (safetensors), member records and run config (JSON).
 
-A file is written beside its final name and moved into place, so an interrupted run never
-leaves a half-written file under a name that a later run would trust.
+A file is written beside its final name and moved into place (atomic.py), so an interrupted
+run or a full disk never leaves a half-written file under a name that a later run would trust.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +18,8 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save_file as save_torch_file
 
+from emodistill.atomic import atomic_write
 from emodistill.errors import InputError
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.chmod(0o644)  # mkstemp makes 0600; a run folder is often shared by a team or a cluster
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -49,11 +31,21 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file; a missing or broken one is a clear error naming it."""
     try:
-        return json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{path} does not exist") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a UTF-8 text file, so not JSON") from None
+    except OSError as error:
+        raise InputError(f"{path} could not be read ({error.strerror})") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON for a run (nested too deeply)") from None
+    except ValueError:  # Python's limit on the digits of an integer (4,300)
+        raise InputError(f"{path}: not valid JSON for a run (a number too long to read)") from None
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
@@ -74,10 +66,12 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or extra or wrong:
+    # load_state_dict would convert a float64 or integer tensor silently: not a file we wrote.
+    wrong_dtype = sorted(k for k in set(expected) & set(state) if expected[k].dtype != state[k].dtype)
+    if missing or extra or wrong or wrong_dtype:
         raise InputError(
             f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}, "
-            f"wrong shape {wrong[:3]}"
+            f"wrong shape {wrong[:3]}, wrong dtype {wrong_dtype[:3]}"
         )
     model.load_state_dict(state)
 
@@ -96,6 +90,8 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path} does not exist") from None
     except (SafetensorError, OSError) as error:
         raise InputError(f"{path} is not a readable safetensors file ({error})") from None
+    except (TypeError, AttributeError) as error:  # bfloat16, float8: dtypes NumPy lacks
+        raise InputError(f"{path} holds a dtype that NumPy cannot read ({error})") from None
 
 
 def _json_default(value: Any) -> Any:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -32,14 +31,15 @@ from emodistill.data.audio import (
     decode_audio,
     log_mel_per_frame,
 )
+from emodistill.data.faces import EyeLocator, make_detector
 from emodistill.data.media import (
     Box,
-    FaceDetector,
     FaceTracker,
     VideoInfo,
-    crop_face,
+    is_image_file,
     iter_frames,
     probe_video,
+    read_image,
 )
 from emodistill.data.prepare import CROPS
 from emodistill.distillation import Run, generation_name
@@ -70,18 +70,23 @@ OUTPUT_NAMES: tuple[str, ...] = tuple(
 
 @dataclass(frozen=True)
 class Source:
-    """What a predict input is: one video, one image, a folder of images, or face crop folders."""
+    """What a predict input is: one video, one image, a folder of images, face crop folders, or
+    frames in memory."""
 
     path: Path
-    kind: str  # "video" | "image" | "images" (independent pictures) | "crops" (cropped_aligned)
+    # "video" | "image" | "images" (independent pictures) | "crops" (cropped_aligned) | "frames"
+    # (NumPy RGB frames of one video, in time order)
+    kind: str
     files: tuple[Path, ...] = ()  # "image": the image; "images": sorted pictures; "crops": folders
-    n_frames: int = 0  # frames to expect (a video's count comes from its header)
+    n_frames: int = 0  # frames to expect (a video's count comes from its header; 0: unknown)
     video: VideoInfo | None = None  # "video" only
+    frames: Iterable[np.ndarray] | None = None  # "frames" only: (H, W, 3) uint8 RGB each
+    fps: float | None = None  # "frames" only: frame rate for the timestamps; None: no timestamps
 
     @property
     def is_sequence(self) -> bool:
         """True when frames come in time order and the GRU state carries between them."""
-        return self.kind in ("video", "crops")
+        return self.kind in ("video", "crops", "frames")
 
     @property
     def has_file_column(self) -> bool:
@@ -97,7 +102,7 @@ def discover(path: Path | str) -> Source:
         return _discover_folder(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes), not a video or an image")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES or is_image_file(path):  # a PNG called .dat too
         read_image(path)  # fail now, before any model is loaded
         return Source(path, "image", (path,), 1)
     info = probe_video(path)
@@ -138,15 +143,6 @@ def _discover_folder(folder: Path) -> Source:
     return Source(folder, "crops", tuple(s for s, _ in sequences), sum(n for _, n in sequences))
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB; an unreadable one is an InputError naming it."""
-    data = np.fromfile(path, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise InputError(f"{path}: not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3)
-
-
 # ---------------------------------------------------------------------------- frames
 
 
@@ -171,28 +167,58 @@ class Sequence:
     audio: AudioTrack | None = None  # the video's sound, for audio-visual models
 
 
-def _face_frame(number: int, timestamp: float | None, file: str | None, rgb: np.ndarray,
-                box: Box | None, crop: np.ndarray | None, faces: bool) -> Frame:
-    display = crop_face(rgb, box, DISPLAY_SIZE) if faces and box is not None else None
+def _face_frame(tracker: FaceTracker, number: int, timestamp: float | None, file: str | None,
+                rgb: np.ndarray, faces: bool) -> Frame:
+    """Track the face of one picture (detection and smoothing as in `prepare`)."""
+    box, crop = tracker.track(rgb)
+    display = tracker.cut(rgb, box, DISPLAY_SIZE) if faces and box is not None else None
     return Frame(number, timestamp, file, box, crop, display)
 
 
-def _video_frames(source: Source, size: int, faces: bool) -> Iterator[Frame]:
-    tracker = FaceTracker(crop_size=size)  # detection and smoothing as in `prepare`
+def _video_frames(source: Source, tracker: FaceTracker, faces: bool) -> Iterator[Frame]:
     for frame in iter_frames(source.path):
-        box, crop = tracker.track(frame.rgb)
-        yield _face_frame(frame.index + 1, frame.timestamp, None, frame.rgb, box, crop, faces)
+        yield _face_frame(tracker, frame.index + 1, frame.timestamp, None, frame.rgb, faces)
 
 
-def _image_frames(source: Source, size: int, faces: bool) -> Iterator[Frame]:
-    detector = FaceDetector()
+def _image_frames(source: Source, tracker: FaceTracker, faces: bool) -> Iterator[Frame]:
     single = source.kind == "image"
     for number, path in enumerate(source.files, start=1):
-        rgb = read_image(path)
-        box = detector.detect(rgb)
-        crop = None if box is None else crop_face(rgb, box, size)
+        tracker.reset()  # each picture on its own, as `prepare` does
         file = None if single else path.name
-        yield _face_frame(number, None, file, rgb, box, crop, faces)
+        yield _face_frame(tracker, number, None, file, read_image(path), faces)
+
+
+def _checked_frame(rgb: object, index: int) -> np.ndarray:
+    """One in-memory frame as a C-contiguous (H, W, 3) uint8 array, or an InputError naming it."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        got = (f"shape {rgb.shape} {rgb.dtype}" if isinstance(rgb, np.ndarray)
+               else type(rgb).__name__)
+        raise InputError(f"frame {index} of the input: expected an (H, W, 3) uint8 RGB array, "
+                         f"got {got}")
+    return np.ascontiguousarray(rgb)
+
+
+def _array_frames(source: Source, tracker: FaceTracker, faces: bool) -> Iterator[Frame]:
+    for index, rgb in enumerate(() if source.frames is None else source.frames):
+        timestamp = None if source.fps is None else index / source.fps
+        yield _face_frame(tracker, index + 1, timestamp, None, _checked_frame(rgb, index), faces)
+
+
+def frames_source(frames: np.ndarray | Iterable[np.ndarray], fps: float | None = None) -> Source:
+    """Frames of one video in memory, a (T, H, W, 3) uint8 RGB array or an iterable of (H, W, 3)
+    ones, as a predict input."""
+    if fps is not None and not fps > 0:
+        raise InputError(f"fps must be a positive number of frames per second, got {fps}")
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+            raise InputError(f"the input array has shape {frames.shape} and type {frames.dtype}; "
+                             "expected frames (T, H, W, 3) uint8 RGB")
+        return Source(Path("<array>"), "frames", n_frames=len(frames), frames=frames, fps=fps)
+    if isinstance(frames, str | bytes) or not isinstance(frames, Iterable):
+        raise InputError(f"cannot predict from a {type(frames).__name__}; expected a path, a "
+                         "(T, H, W, 3) uint8 array or an iterable of (H, W, 3) frames")
+    count = len(frames) if hasattr(frames, "__len__") else 0
+    return Source(Path("<frames>"), "frames", n_frames=count, frames=frames, fps=fps)
 
 
 def _crop_frames(folder: Path, root: Path, size: int, faces: bool) -> Iterator[Frame]:
@@ -348,6 +374,19 @@ def _frame_row(frame: Frame, columns: list[str]) -> dict[str, object]:
 # ---------------------------------------------------------------------------- predictor
 
 
+def _as_source(input: Path | str | Source | np.ndarray | Iterable[np.ndarray],
+               fps: float | None = None) -> Source:
+    """A path is discovered on disk; anything else is frames in memory."""
+    if isinstance(input, Source):
+        return input
+    if isinstance(input, str | Path):
+        if fps is not None:
+            raise InputError(f"{input}: fps is for frames in memory; a file's frame rate comes "
+                             "from the file")
+        return discover(input)
+    return frames_source(input, fps)
+
+
 def _generation_number(value: str | int) -> int:
     return value if isinstance(value, int) else parse_generation(value)
 
@@ -378,9 +417,13 @@ class Predictor:
         device: str = "auto",
         batch_frames: int = 16,
         log: Callable[[str], None] = print,
+        detector: str | None = None,
+        landmarks: Path | str | None = None,
     ):
         """`generation`: teacher, studentK or K (default: the last finished one); `members`:
-        use the first N members (default all); `batch_frames`: frames per forward pass."""
+        use the first N members (default all); `batch_frames`: frames per forward pass;
+        `detector`: dlib or haar (default dlib, Haar when dlib is missing); `landmarks`: a dlib
+        shape model file, to align crops by the eyes."""
         self.run, wanted = _resolve_run(Path(run), generation)
         self.config = self.run.config()
         if backend not in BACKENDS:
@@ -397,6 +440,8 @@ class Predictor:
         self.members = self._load_members(backend)
         self.audio = self.config.modality == "va"
         self.ood_tasks, self.ood_threshold = self._ood_setting()
+        self.detector = make_detector(detector, log=log)
+        self.eyes = None if landmarks is None else EyeLocator(Path(landmarks))
 
     @property
     def name(self) -> str:
@@ -487,8 +532,13 @@ class Predictor:
     def sequences(self, source: Source, faces: bool = False) -> Iterator[Sequence]:
         """The input as sequences of frames, each cropped at the model's input size."""
         size = self.input_size
+        tracker = FaceTracker(detector=self.detector, crop_size=size, eyes=self.eyes)
         if source.kind == "video":
-            yield Sequence(_video_frames(source, size, faces), True, self._audio_track(source))
+            yield Sequence(_video_frames(source, tracker, faces), True, self._audio_track(source))
+        elif source.kind == "frames":
+            if self.audio:
+                self._say("frames in memory carry no sound: the audio-visual model hears silence")
+            yield Sequence(_array_frames(source, tracker, faces), True)
         elif source.kind == "crops":
             if self.audio:
                 self._say("face crop folders carry no sound: the audio-visual model hears silence")
@@ -497,7 +547,7 @@ class Predictor:
         else:
             if self.audio:
                 self._say("images carry no sound: the audio-visual model hears silence")
-            yield Sequence(_image_frames(source, size, faces), False)
+            yield Sequence(_image_frames(source, tracker, faces), False)
 
     def _audio_track(self, source: Source) -> AudioTrack | None:
         if not self.audio:
@@ -508,13 +558,14 @@ class Predictor:
         return AudioTrack(decode_audio(source.path), SAMPLE_RATE, source.video.fps)
 
     def predict_frames(
-        self, path: Path | str | Source, faces: bool = False, progress: bool = False
+        self, path: Path | str | Source | np.ndarray | Iterable[np.ndarray], faces: bool = False,
+        progress: bool = False,
     ) -> Iterator[FramePrediction]:
         """Predictions frame by frame, in input order, as they are made (flat memory).
 
         `faces`: keep each face at figure size in `FramePrediction.face`.
         """
-        source = path if isinstance(path, Source) else discover(path)
+        source = _as_source(path)
         columns = self.columns(source)
         with tqdm(total=source.n_frames, unit="frame", disable=not progress, leave=False) as bar:
             for sequence in self.sequences(source, faces):
@@ -522,9 +573,12 @@ class Predictor:
                     bar.update()
                     yield prediction
 
-    def predict(self, path: Path | str, progress: bool = False) -> pd.DataFrame:
-        """A table with one row per frame (see `output_columns`)."""
-        source = discover(path)
+    def predict(self, path: Path | str | np.ndarray | Iterable[np.ndarray], progress: bool = False,
+                fps: float | None = None) -> pd.DataFrame:
+        """A table with one row per frame (see `output_columns`) of a video, image or folder, or of
+        frames in memory: a (T, H, W, 3) uint8 RGB array or an iterable of (H, W, 3) frames,
+        taken as one video (`fps` gives their timestamps)."""
+        source = _as_source(path, fps)
         rows = [p.row for p in self.predict_frames(source, progress=progress)]
         return table(rows, self.columns(source))
 
@@ -647,7 +701,7 @@ def write_csv(path: Path, predictions: Iterator[FramePrediction], columns: list[
                 writer.writerow([_csv_value(prediction.row[c]) for c in columns])
                 each(prediction)
 
-    atomic_write(path, write)
+    atomic_write(path, write, what="the prediction table")
 
 
 def write_parquet(path: Path, predictions: Iterator[FramePrediction], columns: list[str],
@@ -657,7 +711,7 @@ def write_parquet(path: Path, predictions: Iterator[FramePrediction], columns: l
         rows.append(prediction.row)
         each(prediction)
     frame = table(rows, columns)
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False), what="the prediction table")
 
 
 WRITERS = {".csv": write_csv, ".parquet": write_parquet}
@@ -711,6 +765,7 @@ def predict_command(
     backend: str = "torch",
     device: str = "auto",
     progress: bool = True,
+    detector: str | None = None,
 ) -> Path:
     """`emodistill predict`: write the per-frame table (and figures); returns the table's path."""
     input, model = Path(input), Path(model)
@@ -720,7 +775,8 @@ def predict_command(
         raise InputError(f"{out}: the output must end in .csv or .parquet")
     tune_allocator()
     source = discover(input)
-    predictor = Predictor(model, members=_parse_members(members), backend=backend, device=device)
+    predictor = Predictor(model, members=_parse_members(members), backend=backend, device=device,
+                          detector=detector)
     picker = FigurePicker(source.n_frames)
     frames = faces = 0
 
@@ -735,7 +791,10 @@ def predict_command(
     predictions = predictor.predict_frames(source, faces=plot is not None, progress=progress)
     WRITERS[out.suffix.lower()](out, predictions, predictor.columns(source), each)
     seconds = time.perf_counter() - started
-    print(f"{input}: {_count(frames, 'frame')}, {faces} with a face, "
+    # Crop folders are faces already: no detector ran, so no detection rate is given.
+    found = "" if source.kind == "crops" else (
+        f" ({faces / max(frames, 1):.1%} found by {predictor.detector.name})")
+    print(f"{input}: {_count(frames, 'frame')}, {faces} with a face{found}, "
           f"{frames / max(seconds, 1e-9):.1f} frames/s with {predictor.name} -> {out}")
     if plot is not None:
         from emodistill.predict_plots import write_plots

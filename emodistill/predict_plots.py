@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
+from emodistill.atomic import disk_full_guard
 from emodistill.predict import OUTPUT_NAMES, FramePrediction
 from emodistill.tasks import TASKS, Task
 
@@ -81,7 +82,8 @@ def figure1(prediction: FramePrediction, path: Path, model: str = "") -> Path:
     bar_ax.set_xlabel("uncertainty: normalised entropy (0 sure, 1 no idea)")
     bar_ax.grid(axis="x", alpha=0.3)
     fig.suptitle(_frame_title(row) + (f"\n{model}" if model else ""), fontsize="medium")
-    fig.savefig(path, dpi=110)
+    with disk_full_guard(path, "a figure"):  # removes a cut-off PNG
+        fig.savefig(path, dpi=110)
     return path
 
 
@@ -174,7 +176,8 @@ def timeline(data: pd.DataFrame, path: Path, title: str = "",
     axes[panels[-1]].set_xlim(x[0] - step / 2, x[-1] + step / 2)
     shown = f"{int(face.sum())} of {len(face)} frames with a face (grey: none)"
     fig.suptitle(f"{title}    {shown}" if title else shown, fontsize="medium")
-    fig.savefig(path, dpi=100)
+    with disk_full_guard(path, "a figure"):  # removes a cut-off PNG
+        fig.savefig(path, dpi=100)
     return path
 
 

@@ -17,7 +17,7 @@ from emodistill.bench import (
     run_bench,
     timed_rounds,
 )
-from emodistill.data.media import FaceDetector
+from emodistill.data.faces import make_detector
 from emodistill.models import build_model
 
 
@@ -30,7 +30,7 @@ def test_timed_rounds_warms_up_then_interleaves_cases() -> None:
 
 
 def test_generated_frames_show_a_detectable_face_where_it_was_pasted() -> None:
-    detector = FaceDetector()
+    detector = make_detector()
     for k in (0, 7, 19):
         frame = face_frame(k, 25, (640, 480))
         box = detector.detect(frame)

@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from emodistill.data import media
-from emodistill.data.media import (
-    Box,
-    BoxSmoother,
-    FaceDetector,
-    FaceTracker,
-    crop_face,
-    iter_frames,
-    probe_video,
-)
+from emodistill.data import faces
+from emodistill.data.faces import Box, DlibDetector, HaarDetector, crop_face
+from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, probe_video
 from emodistill.errors import InputError
 
 FPS = 25
@@ -123,9 +116,10 @@ def test_iter_frames_streams_every_frame_with_times(face_video):
     assert np.abs(decoded[0].rgb.astype(int) - original).mean() < 6
 
 
-def test_detector_finds_the_pasted_face_and_nothing_on_background(face_video):
+@pytest.mark.parametrize("detector_class", [DlibDetector, HaarDetector])
+def test_detector_finds_the_pasted_face_and_nothing_on_background(face_video, detector_class):
     path, boxes = face_video
-    detector = FaceDetector()
+    detector = detector_class()
     for frame, truth in zip(iter_frames(path), boxes, strict=True):
         found = detector.detect(frame.rgb)
         if truth is None:
@@ -138,7 +132,7 @@ def test_detector_finds_the_pasted_face_and_nothing_on_background(face_video):
 def test_detector_prefers_a_well_supported_face_over_a_weak_larger_one():
     # On the whole astronaut image at 320 px the cascade also fires weakly on the helmet rim,
     # with a box larger than the face; the face must still be chosen.
-    found = FaceDetector().detect(skdata.astronaut())
+    found = HaarDetector().detect(skdata.astronaut())
     assert found is not None and iou(found, ASTRONAUT_FACE) > 0.5
 
 
@@ -246,7 +240,7 @@ def test_non_video_empty_and_missing_files_are_input_errors(tmp_path):
 def test_missing_cascade_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
     with pytest.raises(InputError, match=r"opencv-python-headless<5"):
-        FaceDetector()
-    monkeypatch.delattr(media.cv2, "data")
+        HaarDetector()
+    monkeypatch.delattr(faces.cv2, "data")
     with pytest.raises(InputError, match=r"opencv-python-headless<5"):
-        FaceDetector()
+        HaarDetector()

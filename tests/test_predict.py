@@ -160,6 +160,29 @@ def test_single_member_has_entropy_only(tiny_run: Path, gap_video: Path):
     assert got == pytest.approx(expected, abs=1e-5)
 
 
+def test_numpy_frames_give_the_same_table_as_the_video(tiny_run: Path, gap_video: Path,
+                                                       video_table: pd.DataFrame):
+    predictor = Predictor(tiny_run, batch_frames=4, device="cpu", log=lambda s: None)
+    frames = np.stack([frame.rgb for frame in iter_frames(gap_video)])  # (T, H, W, 3)
+    pd.testing.assert_frame_equal(predictor.predict(frames, fps=FPS), video_table)
+    # A generator of frames (a camera, say): the same rows, without timestamps.
+    streamed = predictor.predict(frame.rgb for frame in iter_frames(gap_video))
+    assert streamed["timestamp"].isna().all()
+    pd.testing.assert_frame_equal(streamed.drop(columns="timestamp"),
+                                  video_table.drop(columns="timestamp"))
+    cases = [
+        (frames.astype(np.float32), r"shape \(24, 360, 480, 3\) and type float32"),
+        (frames[0], r"expected frames \(T, H, W, 3\) uint8 RGB"),
+        ([frames[0], frames[1, :, :, :2]], r"frame 1 of the input: expected an \(H, W, 3\) uint8"),
+        (7, r"cannot predict from a int"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(InputError, match=message):
+            predictor.predict(bad)
+    with pytest.raises(InputError, match=r"gap\.mp4: fps is for frames in memory"):
+        predictor.predict(gap_video, fps=30)
+
+
 def test_image_folder_and_single_image(tiny_run: Path, tmp_path: Path):
     folder = tmp_path / "pictures"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""Tests for `prepare_videos`: Aff-wild2 layout, manifest, no-face frames, resuming, failures."""
+"""Tests for `prepare`: Aff-wild2 layout, manifest, images, labels by image, resuming, failures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import cv2
 import pytest
 from test_media import FPS, background, face_frame, iou, write_video
 
-from emodistill.data.media import Box
-from emodistill.data.prepare import prepare_videos
+from emodistill.data.affwild import load_split
+from emodistill.data.faces import Box
+from emodistill.data.prepare import prepare
 from emodistill.errors import InputError
 
 N_BLANK_FIRST = 3  # background-only frames opening video "alpha": no face, no crop
@@ -36,7 +37,7 @@ def read_manifest(out: Path) -> list[dict[str, str]]:
 
 def test_prepare_writes_aff_wild2_layout_and_manifest(two_videos, tmp_path):
     out = tmp_path / "prepared"
-    summary = prepare_videos([path for path, _ in two_videos.values()], out, size=64,
+    summary = prepare([path for path, _ in two_videos.values()], out, size=64,
                              progress=False)
     assert (summary.videos, summary.skipped, summary.frames, summary.faces) == (2, 0, 12, 9)
     alpha = sorted(p.name for p in (out / "cropped_aligned" / "alpha").iterdir())
@@ -69,9 +70,9 @@ def test_prepare_writes_aff_wild2_layout_and_manifest(two_videos, tmp_path):
 def test_rerun_skips_complete_videos(two_videos, tmp_path):
     out = tmp_path / "prepared"
     paths = [path for path, _ in two_videos.values()]
-    prepare_videos(paths[:1], out, size=32, progress=False)
+    prepare(paths[:1], out, size=32, progress=False)
     first = (out / "cropped_aligned" / "alpha" / "00004.jpg").stat().st_mtime_ns
-    summary = prepare_videos(paths, out, size=32, progress=False)
+    summary = prepare(paths, out, size=32, progress=False)
     assert (summary.videos, summary.skipped, summary.frames) == (1, 1, 4)
     assert (out / "cropped_aligned" / "alpha" / "00004.jpg").stat().st_mtime_ns == first
     assert [r["video"] for r in read_manifest(out)] == ["alpha"] * 8 + ["beta"] * 4
@@ -83,7 +84,7 @@ def test_corrupt_video_stops_but_keeps_finished_ones(two_videos, tmp_path):
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(300))
     alpha, beta = (path for path, _ in two_videos.values())
     with pytest.raises(InputError, match=r"broken\.mp4"):
-        prepare_videos([alpha, broken, beta], out, size=32, progress=False)
+        prepare([alpha, broken, beta], out, size=32, progress=False)
     assert (out / "cropped_aligned" / "alpha").is_dir()
     assert not (out / "cropped_aligned" / "broken").exists()
     assert not (out / "cropped_aligned" / "beta").exists()
@@ -94,19 +95,19 @@ def test_corrupt_video_stops_but_keeps_finished_ones(two_videos, tmp_path):
 def test_bad_inputs_fail_before_any_work(two_videos, tmp_path):
     alpha = two_videos["alpha"][0]
     out = tmp_path / "prepared"
-    with pytest.raises(InputError, match=r"missing\.mp4: no such video file"):
-        prepare_videos([alpha, tmp_path / "missing.mp4"], out, progress=False)
+    with pytest.raises(InputError, match=r"missing\.mp4: no such video, image or folder"):
+        prepare([alpha, tmp_path / "missing.mp4"], out, progress=False)
     twin = tmp_path / "alpha.avi"
     twin.write_bytes(b"")
     with pytest.raises(InputError, match=r"both become cropped_aligned/alpha"):
-        prepare_videos([alpha, twin], out, progress=False)
+        prepare([alpha, twin], out, progress=False)
     with pytest.raises(InputError, match="detect_every"):
-        prepare_videos([alpha], out, detect_every=0, progress=False)
+        prepare([alpha], out, detect_every=0, progress=False)
     assert not out.exists()
     file_out = tmp_path / "file"
     file_out.write_text("")
     with pytest.raises(InputError, match="not a folder"):
-        prepare_videos([alpha], file_out, progress=False)
+        prepare([alpha], file_out, progress=False)
 
 
 def test_copies_the_video_when_a_hard_link_is_impossible(two_videos, tmp_path, monkeypatch):
@@ -115,7 +116,86 @@ def test_copies_the_video_when_a_hard_link_is_impossible(two_videos, tmp_path, m
 
     monkeypatch.setattr(os, "link", refuse)
     beta = two_videos["beta"][0]
-    summary = prepare_videos([beta], tmp_path / "prepared", size=32, progress=False)
+    summary = prepare([beta], tmp_path / "prepared", size=32, progress=False)
     copy = tmp_path / "prepared" / "videos" / "batch1" / "beta.mp4"
     assert not copy.samefile(beta) and copy.read_bytes() == beta.read_bytes()
-    assert str(summary).startswith("prepared 1 videos (0 already done): 4 frames, 4 with a face")
+    assert str(summary).startswith("prepared 1 videos and 0 images (0 already done): 4 frames, "
+                                   "4 with a face (100.0% found by dlib)")
+
+
+def write_image(path: Path, rgb, extension: str) -> Path:
+    """Encode `rgb` as `extension` (".png", ".webp", ".jpg") whatever `path` is called."""
+    ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    path.write_bytes(encoded.tobytes())
+    return path
+
+
+@pytest.fixture()
+def image_folder(tmp_path) -> Path:
+    """Two face pictures (one a WEBP and one a PNG, both named .jpg), a blank one, and a text file."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    write_image(folder / "anna.jpg", face_frame(0)[0], ".webp")
+    write_image(folder / "ben.jpg", face_frame(5)[0], ".png")
+    write_image(folder / "wall.png", background(), ".png")
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+def test_prepare_takes_images_folders_and_patterns(image_folder, two_videos, tmp_path):
+    out = tmp_path / "prepared"
+    notes = []
+    extra = write_image(tmp_path / "cara.jpeg", face_frame(9)[0], ".jpg")
+    beta = two_videos["beta"][0]
+    # The folder, a pattern that names anna.jpg again, one image file and a video.
+    inputs = [image_folder, str(image_folder / "an*.jpg"), extra, beta]
+    summary = prepare(inputs, out, size=48, progress=False, log=notes.append)
+    assert (summary.images, summary.videos, summary.frames, summary.faces) == (4, 1, 8, 7)
+    assert str(summary).startswith("prepared 1 videos and 4 images (0 already done): 8 frames, "
+                                   "7 with a face (87.5% found by dlib)")
+    assert sum("anna.jpg is given more than once" in n for n in notes) == 1
+    assert sum("notes.txt" in n for n in notes) == 1
+    for stem in ("anna", "ben", "cara"):
+        assert sorted(p.name for p in (out / "cropped_aligned" / stem).iterdir()) == ["00001.jpg"]
+        assert cv2.imread(str(out / "cropped_aligned" / stem / "00001.jpg")).shape == (48, 48, 3)
+    assert not any((out / "cropped_aligned" / "wall").iterdir())  # no face: no crop
+    assert sorted(p.name for p in (out / "videos" / "batch1").iterdir()) == ["beta.mp4"]
+    rows = {r["video"]: r for r in read_manifest(out)}
+    assert list(rows) == ["anna", "ben", "beta", "cara", "wall"] and len(read_manifest(out)) == 8
+    assert (rows["anna"]["frame"], rows["anna"]["timestamp"], rows["anna"]["face"]) == ("1", "", "1")
+    assert iou(Box(*(float(rows["anna"][k]) for k in "xywh")), face_frame(0)[1]) > 0.5
+    assert (rows["wall"]["face"], rows["wall"]["x"]) == ("0", "")
+    again = prepare([image_folder / "*.jpg"], out, size=48, progress=False, log=notes.append)
+    assert (again.images, again.skipped) == (0, 2)
+
+
+def test_image_inputs_that_cannot_be_read_name_the_file(tmp_path):
+    with pytest.raises(InputError, match=r"faces/\*\.png: no file matches this pattern"):
+        prepare([str(tmp_path / "faces" / "*.png")], tmp_path / "out", progress=False)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 cut off")
+    with pytest.raises(InputError, match=r"broken\.jpg: not a readable image"):
+        prepare([broken], tmp_path / "out", progress=False)
+
+
+def test_labels_csv_by_image_trains_on_prepared_images(image_folder, tmp_path):
+    out = tmp_path / "prepared"
+    prepare([image_folder], out, size=32, progress=False, log=lambda _: None)
+    au = ",".join(["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24",
+                   "AU25", "AU26"])
+    (out / "labels.csv").write_text(
+        f"image,split,{au},expr,valence,arousal\n"
+        f"pictures/anna.jpg,train,{','.join('0' * 12)},4,0.5,0.1\n"
+        f"ben.jpg,train,,,,,,,,,,,,,2,,\n"
+        f"anna.jpg,train,{','.join('1' * 12)},6,-0.5,-0.1\n"  # a repeat: noted, not used
+        f"wall.png,train,,,,,,,,,,,,,1,,\n"  # no face was found: no crop, counted as missing
+    )
+    split, summary = load_split(out, "train", size=32, progress=False)
+    assert split.video_names == ["anna", "ben"]
+    assert split.labels["EXPR"].tolist() == [4, 2]
+    assert split.masks["AU"].tolist() == [True, False]
+    assert split.labels["AU"][0].tolist() == [0.0] * 12
+    repeats = [n for n in summary.notes if "listed again" in n]
+    assert repeats == [f"{out / 'labels.csv'}:4: image 'anna.jpg' is listed again (first on line "
+                       "2); only its first line is used"]

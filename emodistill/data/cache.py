@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from emodistill.atomic import atomic_write, reserve_space
 
 CACHE_VERSION = 1  # bump when the layout or the decoding changes, to invalidate old caches
 CACHE_FOLDER = ".emodistill-cache"  # inside the data root, when it is writable
@@ -86,18 +87,6 @@ def _open(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | N
     return array if array.shape == shape and array.dtype == dtype else None
 
 
-def _replace_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside `final`, then rename it over `final` in one step."""
-    handle, temp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def cached_array(
     cache_dir: Path,
     key: str,
@@ -131,10 +120,11 @@ def cached_array(
 
     def write_array(temp: Path) -> None:
         array = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
+        reserve_space(temp)  # a full disk is then an error here, not a SIGBUS inside `fill`
         fill(array)
         array.flush()
         del array
 
-    _replace_atomically(npy, write_array)
-    _replace_atomically(meta, lambda temp: temp.write_text(json.dumps(wanted), encoding="utf-8"))
+    atomic_write(npy, write_array, what="the cache")
+    atomic_write(meta, lambda temp: temp.write_text(json.dumps(wanted), encoding="utf-8"), what="the cache")
     return Cached(np.load(npy, mmap_mode="r"), npy, False, status)

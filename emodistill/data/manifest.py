@@ -10,6 +10,10 @@ CSV manifest format (`ROOT/labels.csv`, or any path given as `labels=` / `--labe
 
 - One row per frame. `video` names a folder of face crops `ROOT/cropped_aligned/<video>/`;
   `frame` is the 1-based crop number: frame 7 is `00007.jpg`.
+- For an image data set, an `image` column (a file name or path, as given to `prepare`) may
+  stand instead of `video,frame`: each image is a video of one frame named by the file's stem,
+  `ROOT/cropped_aligned/<image stem>/00001.jpg`, as `prepare` writes it. An image listed on
+  several lines is reported once, naming the line, and only its first line is used.
 - `split` is `train` or `val`. The column is optional: without it, videos are split 80/20 into
   train/val by a stable hash of their name (SHA-256; the `_left`/`_right` subjects of one raw
   video stay together), and the load summary says so.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -159,12 +163,21 @@ def _read_rows(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return header, cells, np.array(lines, dtype=np.int64)
 
 
+def _small_int(text: str) -> int:
+    """`text` as an integer below 2**62, else 0 (which the caller reports as no frame number)."""
+    try:
+        value = int(text)
+    except ValueError:  # also digits int() does not take, such as "²", which str.isdigit() passes
+        return 0
+    return value if abs(value) < 2**62 else 0
+
+
 def _frame_numbers(cells: np.ndarray, path: Path, lines: np.ndarray) -> np.ndarray:
     """The `frame` column -> 1-based crop numbers (n,) int64, each a positive integer."""
     try:
         frames = cells.astype(np.int64)
-    except ValueError:
-        frames = np.array([int(c) if c.isdigit() else 0 for c in cells], dtype=np.int64)
+    except (ValueError, OverflowError):  # a cell that is no integer, or one beyond int64
+        frames = np.array([_small_int(c) for c in cells], dtype=np.int64)
     bad = np.flatnonzero(frames < 1)
     if bad.size:
         raise InputError(
@@ -174,17 +187,57 @@ def _frame_numbers(cells: np.ndarray, path: Path, lines: np.ndarray) -> np.ndarr
     return frames
 
 
+MAX_REPEAT_NOTES = 10  # repeated images named one by one; the rest are counted in one note
+
+
+def _from_image_column(
+    path: Path, header: list[str], cells: np.ndarray, lines: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Rows naming an `image` -> the same rows with `video` (the image's stem) and `frame` (1)
+    columns added, each image's later lines dropped; and a note per repeated image."""
+    images = cells[:, header.index("image")]
+    empty = np.flatnonzero(images == "")
+    if empty.size:
+        raise InputError(f"{path}:{lines[empty[0]]}: the image name is empty")
+    stems = np.array([PurePath(name).stem for name in images.tolist()], dtype=str)
+    first_row: dict[str, int] = {}
+    keep = np.ones(len(cells), dtype=bool)
+    notes: list[str] = []
+    repeated = 0
+    for row, stem in enumerate(stems.tolist()):
+        if stem not in first_row:
+            first_row[stem] = row
+            continue
+        keep[row] = False
+        if first_row[stem] < 0:  # this image was reported already
+            continue
+        repeated += 1
+        if repeated <= MAX_REPEAT_NOTES:
+            notes.append(f"{path}:{lines[row]}: image {str(images[row])!r} is listed again (first on "
+                         f"line {lines[first_row[stem]]}); only its first line is used")
+        first_row[stem] = -1
+    if repeated > MAX_REPEAT_NOTES:
+        notes.append(f"{path}: {repeated - MAX_REPEAT_NOTES} more images are listed more than "
+                     "once; only their first lines are used")
+    frame_ones = np.full(len(cells), "1")
+    added = np.column_stack([cells, stems, frame_ones])[keep]  # (n kept, columns + 2)
+    return [*header, "video", "frame"], added, lines[keep], notes
+
+
 def read_manifest(path: Path, split: str) -> LabelSet:
     """The rows of `split` in a CSV manifest (format in this module's docstring)."""
     if not path.is_file():
         raise InputError(f"{path} does not exist; expected a CSV manifest of per-frame labels")
     header, cells, lines = _read_rows(path)
+    notes = []
+    if "image" in header and "video" not in header:
+        header, cells, lines, notes = _from_image_column(path, header, cells, lines)
     needed = ["video", "frame", *(c.lower() for task in TASKS for c in label_columns(task))]
     missing = [name for name in needed if name not in header]
     if missing:
         raise InputError(
-            f"{path} lacks the column(s) {', '.join(missing)}; expected video, frame, [split,] "
-            "then the label columns"
+            f"{path} lacks the column(s) {', '.join(missing)}; expected video, frame (or image), "
+            "[split,] then the label columns"
         )
     col = {name: header.index(name) for name in header}  # a repeated name: the first one
     videos = cells[:, col["video"]]
@@ -192,7 +245,6 @@ def read_manifest(path: Path, split: str) -> LabelSet:
     if empty.size:
         raise InputError(f"{path}:{lines[empty[0]]}: the video name is empty")
     frames = _frame_numbers(cells[:, col["frame"]], path, lines)
-    notes = []
     if "split" in col:
         splits = np.char.lower(cells[:, col["split"]])
         bad = np.flatnonzero(~np.isin(splits, SPLIT_NAMES))
@@ -249,6 +301,8 @@ def read_manifest(path: Path, split: str) -> LabelSet:
 
     starts = np.flatnonzero(np.concatenate([[True], by_video[1:] != by_video[:-1]]))
     stops = np.append(starts[1:], len(by_video))
+    if not len(by_video):  # a manifest of a header alone: no video starts at row 0
+        starts = stops = starts[:0]
     chosen: dict[str, dict[str, TaskLabels]] = {}
     listed: dict[str, np.ndarray] = {}
     for start, stop in zip(starts, stops, strict=True):

@@ -1,4 +1,5 @@
-"""Video decoding as a stream, face detection, temporal smoothing of the face box, and face crops.
+"""Video decoding as a stream, images read by their content, temporal smoothing of the face box,
+and the face tracker that runs detection (emodistill.data.faces) and cropping on each frame.
 
 Used by `prepare` (raw videos -> Aff-wild2-style crops) and by real-time prediction, so every step
 works one frame at a time with flat memory and no look-ahead.
@@ -15,12 +16,25 @@ import av
 import cv2
 import numpy as np
 
+from emodistill.data.faces import (
+    CROP_MARGIN,
+    Box,
+    Detector,
+    EyeLocator,
+    align_face,
+    crop_face,
+    make_detector,
+)
 from emodistill.errors import InputError
 
-# Enlargement of the detector's box on each side, as a fraction of the box size: Haar boxes run
-# from the forehead to the chin, while Aff-wild2's crops show the whole face plus some context
-# (the crop side is 1.5x the box).
-CROP_MARGIN = 0.25
+# The first bytes of the image formats OpenCV decodes, so that a file is taken for an image by
+# what it holds (a WEBP or PNG saved under a .jpg name is common), never by its extension.
+IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"BM",  # BMP
+    b"II*\x00", b"MM\x00*",  # TIFF, either byte order
+)
 
 
 @dataclass(frozen=True)
@@ -43,24 +57,6 @@ class VideoFrame:
     index: int  # 0-based position in the stream (Aff-wild2 crop number - 1)
     timestamp: float  # seconds from the start of the stream
     rgb: np.ndarray  # (H, W, 3) uint8
-
-
-@dataclass(frozen=True)
-class Box:
-    """An axis-aligned face box in pixels of the full frame."""
-
-    x: float  # left
-    y: float  # top
-    w: float  # width
-    h: float  # height
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        return self.x + self.w / 2, self.y + self.h / 2
-
-    @classmethod
-    def from_centre(cls, cx: float, cy: float, w: float, h: float) -> Box:
-        return cls(cx - w / 2, cy - h / 2, w, h)
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -139,61 +135,23 @@ def iter_frames(path: Path) -> Iterator[VideoFrame]:
             )
 
 
-def _cascade_classifier(name: str) -> cv2.CascadeClassifier:
-    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
-    path = Path(folder or "") / name
-    classifier = cv2.CascadeClassifier(str(path)) if folder and path.is_file() else None
-    if classifier is None or classifier.empty():
-        raise InputError(
-            f"OpenCV's Haar cascade {name} is missing from this OpenCV build; "
-            "install opencv-python-headless<5, which ships it"
-        )
-    return classifier
+def is_image_file(path: Path) -> bool:
+    """True when the file's first bytes are those of an image OpenCV reads (JPEG, PNG, WEBP, BMP,
+    TIFF), whatever its name ends in."""
+    with Path(path).open("rb") as handle:
+        head = handle.read(12)
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return webp or head.startswith(IMAGE_SIGNATURES)
 
 
-@dataclass
-class FaceDetector:
-    """OpenCV's Haar frontal-face cascade on a downscaled grey frame; keeps the largest face."""
-
-    # File in cv2.data.haarcascades. On faces pasted over natural photos at 640x480, "alt2"
-    # found 80/80 where "default" found 63/80, and ran about 1.5x faster.
-    cascade: str = "haarcascade_frontalface_alt2.xml"
-    detect_size: int = 320  # longest side of the grey image searched (frames are never upscaled)
-    scale_factor: float = 1.15  # step between search scales (1.1: ~25% slower, no more faces found)
-    min_neighbors: int = 5  # overlapping hits needed to accept a face (higher: fewer false faces)
-    min_size: int = 24  # smallest face side searched, in pixels of the downscaled image
-    # Candidates with fewer overlapping hits than this fraction of the best-supported face are
-    # dropped before taking the largest: weak false faces (a helmet rim, a collar) are often
-    # bigger than the real one.
-    support: float = 0.5
-    _classifier: cv2.CascadeClassifier = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._classifier = _cascade_classifier(self.cascade)
-
-    def detect(self, rgb: np.ndarray) -> Box | None:
-        """The largest face in an (H, W, 3) uint8 RGB frame, or None."""
-        height, width = rgb.shape[:2]
-        scale = min(1.0, self.detect_size / max(height, width))
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)  # (H, W)
-        if scale < 1.0:
-            small = (max(1, round(width * scale)), max(1, round(height * scale)))
-            grey = cv2.resize(grey, small, interpolation=cv2.INTER_AREA)  # (h, w)
-        grey = cv2.equalizeHist(grey)  # the cascade was trained on contrast-normalised faces
-        faces, hits = self._classifier.detectMultiScale2(
-            grey,
-            scaleFactor=self.scale_factor,
-            minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size),
-        )
-        if len(faces) == 0:
-            return None
-        hits = np.asarray(hits).ravel()
-        confident = faces[hits >= self.support * hits.max()]
-        x, y, w, h = max(confident, key=lambda f: f[2] * f[3])
-        # Scale back with the ratios actually used, which rounding makes differ per axis.
-        sx, sy = width / grey.shape[1], height / grey.shape[0]
-        return Box(float(x * sx), float(y * sy), float(w * sx), float(h * sy))
+def read_image(path: Path) -> np.ndarray:
+    """An image file decoded by its content as (H, W, 3) uint8 RGB; an unreadable one is an
+    InputError naming it."""
+    data = np.fromfile(path, dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise InputError(f"{path}: not a readable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3)
 
 
 @dataclass
@@ -241,31 +199,20 @@ class BoxSmoother:
         return float(np.hypot(dcx - pcx, dcy - pcy)) > self.jump * max(previous.w, previous.h)
 
 
-def crop_face(rgb: np.ndarray, box: Box, size: int, margin: float = CROP_MARGIN) -> np.ndarray:
-    """Square crop around `box` grown by `margin` per side, black beyond the frame, size x size."""
-    height, width = rgb.shape[:2]
-    cx, cy = box.centre
-    side = max(1, round(max(box.w, box.h) * (1 + 2 * margin)))
-    x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    x1, y1 = x0 + side, y0 + side
-    inside = rgb[max(0, y0):max(0, min(height, y1)), max(0, x0):max(0, min(width, x1))]
-    if inside.size == 0:
-        return np.zeros((size, size, 3), np.uint8)
-    top, left = max(0, -y0), max(0, -x0)
-    bottom, right = side - top - inside.shape[0], side - left - inside.shape[1]
-    square = cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
-    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)  # (size, size, 3)
-
-
 @dataclass
 class FaceTracker:
-    """Detector + smoother + crop, one frame at a time; optionally detects only every k-th frame."""
+    """Detector + smoother + crop, one frame at a time; optionally detects only every k-th frame.
 
-    detector: FaceDetector = field(default_factory=FaceDetector)
+    `prepare` and `predict` run every video frame and every image through one of these (an image
+    is a video of one frame), so both find and cut faces the same way.
+    """
+
+    detector: Detector = field(default_factory=make_detector)  # dlib, or Haar without dlib
     smoother: BoxSmoother = field(default_factory=BoxSmoother)
     crop_size: int = 112  # side of the face crops in pixels (Aff-wild2: 112)
     margin: float = CROP_MARGIN  # enlargement of the box on each side, fraction of its size
     detect_every: int = 1  # run the detector on every k-th frame, reuse the smoothed box between
+    eyes: EyeLocator | None = None  # a landmark model: crops aligned by the eyes, else square
     _frames_seen: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -277,6 +224,13 @@ class FaceTracker:
         self.smoother.reset()
         self._frames_seen = 0
 
+    def cut(self, rgb: np.ndarray, box: Box, size: int) -> np.ndarray:
+        """The (size, size, 3) face in `box`: aligned by the eyes with a landmark model, else the
+        square crop."""
+        if self.eyes is None:
+            return crop_face(rgb, box, size, self.margin)
+        return align_face(rgb, self.eyes.locate(rgb, box), size)
+
     def track(self, rgb: np.ndarray) -> tuple[Box | None, np.ndarray | None]:
         """(smoothed face box, (crop_size, crop_size, 3) crop) of one frame, or (None, None)."""
         if self._frames_seen % self.detect_every == 0:
@@ -286,4 +240,4 @@ class FaceTracker:
         self._frames_seen += 1
         if box is None:
             return None, None
-        return box, crop_face(rgb, box, self.crop_size, self.margin)
+        return box, self.cut(rgb, box, self.crop_size)

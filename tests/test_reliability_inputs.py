@@ -1,0 +1,433 @@
+"""Malformed inputs, fuzzed with Hypothesis: each ends in one sentence naming the file (and line).
+
+Covers the Aff-wild2 annotation reader, labels.csv / manifest.csv, the IDX reader, safetensors
+and JSON run files, and a foreign `.pth` whose pickle would run code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save as save_numpy_bytes
+
+from emodistill.checkpoints import load_arrays, load_weights, read_json, save_weights
+from emodistill.data.affwild import read_annotation_file
+from emodistill.data.manifest import label_columns, read_manifest
+from emodistill.data.ood import read_idx
+from emodistill.errors import InputError
+from emodistill.tasks import TASKS
+
+# Bounded so that the whole file runs in seconds on two shared cores; a longer hunt for bugs:
+# EMODISTILL_FUZZ_EXAMPLES=5000 pytest tests/test_reliability_inputs.py
+FUZZ = settings(max_examples=int(os.environ.get("EMODISTILL_FUZZ_EXAMPLES", "50")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+# Cells a person, a spreadsheet or a broken export might write, good and bad.
+CELLS = st.sampled_from([
+    "0", "1", "-1", "-5", "3", "6", "7", "0.5", "-0.25", "1.0", "2", "", " ", " 1 ", "nan", "inf",
+    "-inf", "1e400", "abc", "0x1", "+1", ".5", "-", "1_0", "１", "²", "\u00a01", "1,5", "\"1\"", "\x00",
+    "9" * 25, "-0", "1e-3", "é", "\ufeff1",
+])
+TEXT_CELLS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
+LINE_ENDS = st.sampled_from(["\n", "\r\n", "\r"])
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[Path]:
+    """One folder for every example (Hypothesis runs many examples per test function)."""
+    with tempfile.TemporaryDirectory() as folder:
+        yield Path(folder)
+
+
+def assert_one_sentence(error: InputError, path: Path) -> None:
+    message = str(error)
+    assert message.startswith(str(path)), message
+    assert "\n" not in message and "Traceback" not in message, message
+
+
+def line_of(error: InputError, path: Path) -> int | None:
+    match = re.match(rf"{re.escape(str(path))}:(\d+): ", str(error))
+    return int(match.group(1)) if match else None
+
+
+# --- Aff-wild2 annotation files ---------------------------------------------------------------
+
+def good_line(task, draw) -> str:
+    if task.kind == "binary":
+        return ",".join(draw(st.lists(st.sampled_from(["0", "1", "-1"]), min_size=12, max_size=12)))
+    if task.kind == "categorical":
+        return draw(st.sampled_from(["0", "3", "6", "-1"]))
+    return ",".join(draw(st.lists(st.sampled_from(["0.5", "-0.25", "1", "-5"]), min_size=2, max_size=2)))
+
+
+@st.composite
+def annotation_files(draw) -> tuple:
+    """A task and the text of an annotation file for it: good lines with random damage."""
+    task = draw(st.sampled_from(TASKS))
+    header = draw(st.sampled_from([",".join(label_columns(task)), "", "Neutral,Anger", "1,0"]))
+    lines = [good_line(task, draw) for _ in range(draw(st.integers(0, 6)))]
+    for _ in range(draw(st.integers(0, 3))):
+        damaged = ",".join(draw(st.lists(st.one_of(CELLS, TEXT_CELLS), min_size=0, max_size=14)))
+        lines.insert(draw(st.integers(0, len(lines))), damaged)
+    return task, draw(LINE_ENDS).join([header, *lines]) + draw(st.sampled_from(["", "\n", "\n\n"]))
+
+
+@FUZZ
+@given(annotation_files())
+@example((TASKS[0], "AU1\n" + "\x0c" * 3))
+def test_annotation_reader_fuzzed(scratch: Path, case: tuple) -> None:
+    task, text = case
+    path = scratch / "video.txt"
+    path.write_bytes(text.encode("utf-8"))
+    try:
+        labels, _ = read_annotation_file(task, path)
+    except InputError as error:
+        assert_one_sentence(error, path)
+        return
+    assert labels.values.shape == (len(labels.frame_index), len(label_columns(task)))
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+@example(b"\xff\xfe\x00A")
+def test_annotation_reader_on_random_bytes(scratch: Path, data: bytes) -> None:
+    path = scratch / "video.txt"
+    path.write_bytes(data)
+    for task in TASKS:
+        try:
+            read_annotation_file(task, path)
+        except InputError as error:
+            assert_one_sentence(error, path)
+
+
+@FUZZ
+@given(st.data())
+def test_annotation_errors_name_the_damaged_line(scratch: Path, data: st.DataObject) -> None:
+    task = data.draw(st.sampled_from(TASKS))
+    lines = [good_line(task, data.draw) for _ in range(data.draw(st.integers(1, 8)))]
+    out_of_range = {"binary": "2", "categorical": "7", "binned": "1.5"}[task.kind]
+    cells = lines[0].split(",")
+    # An empty cell is a blank line in a one-column file, and trailing blank lines are no frames.
+    empty = [""] if len(cells) > 1 else []
+    bad_cell = data.draw(st.sampled_from(["abc", out_of_range, "nan", "1e400", *empty]))
+    cells[data.draw(st.integers(0, len(cells) - 1))] = bad_cell
+    at = data.draw(st.integers(0, len(lines)))
+    lines.insert(at, ",".join(cells))
+    path = scratch / "video.txt"
+    path.write_text("\n".join([",".join(label_columns(task)), *lines]) + "\n")
+    with pytest.raises(InputError) as error:
+        read_annotation_file(task, path)
+    assert_one_sentence(error.value, path)
+    assert line_of(error.value, path) == at + 2  # line 1 is the header
+
+
+# --- labels.csv / manifest.csv ----------------------------------------------------------------
+
+MANIFEST_COLUMNS = ["video", "frame", "split", *(c for task in TASKS for c in label_columns(task))]
+
+
+def mostly(draw, good: st.SearchStrategy, bad: st.SearchStrategy) -> str:
+    """A good value nine times in ten: damage one thing at a time, so deep checks are reached."""
+    return draw(good) if draw(st.integers(0, 9)) else draw(bad)
+
+
+BAD_FRAMES = st.sampled_from(["0", "-1", "1.5", "x", "", "9" * 30, "²", "１", "+2", "1_0"])
+
+
+@st.composite
+def manifests(draw) -> str:
+    """A manifest: usually the expected columns (shuffled, maybe extra ones) and rows in which
+    now and then one cell, a task's group of cells or the row's length is wrong."""
+    columns = [c for c in MANIFEST_COLUMNS if c != "split" or draw(st.booleans())]
+    if draw(st.integers(0, 4)) == 0:  # an image data set: `image` stands for video and frame
+        columns = ["image", *(c for c in columns if c not in ("video", "frame"))]
+    if draw(st.integers(0, 9)) == 0:
+        columns.remove(draw(st.sampled_from(columns)))
+    columns += draw(st.lists(st.sampled_from(["extra", "Video", " FRAME ", ""]), max_size=2))
+    columns = draw(st.permutations(columns))
+    rows = []
+    for _ in range(draw(st.integers(0, 8))):
+        values = {
+            "video": mostly(draw, st.sampled_from(["clip01", "clip02", "clip01_left"]), st.sampled_from(["", "é"])),
+            "frame": mostly(draw, st.sampled_from(["1", "2", "3", " 4 "]), BAD_FRAMES),
+            "split": mostly(draw, st.sampled_from(["train", "val", "TRAIN"]), st.sampled_from(["test", ""])),
+            "image": mostly(draw, st.sampled_from(["a.jpg", "faces/b.png", "c.jpg"]),
+                            st.sampled_from(["", ".", "/", "a.jpg/", "é.jpg"])),
+        }
+        for task in TASKS:
+            names = label_columns(task)
+            if draw(st.booleans()):
+                good = [good_line(task, draw)] if len(names) == 1 else good_line(task, draw).split(",")
+                cells = [mostly(draw, st.just(cell), st.one_of(CELLS, TEXT_CELLS)) for cell in good]
+            else:
+                cells = [mostly(draw, st.just(""), CELLS) for _ in names]
+            values.update(zip(names, cells, strict=True))
+        row = [values.get(column, draw(TEXT_CELLS)) for column in columns]
+        if draw(st.integers(0, 19)) == 0:
+            row = row[: draw(st.integers(0, len(row)))]  # a short row
+        rows.append(row)
+    quoted = [",".join(json.dumps(c) if ("," in c or '"' in c) else c for c in r) for r in rows]
+    return draw(LINE_ENDS).join([",".join(columns), *quoted]) + "\n"
+
+
+@FUZZ
+@given(manifests(), st.sampled_from(["train", "val"]))
+@example("video,frame,split," + ",".join(MANIFEST_COLUMNS[3:]) + "\n", "train")
+def test_manifest_reader_fuzzed(scratch: Path, text: str, split: str) -> None:
+    path = scratch / "labels.csv"
+    path.write_bytes(text.encode("utf-8"))
+    try:
+        label_set = read_manifest(path, split)
+    except InputError as error:
+        assert_one_sentence(error, path)
+        return
+    for frames in label_set.frames.values():
+        assert (frames >= 0).all()
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+@example(b"video,frame\n\x00\x00")
+@example(b'"' + b"a" * 140_000)
+def test_manifest_reader_on_random_bytes(scratch: Path, data: bytes) -> None:
+    path = scratch / "manifest.csv"
+    path.write_bytes(data)
+    try:
+        read_manifest(path, "train")
+    except InputError as error:
+        assert_one_sentence(error, path)
+
+
+# --- IDX (Fashion-MNIST) ----------------------------------------------------------------------
+
+@st.composite
+def idx_files(draw) -> bytes:
+    """Near-valid IDX bytes: a magic number, dimensions and data, each possibly wrong."""
+    code = draw(st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07, 0xFF]))
+    dims = draw(st.lists(st.integers(0, 6), max_size=4))
+    ndim = draw(st.one_of(st.just(len(dims)), st.integers(0, 255)))
+    head = bytes([draw(st.sampled_from([0, 1])), 0, code, ndim]) + struct.pack(f">{len(dims)}I", *dims)
+    size = int(np.prod(dims)) if dims else 1
+    body = draw(st.binary(min_size=0, max_size=size * 8 + 4))
+    if draw(st.booleans()):
+        dims_huge = struct.pack(">2I", 2**32 - 1, 2**32 - 1)
+        head = bytes([0, 0, code, 2]) + dims_huge
+    return head + body
+
+
+@FUZZ
+@given(st.one_of(idx_files(), st.binary(max_size=64)), st.booleans())
+def test_idx_reader_fuzzed(scratch: Path, data: bytes, compressed: bool) -> None:
+    import gzip
+
+    path = scratch / ("images-idx3-ubyte.gz" if compressed else "images-idx3-ubyte")
+    path.write_bytes(gzip.compress(data) if compressed and data[:1] != b"\xff" else data)
+    try:
+        array = read_idx(path)
+    except InputError as error:
+        assert_one_sentence(error, path)
+        return
+    assert array.dtype.isnative
+
+
+# --- safetensors and JSON run files -----------------------------------------------------------
+
+def small_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+
+
+@st.composite
+def foreign_states(draw) -> dict[str, np.ndarray]:
+    """small_model's state with a key dropped or added, a shape or a dtype changed."""
+    state = {k: v.numpy() for k, v in small_model().state_dict().items()}
+    change = draw(st.sampled_from(["drop", "add", "shape", "dtype", "scalar"]))
+    key = draw(st.sampled_from(sorted(state)))
+    if change == "drop":
+        del state[key]
+    elif change == "add":
+        state["head.extra.weight"] = np.zeros((2, 2), np.float32)
+    elif change == "shape":
+        state[key] = np.zeros((*state[key].shape, 2), state[key].dtype)
+    elif change == "dtype":
+        wrong = {np.dtype(np.float32): np.float64, np.dtype(np.int64): np.float32}[state[key].dtype]
+        state[key] = state[key].astype(wrong)
+    else:
+        state[key] = np.array(1.0, np.float32)
+    return state
+
+
+@FUZZ
+@given(foreign_states())
+def test_weights_that_do_not_fit_are_refused(scratch: Path, state: dict[str, np.ndarray]) -> None:
+    path = scratch / "member-0.safetensors"
+    path.write_bytes(save_numpy_bytes(state))
+    with pytest.raises(InputError) as error:
+        load_weights(path, small_model())
+    assert_one_sentence(error.value, path)
+    assert "does not fit this model" in str(error.value)
+
+
+def safetensors_bytes() -> bytes:
+    return save_numpy_bytes({"AU": np.arange(24, dtype=np.float32).reshape(2, 12), "EXPR": np.ones((2, 7), np.float32)})
+
+
+@st.composite
+def damaged_safetensors(draw) -> bytes:
+    """Valid safetensors bytes, truncated, with bytes flipped, or with a rewritten header."""
+    data = bytearray(safetensors_bytes())
+    how = draw(st.sampled_from(["truncate", "flip", "header"]))
+    if how == "truncate":
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
+    if how == "flip":
+        for _ in range(draw(st.integers(1, 4))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data)
+    header = {
+        "AU": {"dtype": draw(st.sampled_from(["F32", "F64", "BF16", "F8_E4M3", "I64", "BOOL", "X"])),
+               "shape": draw(st.lists(st.integers(0, 30), max_size=3)),
+               "data_offsets": [0, draw(st.integers(0, 200))]},
+    }
+    if draw(st.booleans()):
+        header["__metadata__"] = draw(st.sampled_from([{"a": "b"}, {"a": 1}, "x"]))
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + bytes(draw(st.integers(0, 200)))
+
+
+def bfloat16_safetensors() -> bytes:
+    """A well-formed file of a dtype NumPy has no type for."""
+    header = json.dumps({"AU": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(4)
+
+
+@FUZZ
+@given(damaged_safetensors())
+@example(bfloat16_safetensors())
+def test_damaged_safetensors_files(scratch: Path, data: bytes) -> None:
+    path = scratch / "soft_labels.safetensors"
+    path.write_bytes(data)
+    for load in (load_arrays, lambda p: load_weights(p, small_model())):
+        try:
+            load(path)
+        except InputError as error:
+            assert_one_sentence(error, path)
+
+
+@FUZZ
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=5),
+                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                 max_leaves=8).map(lambda value: json.dumps(value).encode()),
+).map(lambda data: data[: len(data) // 2] if data[:1] == b"{" else data))
+@example(b"[" * 100_000)
+@example(b'{"a": ' + b"9" * 5_000 + b"}")
+@example(b"\xff\xfe{}")
+def test_json_run_files_fuzzed(scratch: Path, data: bytes) -> None:
+    path = scratch / "member-0.json"
+    path.write_bytes(data)
+    try:
+        read_json(path)
+    except InputError as error:
+        assert_one_sentence(error, path)
+
+
+RUN_FIELDS = ["data", "preset", "modality", "members", "generations", "seed", "backbone_weights"]
+TRAIN_FIELDS = ["epochs", "lr", "lr_step", "batches_per_epoch", "clip_length", "clips_per_task", "reweight"]
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 30), st.text(max_size=4),
+                        st.lists(st.integers(), max_size=2))
+
+
+@st.composite
+def run_configs(draw) -> object:
+    """run.json as a later version, an editor or a crash might leave it."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(JSON_VALUES)
+    keys = st.one_of(st.sampled_from(RUN_FIELDS), st.text(max_size=5))
+    config = draw(st.dictionaries(keys, JSON_VALUES, max_size=8))
+    if draw(st.booleans()):
+        config["data"] = "data/synth"
+    if draw(st.booleans()):
+        train_keys = st.one_of(st.sampled_from(TRAIN_FIELDS), st.text(max_size=5))
+        config["train"] = draw(st.one_of(st.dictionaries(train_keys, JSON_VALUES, max_size=4), JSON_VALUES))
+    return config
+
+
+@FUZZ
+@given(run_configs())
+@example({"data": "data/synth", "train": {"bogus": 1}})
+@example([1, 2])
+def test_run_config_files_fuzzed(scratch: Path, config: object) -> None:
+    from emodistill.distillation import Run, RunConfig
+
+    run = Run(scratch / "run")
+    run.root.mkdir(exist_ok=True)
+    run.config_path.write_text(json.dumps(config))
+    try:
+        assert isinstance(run.config(), RunConfig)
+    except InputError as error:
+        assert_one_sentence(error, run.config_path)
+
+
+def test_run_files_that_are_not_files(scratch: Path) -> None:
+    folder = scratch / "run.json"
+    folder.mkdir(exist_ok=True)
+    for read in (read_json, load_arrays, lambda p: load_weights(p, small_model())):
+        with pytest.raises(InputError) as error:
+            read(folder)
+        assert_one_sentence(error.value, folder)
+
+
+# --- a foreign checkpoint whose pickle would run code -----------------------------------------
+
+class CreatesAFile:
+    """Unpickling this calls open(marker, "w"): code from the checkpoint runs on load."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.open, (str(self.marker), "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    from emodistill.models import build_model
+    from emodistill.models.weights import load_backbone_weights
+
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "mobilefacenet.pth"
+    state = {k: v for k, v in build_model("tiny").backbone.state_dict().items()}
+    torch.save({"state_dict": state, "hook": CreatesAFile(marker)}, checkpoint)
+    # The file is really malicious: an unrestricted load runs its code.
+    torch.load(checkpoint, weights_only=False)["hook"].close()
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(InputError) as error:
+        load_backbone_weights(build_model("tiny"), checkpoint)
+    assert_one_sentence(error.value, checkpoint)
+    assert "weights-only" in str(error.value)
+    assert not marker.exists()
+
+
+def test_a_member_file_is_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    member = tmp_path / "member-0.safetensors"
+    torch.save({"weight": CreatesAFile(marker)}, member)  # a pickle under a safetensors name
+    with pytest.raises(InputError) as error:
+        load_weights(member, small_model())
+    assert_one_sentence(error.value, member)
+    assert not marker.exists()
+    save_weights(member, small_model())  # and a real one loads
+    load_weights(member, small_model())
