@@ -43,10 +43,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from emodistill.data.prepare import prepare_videos
+    from emodistill.data.prepare import prepare
 
-    summary = prepare_videos(args.videos, args.out, size=args.size, progress=not args.quiet,
-                             detect_every=args.detect_every)
+    summary = prepare(args.inputs, args.out, size=args.size, progress=not args.quiet,
+                      detect_every=args.detect_every, detector=args.detector)
     print(summary)
     return 0
 
@@ -62,7 +62,8 @@ def _run_config(args: argparse.Namespace):
     lr_step = args.lr_step or max(1, round(epochs * (4 / 15 if audio_visual else 3 / 10)))
     train = TrainConfig(epochs=epochs, lr=args.lr, lr_step=lr_step, batches_per_epoch=args.batches_per_epoch,
                         clip_length=args.clip_length, clips_per_task=args.clips_per_task,
-                        reweight=not args.no_reweight, balance=not args.no_balance)
+                        reweight=not args.no_reweight, balance=not args.no_balance,
+                        freeze_backbone=args.freeze_backbone)
     return RunConfig(data=str(args.data), preset=args.preset, modality=modality, members=args.members,
                      generations=args.generations, seed=args.seed,
                      backbone_weights=str(args.backbone_weights) if args.backbone_weights else None, train=train)
@@ -70,18 +71,30 @@ def _run_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from emodistill.distillation import train_run
+    from emodistill.runlock import run_lock
     from emodistill.runtime import resolve_device
 
     config = _run_config(args)
-    if args.backend == "ray":
-        from emodistill.distributed import train_run_ray
+    with run_lock(args.out):  # one writer per run folder; Ray members write under this lock
+        if args.backend == "ray":
+            from emodistill.distributed import train_run_ray
 
-        # The driver may have no GPU while the workers do: each worker resolves the device.
-        train_run_ray(args.out, config, address=args.address, gpus_per_member=args.gpus_per_member,
-                      cpus_per_member=args.cpus_per_member, max_retries=args.max_retries,
-                      device=args.device, progress=not args.quiet)
-    else:
-        train_run(args.out, config, resolve_device(args.device), progress=not args.quiet)
+            # The driver may have no GPU while the workers do: each worker resolves the device.
+            train_run_ray(args.out, config, address=args.address, gpus_per_member=args.gpus_per_member,
+                          cpus_per_member=args.cpus_per_member, max_retries=args.max_retries,
+                          device=args.device, progress=not args.quiet)
+        else:
+            train_run(args.out, config, resolve_device(args.device), progress=not args.quiet)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from emodistill.pretraining import PretrainConfig, pretrain_backbone
+    from emodistill.runtime import resolve_device
+
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
+    config = PretrainConfig(preset=args.preset, seed=args.seed, **given)
+    pretrain_backbone(args.data, args.out, config, resolve_device(args.device), progress=not args.quiet)
     return 0
 
 
@@ -118,7 +131,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from emodistill.predict import predict_command
 
     predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
-                    backend=args.backend, device=args.device, progress=not args.quiet)
+                    backend=args.backend, device=args.device, progress=not args.quiet,
+                    detector=args.detector)
     return 0
 
 
@@ -140,6 +154,13 @@ def _add_common(parser: argparse.ArgumentParser, device: bool = False) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     if device:
         parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+
+
+def _add_detector(parser: argparse.ArgumentParser) -> None:
+    from emodistill.data.faces import DEFAULT_DETECTOR, DETECTORS
+
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                        help=f"face detector (default {DEFAULT_DETECTOR}; Haar when dlib is not installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,11 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=24, help="number of frames")
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("prepare", cmd_prepare, "detect, crop and align faces of raw videos into the Aff-wild2 layout")
-    p.add_argument("videos", type=Path, nargs="+")
+    p = add("prepare", cmd_prepare, "detect and crop the faces of videos and images into the Aff-wild2 layout")
+    p.add_argument("inputs", nargs="+", help="videos, images, folders of them, or glob patterns ('faces/*.jpg')")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--detect-every", type=int, default=1, help="run the face detector every k-th frame")
+    _add_detector(p)
     _add_common(p)
 
     p = add("train", cmd_train, "train a teacher ensemble and K generations of students")
@@ -197,12 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-balance", action="store_true", help="fixed equal task weights (paper Table 5 ablation)")
     p.add_argument("--backbone-weights", type=Path, default=None,
                    help="MobileFaceNet checkpoint (safetensors, or a pytorch_face_landmark state_dict)")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="keep the (pretrained) backbone fixed: features once per split, heads trained on them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
     p.add_argument("--gpus-per-member", type=float, default=None, help="Ray: GPUs per member task")
     p.add_argument("--cpus-per-member", type=float, default=None, help="Ray: CPUs per member task")
     p.add_argument("--max-retries", type=int, default=2, help="Ray: retries of a member whose worker died")
+    _add_common(p, device=True)
+
+    p = add("pretrain", cmd_pretrain, "pretrain the MobileFaceNet backbone on face landmarks (paper Sec. 3.2)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="simulator output (landmarks in truth/) or a folder with landmarks.csv (68 iBUG points)")
+    p.add_argument("--out", type=Path, required=True, help="backbone .safetensors (a .json record goes beside it)")
+    p.add_argument("--preset", default="emenet-v", help="the preset whose backbone is trained")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1200)")
+    p.add_argument("--batch-size", type=int, default=None, help="crops per step (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's initial learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, default=0)
     _add_common(p, device=True)
 
     p = add("evaluate", cmd_evaluate, "score every generation and write RUN/report/")
@@ -223,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="FILE.csv or FILE.parquet")
     p.add_argument("--plot", type=Path, default=None, help="folder for Figure-1 panels and timelines")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    _add_detector(p)
     _add_common(p, device=True)
 
     p = add("export", cmd_export, "export each member of a run to ONNX")
@@ -249,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except InputError as error:
         print(f"emodistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        from emodistill.atomic import disk_full_sentence
+
+        # A writer without its own guard (the crops of `prepare` or `synth`) ran out of space.
+        sentence = disk_full_sentence(error)
+        if sentence is None:
+            raise
+        print(f"emodistill {args.command}: error: {sentence}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nemodistill {args.command}: interrupted; finished files are kept, "

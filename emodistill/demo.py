@@ -1,7 +1,8 @@
 """The main job on the embedded default data: simulate, distil for K generations, evaluate, report.
 
-`make demo` runs the full version (5 members x teacher + 3 student generations, about
-12 minutes on 2 cores); `--quick` is a tiny version for the tests.
+`make demo` runs the full version (400 simulated identities, a backbone pretrained on their
+landmarks and frozen, 5 members x teacher + 3 student generations); `--quick` is a tiny
+version for the tests.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from emodistill.data.synth import generate
 from emodistill.distillation import RunConfig, train_run
 from emodistill.evaluation import evaluate_run
+from emodistill.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
 from emodistill.reporting import summary_table, write_report
 from emodistill.training import TrainConfig
 
@@ -35,12 +37,16 @@ class DemoPlan:
     batches_per_epoch: int
     ood_limit: int  # OOD images (and as many validation frames)
     mc_passes: int
+    pretrain_steps: int  # landmark pretraining of the backbone (0: random backbone)
+    freeze_backbone: bool  # heads trained on cached features of the pretrained backbone
 
 
-FULL = DemoPlan(videos=48, frames=120, crop_size=112, preset="demo", members=5, generations=3,
-                epochs=4, lr_step=3, batches_per_epoch=12, ood_limit=1500, mc_passes=10)
+FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
+                epochs=6, lr_step=4, batches_per_epoch=40, ood_limit=1500, mc_passes=10,
+                pretrain_steps=800, freeze_backbone=True)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
-                 epochs=2, lr_step=1, batches_per_epoch=3, ood_limit=64, mc_passes=3)
+                 epochs=2, lr_step=1, batches_per_epoch=3, ood_limit=64, mc_passes=3,
+                 pretrain_steps=20, freeze_backbone=True)
 
 
 def run_demo(
@@ -60,10 +66,16 @@ def run_demo(
         summary = generate(data, videos=plan.videos, frames=plan.frames, size=plan.crop_size, seed=seed,
                            preview=True, progress=progress)
         log(f"simulated data: {summary}")
+    backbone = out / "backbone.safetensors"
+    if plan.pretrain_steps and not backbone_record_path(backbone).exists():
+        pretrain_backbone(data, backbone, PretrainConfig(preset=plan.preset, steps=plan.pretrain_steps, seed=seed),
+                          device, progress=progress, log=log)
     config = RunConfig(
         data=str(data), preset=plan.preset, modality="v", members=plan.members,
         generations=plan.generations, seed=seed,
-        train=TrainConfig(epochs=plan.epochs, lr_step=plan.lr_step, batches_per_epoch=plan.batches_per_epoch),
+        backbone_weights=str(backbone) if plan.pretrain_steps else None,
+        train=TrainConfig(epochs=plan.epochs, lr_step=plan.lr_step, batches_per_epoch=plan.batches_per_epoch,
+                          freeze_backbone=plan.freeze_backbone),
     )
     run = train_run(out / "run", config, device, progress=progress, log=log)
     report = evaluate_run(run.root, device, ood_limit=plan.ood_limit, mc_passes=plan.mc_passes,

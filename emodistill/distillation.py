@@ -23,16 +23,26 @@ from emodistill.checkpoints import (
     write_json,
 )
 from emodistill.data.affwild import load_split
+from emodistill.data.cache import content_hash
 from emodistill.data.dataset import Split
 from emodistill.errors import InputError
-from emodistill.inference import activate, predict_split
+from emodistill.inference import activate, encode_split, predict_features, predict_split
 from emodistill.losses import ClassWeights, class_weights_from_labels
 from emodistill.models import PRESETS, build_model
 from emodistill.models.weights import load_backbone_weights
+from emodistill.pretraining import backbone_record_path
 from emodistill.tasks import TASKS
-from emodistill.training import TrainConfig, member_seed, train_member
+from emodistill.training import (
+    FrozenFeatures,
+    TrainConfig,
+    clip_shape,
+    member_seed,
+    still_images,
+    train_member,
+)
 
 RUN_FILE = "run.json"
+BACKBONE_FILE = "backbone.json"  # which backbone the run starts from, frozen or not, its pretraining
 SOFT_LABELS_FILE = "soft_labels.safetensors"
 # Fields a user may change when rerunning an existing run: they extend it, never redo it.
 EXTENDABLE = ("generations",)
@@ -62,6 +72,9 @@ class RunConfig:
                 raise InputError(f"{name} must be at least 1, got {value}")
         if self.generations < 0:
             raise InputError(f"--generations must be 0 or more, got {self.generations}")
+        if self.train.freeze_backbone and self.modality == "va":
+            raise InputError("--freeze-backbone is for visual models only (--modality v); "
+                             "the audio encoder has no pretraining to keep")
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
@@ -92,7 +105,11 @@ class Run:
     def config(self) -> RunConfig:
         if not self.exists():
             raise InputError(f"{self.root} is not an emodistill run (no {RUN_FILE}); train one first")
-        return RunConfig.from_dict(read_json(self.config_path))
+        stored = read_json(self.config_path)
+        try:
+            return RunConfig.from_dict(stored)
+        except (TypeError, AttributeError) as error:  # not an object, or unknown or missing fields
+            raise InputError(f"{self.config_path} is not a run config this version can read ({error})") from None
 
     def generation_dir(self, generation: int) -> Path:
         return self.root / generation_name(generation)
@@ -160,6 +177,11 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
     val, val_summary = load_split(Path(config.data), "val", size=size, audio=audio, progress=progress)
     log(f"train: {train_summary}")
     log(f"val: {val_summary}")
+    if still_images(train):
+        length, clips = clip_shape(train, config.train)
+        log(f"still images: every training video is one frame, so clips have length {length} and a batch "
+            f"holds {clips} distinct images per task (the same frames per batch as {config.train.clip_length} x "
+            f"{config.train.clips_per_task})")
     missing = [t.name for t in TASKS if t.name not in train.tasks_present]
     if missing:
         log(f"note: the training data has no {', '.join(missing)} labels; "
@@ -175,14 +197,55 @@ def run_class_weights(run: Run, config: RunConfig, train: Split) -> ClassWeights
 
 
 def ensemble_probs(
-    models: list[torch.nn.Module], split: Split, device: torch.device, config: RunConfig
+    models: list[torch.nn.Module],
+    split: Split,
+    device: torch.device,
+    config: RunConfig,
+    features: np.ndarray | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Each member's probabilities on every frame of `split`: a list of task -> (N, n_logits)."""
+    """Each member's probabilities on every frame of `split`: a list of task -> (N, n_logits).
+
+    With `features` (the frozen backbone's, per frame of `split`) only the heads run.
+    """
     use_audio = config.modality == "va"
-    return [
-        activate(predict_split(m, split, device, config.train.clip_length, config.train.eval_batch_clips, use_audio))
-        for m in models
-    ]
+    length, batch = config.train.clip_length, config.train.eval_batch_clips
+    if features is not None:
+        return [activate(predict_features(m, features, split, device, length, batch)) for m in models]
+    return [activate(predict_split(m, split, device, length, batch, use_audio)) for m in models]
+
+
+def initial_model(config: RunConfig) -> torch.nn.Module:
+    """A new member's network: random heads, and the pretrained backbone when one is named."""
+    model = build_model(config.preset, config.modality)
+    if config.backbone_weights:
+        load_backbone_weights(model, Path(config.backbone_weights))
+    return model
+
+
+def frozen_features(
+    config: RunConfig, train: Split, val: Split, device: torch.device, log: Callable[[str], None] = print
+) -> FrozenFeatures | None:
+    """With --freeze-backbone: every frame's backbone features, computed once for all members."""
+    if not config.train.freeze_backbone:
+        return None
+    started = time.perf_counter()
+    model = initial_model(config).to(device)
+    features = FrozenFeatures(encode_split(model, train, device), encode_split(model, val, device))
+    log(f"frozen backbone: features of {len(train):,} training and {len(val):,} validation frames "
+        f"computed once ({time.perf_counter() - started:.1f} s); members train their heads only")
+    return features
+
+
+def backbone_provenance(config: RunConfig) -> dict:
+    """Which backbone a run starts from, whether it is frozen, and what it was pretrained on."""
+    entry: dict = {"frozen": config.train.freeze_backbone}
+    if not config.backbone_weights:
+        return entry | {"weights": None, "init": "random"}
+    path = Path(config.backbone_weights)
+    entry |= {"weights": str(path), "init": "pretrained", "sha256": content_hash(path)}
+    record = backbone_record_path(path)
+    entry["pretraining"] = read_json(record) if record.exists() else "unknown (no record beside the weights)"
+    return entry
 
 
 def saved_soft_labels(run: Run, generation: int, n_frames: int) -> dict[str, np.ndarray] | None:
@@ -203,13 +266,19 @@ def average_member_probs(
 
 
 def make_soft_labels(
-    run: Run, generation: int, train: Split, device: torch.device, config: RunConfig
+    run: Run,
+    generation: int,
+    train: Split,
+    device: torch.device,
+    config: RunConfig,
+    frozen: FrozenFeatures | None = None,
 ) -> dict[str, np.ndarray]:
     """Mean of the ensemble's probabilities on every training frame, all tasks (Sec. 3.4)."""
     soft = saved_soft_labels(run, generation, len(train))
     if soft is not None:
         return soft
-    member_probs = ensemble_probs(run.load_ensemble(generation, device), train, device, config)
+    features = None if frozen is None else frozen.train
+    member_probs = ensemble_probs(run.load_ensemble(generation, device), train, device, config, features)
     soft = average_member_probs(member_probs, train.tasks_present)
     save_arrays(run.soft_labels_path(generation), soft)
     return soft
@@ -226,17 +295,21 @@ def train_generation_member(
     device: torch.device,
     soft_labels: dict[str, np.ndarray] | None,
     progress: bool = True,
+    frozen: FrozenFeatures | None = None,
 ) -> dict:
-    """Train one member and write its weights, then its record; returns the record."""
+    """Train one member and write its weights, then its record; returns the record.
+
+    A frozen-backbone run computes the features here when not handed them (a Ray worker).
+    """
+    if config.train.freeze_backbone and frozen is None:
+        frozen = frozen_features(config, train, val, device, log=lambda _: None)
     seed = member_seed(config.seed, generation, member)
     torch.manual_seed(seed)
-    model = build_model(config.preset, config.modality)
-    if config.backbone_weights:
-        load_backbone_weights(model, Path(config.backbone_weights))
+    model = initial_model(config)
     name = generation_name(generation)
     result = train_member(
         model, train, val, config.train, class_weights, seed, device, soft_labels,
-        description=f"{name} {member + 1}/{config.members}", progress=progress,
+        description=f"{name} {member + 1}/{config.members}", progress=progress, frozen=frozen,
     )
     save_weights(run.weights_path(generation, member), model.cpu())
     record = {
@@ -247,6 +320,9 @@ def train_generation_member(
         "modality": config.modality,
         "best_epoch": result.best_epoch,
         "epochs": config.train.epochs,
+        "clip_length": result.clip_length,
+        "clips_per_task": result.clips_per_task,
+        "backbone": {k: v for k, v in backbone_provenance(config).items() if k != "pretraining"},
         "scores": result.scores,
         "history": result.history,
         "seconds": round(result.seconds, 2),
@@ -277,15 +353,17 @@ def train_run(
     prepare_run(run, config)
     train, val = load_data(config, progress, log)
     class_weights = run_class_weights(run, config, train)
+    write_json(run.root / BACKBONE_FILE, backbone_provenance(config))
+    frozen = frozen_features(config, train, val, device, log)
     started = time.perf_counter()
     for generation in range(config.generations + 1):
-        soft_labels = None if generation == 0 else make_soft_labels(run, generation - 1, train, device, config)
+        soft_labels = None if generation == 0 else make_soft_labels(run, generation - 1, train, device, config, frozen)
         for member in range(config.members):
             if run.is_complete(generation, member):
                 log(f"{generation_name(generation)} member {member + 1}: already trained, kept")
                 continue
             record = train_generation_member(
-                run, config, generation, member, train, val, class_weights, device, soft_labels, progress
+                run, config, generation, member, train, val, class_weights, device, soft_labels, progress, frozen
             )
             log(summary_line(record))
     log(f"run {run.root}: {config.members} members x {config.generations + 1} generations "

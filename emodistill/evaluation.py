@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from emodistill.calibration import mc_dropout_probs, temperature_scaling_cv
+from emodistill.checkpoints import read_json
 from emodistill.data.affwild import load_split
 from emodistill.data.dataset import Split
 from emodistill.data.ood import load_ood
-from emodistill.distillation import Run, RunConfig, generation_name
+from emodistill.distillation import BACKBONE_FILE, Run, RunConfig, backbone_provenance, generation_name
 from emodistill.errors import InputError
 from emodistill.inference import activate, predict_images, predict_split
 from emodistill.metrics import ece, emotion_metrics, nll_binary, nll_categorical, reliability, rmse, roc_auc, roc_curve
@@ -26,6 +27,9 @@ from emodistill.uncertainty import decompose_task, ood_score
 
 Probs = dict[str, np.ndarray]  # task -> (N, n_logits) probabilities
 OOD_FALSE_ALARM = 0.05  # the stored OOD threshold flags 5% of in-domain validation frames
+# The lower-is-better score of each task that skill is measured on: (group, key) in a score dict.
+SKILL_SCORES = {"AU": ("nll", "AU_mean"), "EXPR": ("nll", "EXPR"), "valence": ("rmse", "valence"),
+                "arousal": ("rmse", "arousal")}
 
 
 def uncertainty_scores(split: Split, probs: Probs) -> dict:
@@ -215,13 +219,55 @@ def baselines(
     }
 
 
+def class_prior(train: Split, n: int, tasks: tuple[str, ...]) -> Probs:
+    """What a model that learned nothing predicts: the training labels' frequencies, every frame."""
+    prior = {}
+    for task in TASKS:
+        if task.name in tasks and task.name in train.tasks_present:
+            mask = train.masks[task.name]
+            rate = task.label_frequencies(train.labels[task.name][mask])
+            prior[task.name] = np.broadcast_to(rate.astype(np.float32), (n, task.n_logits)).copy()
+    return prior
+
+
+def scored_predictor(val: Split, probs: Probs) -> dict:
+    """A fixed predictor (the prior, the oracle) scored exactly as the models are."""
+    entry = uncertainty_scores(val, probs)
+    entry["emotion"] = emotion_metrics(val.labels, probs, val.masks)
+    return entry
+
+
+def skill(scores: dict, prior: dict, oracle_scores: dict | None) -> dict[str, float]:
+    """Per task, the share of the gap from the class prior to the best possible score that a
+    model closes: (prior - model) / (prior - oracle); without an oracle (real data),
+    (prior - model) / prior. 0 is no better than the prior, negative is worse."""
+    out = {}
+    for name, (group, key) in SKILL_SCORES.items():
+        model, base = scores.get(group, {}).get(key), prior.get(group, {}).get(key)
+        if model is None or base is None:
+            continue
+        best = 0.0 if oracle_scores is None else oracle_scores.get(group, {}).get(key)
+        if best is not None and base - best > 1e-12:
+            out[name] = float((base - model) / (base - best))
+    return out
+
+
 def oracle(val: Split) -> dict:
     """The Bayes-optimal predictor (the simulator's true label distributions), scored alike."""
     assert val.truth is not None
-    truth = {t.name: val.truth[t.name] for t in TASKS if t.name in val.truth}
-    entry = uncertainty_scores(val, truth)
-    entry["emotion"] = emotion_metrics(val.labels, truth, val.masks)
-    return entry
+    return scored_predictor(val, {t.name: val.truth[t.name] for t in TASKS if t.name in val.truth})
+
+
+def add_skill(report: dict) -> None:
+    """Skill against the prior (and the oracle on simulator data) of every scored predictor."""
+    prior, best = report["prior"], report.get("oracle")
+    for entry in report["generations"]:
+        entry["skill"] = {"single": skill(entry, prior, best),
+                          "ensemble": skill(entry["ensemble_uncertainty"], prior, best)}
+        if best is not None and best["emotion"].get("total"):
+            entry["total_vs_oracle"] = float(entry["ensemble"]["total"] / best["emotion"]["total"])
+    for baseline in report.get("baselines", {}).values():
+        baseline["skill"] = skill(baseline, prior, best)
 
 
 def evaluate_run(
@@ -244,12 +290,16 @@ def evaluate_run(
     size = PRESETS[config.preset].input_size
     val, summary = load_split(Path(config.data), "val", size=size, audio=config.modality == "va", progress=progress)
     log(f"val: {summary}")
+    train, _ = load_split(Path(config.data), "train", size=size, progress=progress)
     tasks = val.tasks_present
     probe = OODProbe(val, size, ood_dir, ood_limit, seed)
     log(f"out-of-domain set: {probe.name} ({len(probe.ood_images)} images) "
         f"against {len(probe.in_images)} validation frames")
     report: dict = {"run": str(run.root), "preset": config.preset, "modality": config.modality,
                     "members": config.members, "tasks": list(tasks), "ood_set": probe.name,
+                    "backbone": read_json(run.root / BACKBONE_FILE) if (run.root / BACKBONE_FILE).exists()
+                    else backbone_provenance(config),
+                    "prior": scored_predictor(val, class_prior(train, len(val), tasks)),
                     "generations": []}
     for generation in generations:
         models = run.load_ensemble(generation, device)
@@ -261,4 +311,5 @@ def evaluate_run(
             report["baselines"] = baselines(models, member_logits, val, device, config, tasks, mc_passes, seed)
     if val.truth is not None:
         report["oracle"] = oracle(val)
+    add_skill(report)
     return report

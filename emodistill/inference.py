@@ -14,6 +14,7 @@ import torch
 
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import sequential_clips
+from emodistill.models.emenet import EMENet
 from emodistill.tasks import TASKS
 
 # A model-like callable: (frames (B, L, 3, S, S), audio (B, L, 64, 64) | None) -> task -> (B, L, n).
@@ -33,6 +34,24 @@ def audio_to_input(audio: np.ndarray | None, device: torch.device) -> torch.Tens
     return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(device)
 
 
+def _over_clips(
+    run_clips: Callable[[np.ndarray], dict[str, torch.Tensor]], split: Split, length: int, batch_clips: int
+) -> dict[str, np.ndarray]:
+    """Call `run_clips(index (B, L))` over every frame of `split` once; task -> (N, n_logits)."""
+    n = len(split)
+    outputs = {t.name: np.zeros((n, t.n_logits), dtype=np.float32) for t in TASKS}
+    by_length: dict[int, list[np.ndarray]] = defaultdict(list)
+    for clip in sequential_clips(split, length):
+        by_length[len(clip)].append(clip)
+    for clips in by_length.values():
+        for start in range(0, len(clips), batch_clips):
+            index = np.stack(clips[start : start + batch_clips])  # (B, L)
+            flat = index.reshape(-1)
+            for name, values in run_clips(index).items():
+                outputs[name][flat] = values.reshape(len(flat), -1).float().cpu().numpy()
+    return outputs
+
+
 @torch.no_grad()
 def predict_split(
     forward: Forward,
@@ -43,20 +62,45 @@ def predict_split(
     use_audio: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run `forward` over every frame of `split` once; task -> (N, n_logits) float32."""
-    n = len(split)
-    outputs = {t.name: np.zeros((n, t.n_logits), dtype=np.float32) for t in TASKS}
-    by_length: dict[int, list[np.ndarray]] = defaultdict(list)
-    for clip in sequential_clips(split, length):
-        by_length[len(clip)].append(clip)
-    for clips in by_length.values():
-        for start in range(0, len(clips), batch_clips):
-            index = np.stack(clips[start : start + batch_clips])  # (B, L)
-            audio = split.audio[index] if use_audio and split.audio is not None else None
-            result = forward(frames_to_input(split.frames[index], device), audio_to_input(audio, device))
-            flat = index.reshape(-1)
-            for name, values in result.items():
-                outputs[name][flat] = values.reshape(len(flat), -1).float().cpu().numpy()
-    return outputs
+
+    def run_clips(index: np.ndarray) -> dict[str, torch.Tensor]:
+        audio = split.audio[index] if use_audio and split.audio is not None else None
+        return forward(frames_to_input(split.frames[index], device), audio_to_input(audio, device))
+
+    return _over_clips(run_clips, split, length, batch_clips)
+
+
+@torch.no_grad()
+def encode_split(model: EMENet, split: Split, device: torch.device, batch: int = 256) -> np.ndarray:
+    """Per-frame visual features (N, feature_dim) float32 of `split`, with the model in eval mode.
+
+    The CNN sees each frame alone, so these equal the features inside a full forward pass.
+    """
+    model.eval()
+    chunks = []
+    for start in range(0, len(split), batch):
+        frames = frames_to_input(np.asarray(split.frames[start : start + batch])[:, None], device)  # (B, 1, ...)
+        chunks.append(model.encode(frames)[:, 0].float().cpu().numpy())
+    if not chunks:
+        return np.zeros((0, model.config.feature_dim), np.float32)
+    return np.concatenate(chunks)
+
+
+@torch.no_grad()
+def predict_features(
+    model: EMENet,
+    features: np.ndarray,
+    split: Split,
+    device: torch.device,
+    length: int = 16,
+    batch_clips: int = 32,
+) -> dict[str, np.ndarray]:
+    """As `predict_split`, from cached per-frame features (N, D): the heads only."""
+
+    def run_clips(index: np.ndarray) -> dict[str, torch.Tensor]:
+        return model.decode(torch.from_numpy(features[index]).to(device))[0]
+
+    return _over_clips(run_clips, split, length, batch_clips)
 
 
 @torch.no_grad()

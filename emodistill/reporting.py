@@ -13,8 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from emodistill.atomic import atomic_write, disk_full_guard
 from emodistill.checkpoints import read_json, write_json
 from emodistill.errors import InputError
+from emodistill.evaluation import SKILL_SCORES
 from emodistill.tasks import AU, METRIC_NAMES
 
 SHORT = {"teacher": "Tea"}
@@ -35,6 +37,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def reference_rows(report: dict) -> list[tuple[str, dict]]:
+    """(label, scores) of the fixed predictors every score is read against: what a model that
+    learned nothing scores (the class prior) and, on simulator data, the best possible (oracle)."""
+    rows = [("Prior (train frequencies)", report["prior"])] if "prior" in report else []
+    if "oracle" in report:
+        rows.append(("Oracle (true distributions)", report["oracle"]))
+    return rows
+
+
 def emotion_table(report: dict) -> str:
     """Ensemble metrics per generation with the single members' total (Table 1, Figure 4)."""
     keys = [k for k in (*METRIC_NAMES, "total") if k in report["generations"][0]["ensemble"]]
@@ -44,19 +55,33 @@ def emotion_table(report: dict) -> str:
         nll = g.get("ensemble_uncertainty", {}).get("nll", {})
         rows.append([short_name(g["name"]), *(fmt(g["ensemble"].get(k)) for k in keys), single,
                      fmt(nll.get("AU_mean")), fmt(nll.get("EXPR"))])
+    for label, scores in reference_rows(report):
+        rows.append([label, *(fmt(scores["emotion"].get(k)) for k in keys), "",
+                     fmt(scores["nll"].get("AU_mean")), fmt(scores["nll"].get("EXPR"))])
     return markdown_table(["Generation", *(f"{k} (ens.)" for k in keys), "total (single, mean ± std)",
                            "AU NLL (ens.)", "EXPR NLL (ens.)"], rows)
 
 
+def skill_table(report: dict) -> str:
+    """Per generation and baseline: the share of the prior-to-oracle gap closed, per task."""
+    names = list(SKILL_SCORES)
+    rows = [[short_name(g["name"]), *(fmt(g["skill"][kind].get(n)) for kind in ("single", "ensemble") for n in names)]
+            for g in report["generations"] if "skill" in g]
+    for key, label in (("temperature_scaling", "TS"), ("mc_dropout", "MC")):
+        baseline = report.get("baselines", {}).get(key, {})
+        if "skill" in baseline:
+            rows.append([label, *(fmt(baseline["skill"].get(n)) for n in names), *("" for _ in names)])
+    header = ["Method", *(f"{n} (single)" for n in names), *(f"{n} (ens.)" for n in names)]
+    return markdown_table(header, rows) if rows else ""
+
+
 def uncertainty_rows(report: dict) -> list[tuple[str, dict]]:
-    """(label, scores) for each generation's single members, the baselines and the oracle."""
+    """(label, scores) for each generation's single members, the baselines, prior and oracle."""
     rows = [(short_name(g["name"]), g) for g in report["generations"]]
     for key, label in (("temperature_scaling", "TS"), ("mc_dropout", "MC")):
         if key in report.get("baselines", {}):
             rows.append((label, report["baselines"][key]))
-    if "oracle" in report:
-        rows.append(("Oracle", report["oracle"]))
-    return rows
+    return rows + [(label.split(" ")[0], scores) for label, scores in reference_rows(report)]
 
 
 def au_nll_table(report: dict) -> str:
@@ -110,6 +135,26 @@ def verdicts(report: dict) -> list[str]:
     for g in gens:
         if g["ensemble"].get("total", 0.0) < g["single_mean"].get("total", 0.0):
             lines.append(f"{short_name(g['name'])}: the ensemble scores below its single members' mean.")
+    lines += prior_verdicts(report)
+    return lines
+
+
+def prior_verdicts(report: dict) -> list[str]:
+    """Plain words wherever a model is no better than predicting the training frequencies."""
+    lines = []
+    reference = "the oracle's" if "oracle" in report else "a perfect"
+    for label, scores in [(short_name(g["name"]) + " single members", g["skill"]["single"])
+                          for g in report["generations"] if "skill" in g]:
+        worse = [f"{name} ({fmt(value, 2)})" for name, value in scores.items() if value <= 0]
+        if worse:
+            lines.append(f"{label} are no better than the class prior on {', '.join(worse)}: "
+                         "they have learned nothing usable there (skill <= 0).")
+    if "oracle" in report and report["generations"]:
+        teacher = report["generations"][0]
+        if "total_vs_oracle" in teacher:
+            lines.append(f"The teacher ensemble's total emotion metric is {fmt(teacher['total_vs_oracle'], 2)} "
+                         f"of {reference} predictor's ({fmt(teacher['ensemble'].get('total'))} vs "
+                         f"{fmt(report['oracle']['emotion'].get('total'))}).")
     return lines
 
 
@@ -188,18 +233,41 @@ FIGURES = {
 }
 
 
+def backbone_line(backbone: dict | None) -> str:
+    """One sentence tracing the run to its backbone: random or pretrained, on what, frozen or not."""
+    if not backbone:
+        return ""
+    frozen = "frozen (heads trained on its cached features)" if backbone.get("frozen") else "fine-tuned"
+    if backbone.get("init") != "pretrained":
+        return f"Backbone: randomly initialised, {frozen}."
+    pretraining = backbone.get("pretraining")
+    if isinstance(pretraining, dict):
+        source = (f"pretrained on {pretraining.get('task', 'landmarks')} from {pretraining.get('landmarks')}, "
+                  f"held-out landmark error {pretraining.get('held_out_error_before')} -> "
+                  f"{pretraining.get('held_out_error_after')} crop widths")
+    else:
+        source = f"pretraining {pretraining}"
+    return f"Backbone: `{backbone.get('weights')}` (sha256 {str(backbone.get('sha256'))[:12]}), {source}; {frozen}."
+
+
 def render_markdown(report: dict) -> str:
     parts = [
         f"# emodistill report: {report['run']}",
         f"Preset `{report['preset']}`, modality `{report['modality']}`, T = {report['members']} members, "
         f"tasks {', '.join(report['tasks'])}; out-of-domain set: {report['ood_set']}.",
+        backbone_line(report.get("backbone")),
         "## Emotion metrics on the validation split (paper Table 1, Figure 4)",
         emotion_table(report),
         "## In-domain uncertainty of single members (paper Tables 3-4; lower is better)",
-        "TS and MC are applied to the teacher members; Oracle is the true label distribution "
-        "(simulator data only).",
+        "TS and MC are applied to the teacher members; Prior predicts the training labels' "
+        "frequencies for every frame (what a model that learned nothing scores); Oracle is the true "
+        "label distribution (simulator data only, the best any model can score).",
         au_nll_table(report),
         other_uncertainty_table(report),
+        "## Skill: share of the gap from the prior to the oracle that a model closes",
+        "(prior - model) / (prior - oracle) of AU-mean NLL, EXPR NLL and valence/arousal RMSE; on "
+        "real data (prior - model) / prior. 1 is the oracle, 0 the prior, below 0 worse than the prior.",
+        skill_table(report),
         "## Out-of-domain detection (paper Figure 5)",
         markdown_table(["Generation", "ROC AUC", "threshold (5% false alarms)"],
                        [[short_name(g["name"]), fmt(g["ood_auc"]), fmt(g["ood_threshold"])]
@@ -222,10 +290,12 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     """Write report.json, report.md and the figures into `out_dir`; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "report.json", report)
-    (out_dir / "report.md").write_text(render_markdown(report))
+    markdown = render_markdown(report)
+    atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(markdown))
     written = [out_dir / "report.json", out_dir / "report.md"]
     for name, draw in FIGURES.items():
-        draw(report, out_dir / name)
+        with disk_full_guard(out_dir / name, "a figure"):  # removes a cut-off PNG
+            draw(report, out_dir / name)
         if (out_dir / name).exists():
             written.append(out_dir / name)
     return written
@@ -239,7 +309,8 @@ def summary_table(report: dict) -> str:
         lines.append(f"{short_name(g['name']):<11}{g['ensemble'].get('total', 0):>9.3f}{single:>15}"
                      f"{fmt(g['nll'].get('AU_mean')):>8}{fmt(g['nll'].get('EXPR')):>9}{g['ood_auc']:>8.3f}")
     for label, scores in uncertainty_rows(report)[len(report["generations"]):]:
-        lines.append(f"{label:<11}{'':>9}{'':>15}{fmt(scores['nll'].get('AU_mean')):>8}"
+        total = fmt(scores["emotion"].get("total")) if "emotion" in scores else ""
+        lines.append(f"{label:<11}{total:>9}{'':>15}{fmt(scores['nll'].get('AU_mean')):>8}"
                      f"{fmt(scores['nll'].get('EXPR')):>9}{'':>8}")
     return "\n".join(lines)
 

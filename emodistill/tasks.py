@@ -48,6 +48,20 @@ class Task:
         grouped = logits.unflatten(-1, (self.n_groups, self.n_classes))
         return torch.log_softmax(grouped, dim=-1)
 
+    def label_frequencies(self, labels: np.ndarray) -> np.ndarray:
+        """Valid labels of this task -> the class-prior prediction (n_logits,): AU positive rates,
+        expression class frequencies, or each VA dimension's histogram over the 20 bins."""
+        labels = np.asarray(labels)
+        if len(labels) == 0:
+            raise ValueError(f"no valid {self.name} label to take frequencies from")
+        if self.kind == "binary":
+            return labels.astype(np.float64).mean(0)
+        if self.kind == "categorical":
+            return np.bincount(labels.astype(np.int64), minlength=self.n_classes) / len(labels)
+        bins = va_to_bin(labels)  # (N, 2)
+        return np.concatenate([np.bincount(bins[:, d], minlength=self.n_classes) / len(labels)
+                               for d in range(self.n_groups)])
+
     def distributions(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities (..., n_logits) -> one distribution per group (..., n_groups, n_classes).
 

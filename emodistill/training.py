@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from emodistill.balancing import TaskBalancer
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import ClipSampler, gather
-from emodistill.inference import activate, audio_to_input, frames_to_input, predict_split
+from emodistill.inference import activate, audio_to_input, frames_to_input, predict_features, predict_split
 from emodistill.losses import ClassWeights, distillation_loss, supervision_loss
 from emodistill.metrics import emotion_metrics
 from emodistill.tasks import TASKS
@@ -38,6 +38,17 @@ class TrainConfig:
     balance: bool = True  # Algorithm 1 task weights; False: fixed equal weights
     augment: bool = True  # colour jitter 0.3 and horizontal flip per clip (authors' code)
     eval_batch_clips: int = 32  # clips per forward pass when validating
+    # Train the heads only, on backbone features computed once per split (a pretrained,
+    # frozen backbone); False: fine-tune the whole network (the paper's setting).
+    freeze_backbone: bool = False
+
+
+@dataclass(frozen=True)
+class FrozenFeatures:
+    """Per-frame backbone features of both splits, computed once with the frozen backbone."""
+
+    train: np.ndarray  # (N_train, D) float32
+    val: np.ndarray  # (N_val, D) float32
 
 
 @dataclass
@@ -49,6 +60,25 @@ class MemberResult:
     scores: dict[str, float]  # validation emotion metrics at the best epoch
     history: list[dict] = field(default_factory=list)  # per epoch: losses, scores, task weights, lr
     seconds: float = 0.0
+    clip_length: int = 16  # the clip length used (1 on still-image data)
+    clips_per_task: int = 5  # clips of each task per batch actually used
+
+
+def still_images(split: Split) -> bool:
+    """True when every video of the split is a single frame (the layout of image data sets)."""
+    ranges = split.video_ranges()
+    return bool(ranges) and all(stop - start == 1 for start, stop in ranges)
+
+
+def clip_shape(split: Split, config: TrainConfig) -> tuple[int, int]:
+    """(clip length, clips per task) for this split at the configured frames-per-batch budget.
+
+    On still images a clip of L frames would repeat one image L times, so clips have length 1
+    and a batch holds L times as many distinct images instead.
+    """
+    if still_images(split):
+        return 1, config.clip_length * config.clips_per_task
+    return config.clip_length, config.clips_per_task
 
 
 def member_seed(run_seed: int, generation: int, member: int) -> int:
@@ -81,11 +111,19 @@ def augment_clips(frames: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 def validation_scores(
-    model: torch.nn.Module, val: Split, device: torch.device, config: TrainConfig, use_audio: bool
+    model: torch.nn.Module,
+    val: Split,
+    device: torch.device,
+    config: TrainConfig,
+    use_audio: bool,
+    features: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Emotion metrics of one model on the validation split (tasks with labels there)."""
     model.eval()
-    logits = predict_split(model, val, device, config.clip_length, config.eval_batch_clips, use_audio)
+    if features is not None:
+        logits = predict_features(model, features, val, device, config.clip_length, config.eval_batch_clips)
+    else:
+        logits = predict_split(model, val, device, config.clip_length, config.eval_batch_clips, use_audio)
     return emotion_metrics(val.labels, activate(logits), val.masks)
 
 
@@ -111,12 +149,14 @@ def train_member(
     soft_labels: dict[str, np.ndarray] | None = None,
     description: str = "member",
     progress: bool = True,
+    frozen: FrozenFeatures | None = None,
 ) -> MemberResult:
     """Train `model` in place and return its best epoch's weights.
 
     With `soft_labels` (task -> (N, n_logits) probabilities on every training frame) the
     member is a student trained with the distillation losses (Eq. 8-11, 13); otherwise a
-    teacher trained on the ground truth with the supervision losses (Eq. 1-7, 12).
+    teacher trained on the ground truth with the supervision losses (Eq. 1-7, 12). With
+    `frozen` features the backbone stays as it is and only the heads (and audio encoder) learn.
     """
     start_time = time.perf_counter()
     torch.manual_seed(seed)
@@ -124,11 +164,14 @@ def train_member(
     use_audio = bool(getattr(model.config, "audio", False))
     tasks = train.tasks_present if soft_labels is None else tuple(t for t in soft_labels)
     val_tasks = tuple(t for t in tasks if t in val.tasks_present)
-    sampler = ClipSampler(train, config.clip_length, config.clips_per_task, tasks=tasks, seed=seed)
+    clip_length, clips_per_task = clip_shape(train, config)
+    sampler = ClipSampler(train, clip_length, clips_per_task, tasks=tasks, seed=seed)
     n_batches = config.batches_per_epoch or default_batches_per_epoch(train, config, len(sampler.tasks))
     balancer = TaskBalancer(list(sampler.tasks), fixed=not config.balance)
     model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if frozen is not None:
+        model.backbone.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(config.lr_step, 1), gamma=0.1)
 
     best: MemberResult | None = None
@@ -145,12 +188,15 @@ def train_member(
             unit="batch",
         )
         for index in bar:
-            batch = gather(train, index)
-            frames = frames_to_input(batch["frames"], device)  # (B, L, 3, S, S)
-            if config.augment:
-                frames = augment_clips(frames, generator)
-            audio = audio_to_input(batch.get("audio"), device) if use_audio else None
-            logits = model(frames, audio)
+            batch = gather(train, index, frames=frozen is None)
+            if frozen is not None:
+                logits, _ = model.decode(torch.from_numpy(frozen.train[index]).to(device))  # (B, L, D) in
+            else:
+                frames = frames_to_input(batch["frames"], device)  # (B, L, 3, S, S)
+                if config.augment:
+                    frames = augment_clips(frames, generator)
+                audio = audio_to_input(batch.get("audio"), device) if use_audio else None
+                logits = model(frames, audio)
             if soft_labels is None:
                 labels = {t: torch.as_tensor(v, device=device) for t, v in batch["labels"].items()}
                 masks = {t: torch.as_tensor(v, device=device) for t, v in batch["masks"].items()}
@@ -167,7 +213,7 @@ def train_member(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         lr = optimizer.param_groups[0]["lr"]
         schedule.step()
-        scores = validation_scores(model, val, device, config, use_audio)
+        scores = validation_scores(model, val, device, config, use_audio, None if frozen is None else frozen.val)
         weights_used = dict(balancer.weights)
         balancer.update(task_scores(scores, val_tasks))
         history.append({
@@ -183,4 +229,5 @@ def train_member(
     model.load_state_dict(best.state_dict)
     best.history = history
     best.seconds = time.perf_counter() - start_time
+    best.clip_length, best.clips_per_task = clip_length, clips_per_task
     return best

@@ -96,17 +96,19 @@ class ClipSampler:
             yield np.concatenate(clips)  # (B, L)
 
 
-def gather(split: Split, index: np.ndarray) -> dict:
-    """Index (B, L) -> batch arrays: "frames" (B, L, S, S, 3) uint8, "labels" and "masks"
-    (task -> (B, L, ...)), "index" (B, L), and "audio" (B, L, 64, 64) / "truth" when present.
+def gather(split: Split, index: np.ndarray, frames: bool = True) -> dict:
+    """Index (B, L) -> batch arrays: "frames" (B, L, S, S, 3) uint8 (unless `frames` is False),
+    "labels" and "masks" (task -> (B, L, ...)), "index" (B, L), and "audio" (B, L, 64, 64) /
+    "truth" when present.
     """
     index = np.asarray(index, dtype=np.int64)
     batch = {
         "index": index,
-        "frames": np.asarray(split.frames[index]),  # (B, L, S, S, 3)
         "labels": {name: values[index] for name, values in split.labels.items()},
         "masks": {name: mask[index] for name, mask in split.masks.items()},
     }
+    if frames:
+        batch["frames"] = np.asarray(split.frames[index])  # (B, L, S, S, 3)
     if split.audio is not None:
         batch["audio"] = np.asarray(split.audio[index])  # (B, L, 64, 64)
     if split.truth is not None:

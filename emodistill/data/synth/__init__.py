@@ -44,8 +44,8 @@ from emodistill.data.synth.writer import (
 from emodistill.errors import InputError
 from emodistill.tasks import AU, EXPR, PAPER_AU_POSITIVE_RATE, PAPER_EXPR_RATE, TASKS, Task
 
-DEFAULT_VIDEOS = 48  # subject videos; with DEFAULT_FRAMES about 5,800 frames
-DEFAULT_FRAMES = 120  # frames per video (each video varies by up to 20 %)
+DEFAULT_VIDEOS = 400  # subject videos (identities); with DEFAULT_FRAMES about 12,800 frames
+DEFAULT_FRAMES = 32  # frames per video (each video varies by up to 20 %)
 FPS = 30
 VALIDATION_SHARE = 0.25
 MIN_VIDEOS = 6  # three tasks in each of two splits
@@ -155,7 +155,6 @@ def _simulate(raw: _RawVideo, root: Path, size: int, seed: int, config: AffectCo
         labels = sample_labels(truth, rng[_LABELS], config)
         head = head_track(rng[_SCENE], n, FPS, who.skin)
         voices.append(voice(rng[_VOICE], plan, track.valence, track.arousal, FPS, n_samples))
-        write_truth(root / "truth" / f"{name}.npz", truth)
         valid = {}
         for task in tasks:
             valid[task.name] = _invalid_mask(rng[_LABELS], n)
@@ -172,12 +171,18 @@ def _simulate(raw: _RawVideo, root: Path, size: int, seed: int, config: AffectCo
     cam = camera(rng[_SCENE], n, FPS, size, len(people))
     for name in raw.subjects:
         (root / "cropped_aligned" / name).mkdir(parents=True, exist_ok=True)
+    landmarks: dict[str, list[np.ndarray]] = {name: [] for name in raw.subjects}
     with Mp4Writer(root / "videos" / "batch1" / f"{raw.base}.mp4", width, height, FPS, audio) as mp4:
-        for t, (frame, crops) in enumerate(render(cam, people, size, rng[_SCENE])):
+        for t, (frame, crops, points) in enumerate(render(cam, people, size, rng[_SCENE])):
             mp4.write(frame)
-            for name, crop in zip(raw.subjects, crops, strict=True):
+            for name, crop, where in zip(raw.subjects, crops, points, strict=True):
+                landmarks[name].append(where)
                 if records[name]["found"][t]:
                     write_crop(crop_path(root, name, t), crop)
+    for name in raw.subjects:
+        # truth/ holds the label laws and the 2D landmarks drawn (F, 27, 2), 0..1 of the crop.
+        arrays = records[name]["truth"] | {"landmarks": np.stack(landmarks[name]).astype(np.float32)}
+        write_truth(root / "truth" / f"{name}.npz", arrays)
     return records
 
 

@@ -231,12 +231,15 @@ class _Painter:
         if strength > 0.05:
             self.line(self.plane(x, y), _mix(self.who.skin, (0, 0, 0), 0.45 * strength), width)
 
-    def flush(self) -> None:
-        """Lift, project and draw everything recorded, in order: later shapes cover earlier ones."""
-        rows = np.concatenate([op[0] for op in self.ops])  # (M, 4)
+    def lift(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (M, 4) -> 3D head points (M, 3): face-plane rows go onto the ellipsoid."""
         x, y, z, on_face = rows.T
         depth = np.sqrt(np.clip(1.0 - x**2 - (y / self.axes[1]) ** 2, 0.03, 1.0)) * self.axes[2]
-        points = np.stack([x, y, np.where(on_face > 0, depth + z, z)], axis=1)  # (M, 3)
+        return np.stack([x, y, np.where(on_face > 0, depth + z, z)], axis=1)
+
+    def flush(self) -> None:
+        """Lift, project and draw everything recorded, in order: later shapes cover earlier ones."""
+        points = self.lift(np.concatenate([op[0] for op in self.ops]))  # (M, 3)
         body = np.repeat([op[4] for op in self.ops], [len(op[0]) for op in self.ops])
         pixels = np.where(
             body[:, None],
@@ -500,6 +503,68 @@ def draw_face(
     if who.glasses:
         _glasses(p)
     p.flush()
+
+
+# The simulator's 2D landmarks, in this order (27 points): brows inner/middle/outer, eye outer
+# and inner corners and lid midpoints, nose bridge, tip and wings, mouth corners and lip
+# midpoints (outer and inner), jaw and chin. Each follows the same formula as the drawing.
+LANDMARK_NAMES: tuple[str, ...] = (
+    *(f"{side}_brow_{part}" for side in ("right", "left") for part in ("inner", "middle", "outer")),
+    *(f"{side}_eye_{part}" for side in ("right", "left") for part in ("outer", "inner", "top", "bottom")),
+    "nose_bridge", "nose_tip", "right_nose_wing", "left_nose_wing",
+    "right_mouth_corner", "left_mouth_corner", "upper_lip_top", "lower_lip_bottom",
+    "upper_lip_inner", "lower_lip_inner",
+    "right_jaw", "left_jaw", "chin",
+)
+
+
+def _landmark_rows(who: Identity, au: np.ndarray, blink: float, drop: float) -> np.ndarray:
+    """The landmarks as painter rows (27, 4): face-plane points with their height above the skin."""
+    a = {name: float(au[i]) for name, i in _AU.items()}
+    points: list[tuple[float, float, float]] = []
+    for side in (-1.0, 1.0):  # the image's left first, as `_brows` draws them
+        points += [
+            (side * (0.12 - 0.05 * a["AU4"]), who.brow_y + 0.02 - 0.13 * a["AU1"] + 0.09 * a["AU4"], 0.01),
+            (side * 0.34, who.brow_y - 0.05 - 0.05 * a["AU1"] - 0.06 * a["AU2"] + 0.05 * a["AU4"], 0.01),
+            (side * 0.57, who.brow_y + 0.01 - 0.13 * a["AU2"] + 0.02 * a["AU4"], 0.01),
+        ]
+    upper_open = who.eye_open * (1.0 - 0.2 * a["AU7"] - 0.15 * a["AU6"] - 0.2 * a["AU4"]) * (1.0 - blink)
+    lower_open = 0.75 * who.eye_open * (1.0 - 0.6 * a["AU7"] - 0.45 * a["AU6"]) * (1.0 - 0.5 * blink)
+    for side in (-1.0, 1.0):
+        cx = side * who.eye_spacing
+        points += [
+            (cx + side * who.eye_width, -0.012, 0.0),
+            (cx - side * who.eye_width, 0.012, 0.0),
+            (cx, -upper_open, 0.0),
+            (cx, lower_open * (1.0 - 0.4 * a["AU7"]), 0.0),
+        ]
+    lift = 0.035 * a["AU10"]
+    wing = who.nose_width * (1.0 + 0.15 * a["AU10"])
+    points += [(0.0, 0.08, 0.08), (0.0, who.nose_y - lift - 0.02, 0.12),
+               (-wing, who.nose_y - lift, 0.08), (wing, who.nose_y - lift, 0.08)]
+    corner = _mouth_corner(who, au)
+    raise_upper = 0.075 * a["AU10"]
+    upper_inner = who.mouth_y - 0.6 * raise_upper - 0.02 * a["AU25"]
+    lower_inner = who.mouth_y + 0.06 * a["AU25"] + drop
+    thin = 1.0 - 0.55 * a["AU23"] - 0.7 * a["AU24"]
+    points += [
+        (-corner[0], corner[1], 0.02), (corner[0], corner[1], 0.02),
+        (0.0, upper_inner - 0.4 * raise_upper - 0.65 * who.lip_thickness * thin, 0.02),
+        (0.0, lower_inner + 1.35 * who.lip_thickness * thin, 0.02),
+        (0.0, upper_inner, 0.02), (0.0, lower_inner, 0.02),
+    ]
+    jaw_y, chin_y = 0.72 * who.head_height, 0.97 * who.head_height
+    jaw_x = 0.75 * (1.0 - who.jaw_taper * 0.5)
+    points += [(-jaw_x, jaw_y + drop, 0.0), (jaw_x, jaw_y + drop, 0.0), (0.0, chin_y + drop, 0.0)]
+    rows = np.asarray(points, dtype=np.float64)
+    return np.column_stack([rows, np.ones(len(rows))])
+
+
+def face_landmarks(who: Identity, au: np.ndarray, pose: Pose, blink: float = 0.0) -> np.ndarray:
+    """Canvas pixels (27, 2) of the landmarks `draw_face` would draw for this frame."""
+    p = _Painter(np.empty((1, 1, 3), np.uint8), who, pose)
+    drop = 0.22 * float(au[_AU["AU26"]])
+    return _to_canvas(p.lift(_landmark_rows(who, au, blink, drop)), p.rotation, pose)
 
 
 def render_face(

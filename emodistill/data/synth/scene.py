@@ -20,6 +20,7 @@ from emodistill.data.synth.face import (
     Pose,
     anchor,
     draw_face,
+    face_landmarks,
 )
 from emodistill.data.synth.signals import ou_process, smoothstep
 
@@ -255,10 +256,13 @@ def render(
     people: list[tuple[Identity, HeadTrack, np.ndarray]],
     size: int,
     rng: np.random.Generator,
-) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Yield (raw BGR frame (H, W, 3), [aligned crop (size, size, 3) per person]) for every frame.
+) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
+    """Yield (raw BGR frame (H, W, 3), [aligned crop (size, size, 3) per person], [landmarks
+    (27, 2) per person]) for every frame.
 
-    `people` holds each subject's identity, head track and AU intensities (F, 12), left to right.
+    Landmarks are in crop coordinates divided by `size` (0..1 inside the crop), carried through
+    the same aligner transform as the crop. `people` holds each subject's identity, head track
+    and AU intensities (F, 12), left to right.
     """
     height, width = camera.light.shape[:2]
     for t in range(len(camera.exposure)):
@@ -275,14 +279,13 @@ def render(
         dy, dx = rng.integers(0, _NOISE_MARGIN, 2)
         frame += camera.noise[t % 2, dy : dy + height, dx : dx + width]
         raw = np.clip(frame, 0, 255).astype(np.uint8)
+        transforms = [_crop_transform(track, t, pose, size) for (_, track, _), pose in zip(people, poses, strict=True)]
         crops = [
-            cv2.warpAffine(
-                raw,
-                _crop_transform(track, t, pose, size),
-                (size, size),
-                flags=cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
-            for (_, track, _), pose in zip(people, poses, strict=True)
+            cv2.warpAffine(raw, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            for affine in transforms
         ]
-        yield raw, crops
+        landmarks = []
+        for (who, track, au), pose, affine in zip(people, poses, transforms, strict=True):
+            raw_points = face_landmarks(who, au[t], pose, float(track.blink[t])) / SUPERSAMPLE  # (27, 2)
+            landmarks.append((raw_points @ affine[:, :2].T + affine[:, 2]) / size)
+        yield raw, crops, landmarks

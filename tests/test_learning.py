@@ -1,0 +1,190 @@
+"""Models that learn: the class-prior row and skill, landmark pretraining, the frozen-feature
+path, still-image data, and a pretrain -> freeze -> distil run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from emodistill.cli import main
+from emodistill.data.affwild import load_split
+from emodistill.data.landmarks import read_landmarks_csv, split_landmarks
+from emodistill.data.synth.face import LANDMARK_NAMES
+from emodistill.distillation import Run, RunConfig, train_run
+from emodistill.evaluation import class_prior, evaluate_run, skill
+from emodistill.inference import encode_split, predict_features, predict_split
+from emodistill.metrics import nll_binary
+from emodistill.models import build_model
+from emodistill.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
+from emodistill.tasks import AU, EXPR, TASKS
+from emodistill.training import TrainConfig
+
+CPU = torch.device("cpu")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def test_evaluate_writes_the_prior_row_and_skill(tiny_run: Path, tiny_data: Path) -> None:
+    report = evaluate_run(tiny_run, CPU, ood_limit=32, mc_passes=2, progress=False, log=_quiet)
+    prior = report["prior"]
+    train, _ = load_split(tiny_data, "train", size=32, progress=False)
+    val, _ = load_split(tiny_data, "val", size=32, progress=False)
+    # The prior predicts each AU's training positive rate on every validation frame.
+    rates = train.labels["AU"][train.masks["AU"]].mean(0)
+    mask = val.masks["AU"]
+    expected = nll_binary(val.labels["AU"][mask].astype(int), np.broadcast_to(rates, (mask.sum(), 12)),
+                          per_column=True)
+    assert prior["nll"]["AU"] == pytest.approx(list(expected), abs=1e-5)
+    assert set(prior["emotion"]) >= {"AU", "EXPR", "valence", "arousal", "total"}
+    assert set(prior["rmse"]) == {"valence", "arousal"}
+    for entry in report["generations"]:
+        assert set(entry["skill"]["single"]) == {"AU", "EXPR", "valence", "arousal"}
+        gap = prior["nll"]["AU_mean"] - report["oracle"]["nll"]["AU_mean"]
+        closed = (prior["nll"]["AU_mean"] - entry["nll"]["AU_mean"]) / gap
+        assert entry["skill"]["single"]["AU"] == pytest.approx(closed)
+        assert entry["total_vs_oracle"] > 0
+    assert "skill" in report["baselines"]["temperature_scaling"]
+    # By construction the prior has skill 0 and the oracle skill 1.
+    names = ("AU", "EXPR", "valence", "arousal")
+    assert skill(prior, prior, report["oracle"]) == pytest.approx(dict.fromkeys(names, 0.0))
+    assert skill(report["oracle"], prior, report["oracle"]) == pytest.approx(dict.fromkeys(names, 1.0))
+    # On real data (no oracle) skill is relative to the prior alone.
+    assert skill({"nll": {"EXPR": 0.5}}, {"nll": {"EXPR": 2.0}}, None) == {"EXPR": 0.75}
+
+
+def test_class_prior_is_the_training_frequencies(tiny_data: Path) -> None:
+    train, _ = load_split(tiny_data, "train", size=32, progress=False)
+    prior = class_prior(train, 5, train.tasks_present)
+    labels = train.labels["EXPR"][train.masks["EXPR"]]
+    assert prior["EXPR"].shape == (5, 7)
+    assert prior["EXPR"][0] == pytest.approx(np.bincount(labels, minlength=7) / len(labels))
+    assert prior["VA"][0, :20].sum() == pytest.approx(1.0) and prior["VA"][0, 20:].sum() == pytest.approx(1.0)
+    assert prior["AU"][3] == pytest.approx(AU.label_frequencies(train.labels["AU"][train.masks["AU"]]))
+    with pytest.raises(ValueError, match="no valid EXPR label"):
+        EXPR.label_frequencies(np.zeros(0, int))
+
+
+def test_landmarks_are_in_truth_and_follow_the_face(tiny_data: Path) -> None:
+    val, _ = load_split(tiny_data, "val", size=48, progress=False)
+    points, mask, source = split_landmarks(tiny_data, val)
+    assert points.shape == (len(val), len(LANDMARK_NAMES), 2) and mask.all() and "truth" in source
+    # Crops are aligned on the face: the landmarks sit inside the crop, eyes above the mouth.
+    assert 0.0 < points.mean() < 1.0 and (points > -0.1).all() and (points < 1.1).all()
+    eye = LANDMARK_NAMES.index("right_eye_top")
+    mouth = LANDMARK_NAMES.index("upper_lip_inner")
+    assert (points[:, eye, 1] < points[:, mouth, 1]).all()
+    # Landmarks move with the face: they are not one fixed template.
+    assert points.std(axis=0).mean() > 0.005
+
+
+def test_pretrain_lowers_its_landmark_error_on_held_out_identities(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "backbone.safetensors"
+    record = pretrain_backbone(tiny_data, out, PretrainConfig(preset="tiny", steps=80, batch_size=32),
+                               CPU, progress=False, log=_quiet)
+    assert record["held_out_error_after"] < 0.8 * record["held_out_error_before"]
+    assert json.loads(backbone_record_path(out).read_text())["points"] == len(LANDMARK_NAMES)
+    # The saved backbone loads into a model through --backbone-weights' code path.
+    from emodistill.models.weights import load_backbone_weights
+
+    model = build_model("tiny")
+    load_backbone_weights(model, out)
+
+
+def test_landmarks_csv_in_ibug_order(tmp_path: Path) -> None:
+    crop_dir = tmp_path / "cropped_aligned" / "clip"
+    crop_dir.mkdir(parents=True)
+    cv2.imwrite(str(crop_dir / "00001.jpg"), np.zeros((112, 112, 3), np.uint8))
+    header = "video,frame," + ",".join(f"x{i},y{i}" for i in range(1, 69))
+    values = ",".join(f"{56 + i % 5},{40 + i % 7}" for i in range(68))
+    (tmp_path / "landmarks.csv").write_text(f"{header}\nclip,1,{values}\n")
+    table = read_landmarks_csv(tmp_path)
+    assert table[("clip", 0)].shape == (68, 2)
+    assert table[("clip", 0)][0] == pytest.approx([56 / 112, 40 / 112])
+    (tmp_path / "landmarks.csv").write_text(f"{header}\nclip,1,{values[:-4]}\n")
+    with pytest.raises(ValueError, match=r"landmarks.csv:2: expected 138 columns"):
+        read_landmarks_csv(tmp_path)
+
+
+def test_frozen_feature_path_equals_the_full_forward(tiny_data: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    val, _ = load_split(tiny_data, "val", size=32, progress=False)
+    full = predict_split(model, val, CPU, length=8, batch_clips=4)
+    cached = predict_features(model, encode_split(model, val, CPU, batch=17), val, CPU, length=8, batch_clips=4)
+    for task in TASKS:
+        assert np.abs(full[task.name] - cached[task.name]).max() < 1e-5, task.name
+
+
+def _still_image_data(source: Path, out: Path) -> Path:
+    """Every frame of the tiny simulator data as its own one-frame video, labels in labels.csv."""
+    rows = ["video,frame,split," + ",".join(AU.names) + ",expr,valence,arousal"]
+    for split in ("train", "val"):
+        data, _ = load_split(source, split, size=48, progress=False)
+        for i in range(0, len(data), 2):
+            name = f"{split}-{i:04d}"
+            folder = out / "cropped_aligned" / name
+            folder.mkdir(parents=True)
+            cv2.imwrite(str(folder / "00001.jpg"), cv2.cvtColor(np.asarray(data.frames[i]), cv2.COLOR_RGB2BGR))
+            cells = []
+            for task in TASKS:
+                if data.masks[task.name][i]:
+                    value = np.atleast_1d(data.labels[task.name][i])
+                    cells += [f"{v:g}" if task is TASKS[2] else str(int(v)) for v in value]
+                else:
+                    cells += [""] * (12 if task is AU else 1 if task is EXPR else 2)
+            rows.append(f"{name},1,{split}," + ",".join(cells))
+    (out / "labels.csv").write_text("\n".join(rows) + "\n")
+    return out
+
+
+def test_still_image_data_trains_with_clips_of_one_frame(tiny_data: Path, tmp_path: Path) -> None:
+    data = _still_image_data(tiny_data, tmp_path / "images")
+    logs: list[str] = []
+    config = RunConfig(data=str(data), preset="tiny", members=1, generations=0,
+                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8, clips_per_task=2))
+    run = train_run(tmp_path / "run", config, CPU, progress=False, log=logs.append)
+    record = json.loads(run.record_path(0, 0).read_text())
+    assert record["clip_length"] == 1 and record["clips_per_task"] == 16
+    assert any("still images" in line and "16 distinct images" in line for line in logs)
+
+
+def test_tiny_pretrain_freeze_distil_run_completes(tiny_data: Path, tmp_path: Path) -> None:
+    backbone = tmp_path / "backbone.safetensors"
+    args = ["--data", str(tiny_data), "--preset", "tiny", "--quiet", "--device", "cpu"]
+    assert main(["pretrain", *args, "--out", str(backbone), "--steps", "10", "--batch-size", "16"]) == 0
+    run_dir = tmp_path / "run"
+    assert main(["train", *args, "--out", str(run_dir), "--members", "2", "--generations", "1",
+                 "--epochs", "1", "--batches-per-epoch", "2", "--clip-length", "8",
+                 "--backbone-weights", str(backbone), "--freeze-backbone"]) == 0
+    run = Run(run_dir)
+    assert run.finished_generations() == [0, 1]
+    # Frozen: every member keeps the pretrained backbone bit for bit.
+    from safetensors.torch import load_file
+
+    pretrained = load_file(str(backbone))
+    member = run.load_member(1, 1).backbone.state_dict()
+    assert all(torch.equal(member[k], v) for k, v in pretrained.items())
+    provenance = json.loads((run_dir / "backbone.json").read_text())
+    assert provenance["frozen"] is True and provenance["init"] == "pretrained"
+    assert provenance["pretraining"]["points"] == len(LANDMARK_NAMES)
+    assert main(["evaluate", str(run_dir), "--ood-limit", "32", "--mc-passes", "2", "--quiet",
+                 "--device", "cpu"]) == 0
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert report["backbone"]["frozen"] is True
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert "| Prior" in markdown and "| Oracle" in markdown and "Backbone:" in markdown
+
+
+def test_freeze_backbone_refuses_audio_models(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                 "--modality", "va", "--freeze-backbone", "--quiet", "--device", "cpu"])
+    assert code == 2 and "--freeze-backbone is for visual models" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "r", ignore_errors=True)
