@@ -120,10 +120,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from emodistill.demo import run_demo
+    from emodistill.runlock import run_lock
     from emodistill.runtime import resolve_device
 
-    run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
-             progress=not args.quiet)
+    with run_lock(args.out):  # the demo folder holds its data, backbone and run: one writer
+        run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
+                 progress=not args.quiet)
     return 0
 
 

@@ -7,6 +7,7 @@ version for the tests.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 from emodistill.data.synth import generate
 from emodistill.distillation import RunConfig, train_run
 from emodistill.evaluation import evaluate_run
-from emodistill.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
+from emodistill.pretraining import PretrainConfig, backbone_record_path, finetune_backbone, pretrain_backbone
 from emodistill.reporting import summary_table, write_report
 from emodistill.training import TrainConfig
 
@@ -38,15 +39,41 @@ class DemoPlan:
     ood_limit: int  # OOD images (and as many validation frames)
     mc_passes: int
     pretrain_steps: int  # landmark pretraining of the backbone (0: random backbone)
-    freeze_backbone: bool  # heads trained on cached features of the pretrained backbone
+    finetune_epochs: int  # one shared EMENet fine-tuned end to end after pretraining (0: none)
+    finetune_batches: int  # its batches per epoch
+    freeze_backbone: bool  # members train their heads on cached features of that backbone
+    reweight: bool  # class-reweighted losses (the paper's default); see the README for the demo's choice
 
 
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
                 epochs=6, lr_step=4, batches_per_epoch=40, ood_limit=1500, mc_passes=10,
-                pretrain_steps=800, freeze_backbone=True)
+                pretrain_steps=500, finetune_epochs=4, finetune_batches=70, freeze_backbone=True, reweight=False)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
                  epochs=2, lr_step=1, batches_per_epoch=3, ood_limit=64, mc_passes=3,
-                 pretrain_steps=20, freeze_backbone=True)
+                 pretrain_steps=20, finetune_epochs=1, finetune_batches=2, freeze_backbone=True, reweight=False)
+
+
+def demo_backbone(
+    out: Path, data: Path, plan: DemoPlan, device: torch.device, seed: int, progress: bool,
+    log: Callable[[str], None],
+) -> Path | None:
+    """The demo's backbone, made once and kept in the demo folder: pretrained on the training
+    identities' landmarks (face alignment), then fine-tuned end to end once on their labels."""
+    if not plan.pretrain_steps:
+        return None
+    landmarks = out / "backbone-landmarks.safetensors"
+    if not backbone_record_path(landmarks).exists():
+        pretrain_backbone(data, landmarks, PretrainConfig(preset=plan.preset, steps=plan.pretrain_steps, seed=seed),
+                          device, progress=progress, log=log)
+    if not plan.finetune_epochs:
+        return landmarks
+    shared = out / "backbone.safetensors"
+    if not backbone_record_path(shared).exists():
+        config = TrainConfig(epochs=plan.finetune_epochs, lr_step=max(plan.finetune_epochs - 1, 1),
+                             batches_per_epoch=plan.finetune_batches, reweight=plan.reweight)
+        finetune_backbone(data, landmarks, shared, config, plan.preset, device, seed=seed, progress=progress,
+                          log=log)
+    return shared
 
 
 def run_demo(
@@ -63,19 +90,17 @@ def run_demo(
     started = time.perf_counter()
     data = out / "data"
     if not (data / "synth.json").exists():
+        shutil.rmtree(data, ignore_errors=True)  # synth.json is written last: a cut-short generation
         summary = generate(data, videos=plan.videos, frames=plan.frames, size=plan.crop_size, seed=seed,
                            preview=True, progress=progress)
         log(f"simulated data: {summary}")
-    backbone = out / "backbone.safetensors"
-    if plan.pretrain_steps and not backbone_record_path(backbone).exists():
-        pretrain_backbone(data, backbone, PretrainConfig(preset=plan.preset, steps=plan.pretrain_steps, seed=seed),
-                          device, progress=progress, log=log)
+    backbone = demo_backbone(out, data, plan, device, seed, progress, log)
     config = RunConfig(
         data=str(data), preset=plan.preset, modality="v", members=plan.members,
         generations=plan.generations, seed=seed,
-        backbone_weights=str(backbone) if plan.pretrain_steps else None,
+        backbone_weights=None if backbone is None else str(backbone),
         train=TrainConfig(epochs=plan.epochs, lr_step=plan.lr_step, batches_per_epoch=plan.batches_per_epoch,
-                          freeze_backbone=plan.freeze_backbone),
+                          freeze_backbone=plan.freeze_backbone, reweight=plan.reweight),
     )
     run = train_run(out / "run", config, device, progress=progress, log=log)
     report = evaluate_run(run.root, device, ood_limit=plan.ood_limit, mc_passes=plan.mc_passes,

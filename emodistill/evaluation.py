@@ -15,6 +15,7 @@ import torch
 from emodistill.calibration import mc_dropout_probs, temperature_scaling_cv
 from emodistill.checkpoints import read_json
 from emodistill.data.affwild import load_split
+from emodistill.data.audio import silence
 from emodistill.data.dataset import Split
 from emodistill.data.ood import load_ood
 from emodistill.distillation import BACKBONE_FILE, Run, RunConfig, backbone_provenance, generation_name
@@ -132,10 +133,8 @@ class OODProbe:
         self.in_images = np.asarray(val.frames[self.in_index])
         self.ood_images = ood.images
         self.in_audio = None if val.audio is None else np.asarray(val.audio[self.in_index])
-        # OOD images have no sound: they get the spectrogram of silence (the log-mel floor).
-        self.ood_audio = None if val.audio is None else np.full(
-            (len(ood.images), *val.audio.shape[1:]), float(np.min(val.audio)), dtype=np.float32
-        )
+        # OOD images have no sound: they hear the same silence as images do in `predict`.
+        self.ood_audio = None if val.audio is None else silence(len(ood.images))
 
     @property
     def is_ood(self) -> np.ndarray:

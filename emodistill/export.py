@@ -193,6 +193,15 @@ class OnnxMember:
             raise InputError(f"{self.path} was not exported by emodistill (no model config inside)")
         self.config = ModelConfig(**json.loads(stored))
 
+    def forward_with_alone(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """As `forward_stateful`, plus every frame alone as a length-1 sequence from a zero state."""
+        logits, state = self.forward_stateful(frames, audio, hidden)
+        flat = frames.reshape(-1, 1, *frames.shape[2:])
+        alone, _ = self.forward_stateful(flat, None if audio is None else audio.reshape(-1, 1, *audio.shape[2:]))
+        return logits, state, alone
+
     def forward_stateful(
         self,
         frames: np.ndarray,

@@ -22,14 +22,11 @@ from emodistill.checkpoints import atomic_write, read_json
 from emodistill.data.affwild import read_crop
 from emodistill.data.audio import (
     HOP_SECONDS,
-    LOG_FLOOR_DB,
-    LOG_MEL_MEAN_DB,
-    LOG_MEL_STD_DB,
-    N_MELS,
     SAMPLE_RATE,
     WINDOW_COLUMNS,
     decode_audio,
     log_mel_per_frame,
+    silence,
 )
 from emodistill.data.faces import EyeLocator, make_detector
 from emodistill.data.media import (
@@ -255,12 +252,6 @@ class AudioTrack:
         return windows[indices - first]
 
 
-def silence(n: int) -> np.ndarray:
-    """Spectrograms of silence (the log-mel floor), shape (n, 64, 64), for frames without sound."""
-    value = (LOG_FLOOR_DB - LOG_MEL_MEAN_DB) / LOG_MEL_STD_DB
-    return np.full((n, N_MELS, WINDOW_COLUMNS), value, dtype=np.float32)
-
-
 # ---------------------------------------------------------------------------- members
 
 
@@ -280,6 +271,20 @@ class TorchMember:
         sound = None if audio is None else torch.from_numpy(audio).to(self.device)
         logits, hidden = self.model.forward_stateful(x, sound, hidden)
         return {k: v.float().cpu().numpy() for k, v in logits.items()}, hidden
+
+    @torch.inference_mode()
+    def forward_with_alone(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: torch.Tensor | None
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor, dict[str, np.ndarray]]:
+        """As `forward_stateful`, plus every frame's logits as its own length-1 sequence from a
+        zero state, (B * L, 1, n): the CNN runs once, only the heads run twice."""
+        x = torch.from_numpy(frames).to(self.device)
+        sound = None if audio is None else torch.from_numpy(audio).to(self.device)
+        features = self.model.encode(x, sound)  # (B, L, D)
+        logits, hidden = self.model.decode(features, hidden)
+        alone, _ = self.model.decode(features.flatten(0, 1)[:, None])
+        as_numpy = lambda out: {k: v.float().cpu().numpy() for k, v in out.items()}  # noqa: E731
+        return as_numpy(logits), hidden, as_numpy(alone)
 
 
 # ---------------------------------------------------------------------------- rows
@@ -337,12 +342,17 @@ def output_columns(ensemble: bool, with_ood: bool, with_file: bool) -> list[str]
 
 
 def summarise(
-    member_probs: dict[str, np.ndarray], ood_tasks: tuple[str, ...] | None, threshold: float | None
+    member_probs: dict[str, np.ndarray],
+    ood_tasks: tuple[str, ...] | None,
+    threshold: float | None,
+    alone_probs: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Members' probabilities, task -> (T, N, n_logits) -> (column -> (N,), part -> (N, outputs)).
 
     Uncertainty is normalised entropy (REFERENCE Sec. 2); a task's column averages its groups
-    (12 AUs, 2 VA dimensions); the second dict keeps every group for Figure 1.
+    (12 AUs, 2 VA dimensions); the second dict keeps every group for Figure 1. The OOD score
+    comes from `alone_probs` (each frame seen alone, from a zero GRU state, as `evaluate` scores
+    it when it sets the threshold) when given, else from `member_probs`.
     """
     columns: dict[str, np.ndarray] = {}
     groups: dict[str, list[np.ndarray]] = {part: [] for part in PARTS}
@@ -353,7 +363,8 @@ def summarise(
             columns[f"{task.name}_{part}"] = values.mean(-1)
             groups[part].append(values)
     if ood_tasks is not None:
-        score = ood_score({name: member_probs[name] for name in ood_tasks})  # (N,)
+        scored = member_probs if alone_probs is None else alone_probs
+        score = ood_score({name: scored[name] for name in ood_tasks})  # (N,)
         columns["ood_score"] = score
         columns["ood_flag"] = np.full(len(score), None) if threshold is None else score > threshold
     return columns, {part: np.concatenate(values, axis=-1) for part, values in groups.items()}
@@ -612,8 +623,8 @@ class Predictor:
         values: dict[str, np.ndarray] = {}
         groups: dict[str, np.ndarray] = {}
         if found:
-            member_probs = self._member_probs(found, hidden, sequence)
-            values, groups = summarise(member_probs, self.ood_tasks, self.ood_threshold)
+            member_probs, alone_probs = self._member_probs(found, hidden, sequence)
+            values, groups = summarise(member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
         parts = PARTS if self.ensemble else PARTS[:1]
         index = 0
         for frame in pending:
@@ -626,9 +637,12 @@ class Predictor:
             index += 1
         pending.clear()
 
-    def _member_probs(self, found: list[Frame], hidden: list[object],
-                      sequence: Sequence) -> dict[str, np.ndarray]:
-        """Every member's probabilities, task -> (T, N, n_logits), for the faces `found`."""
+    def _member_probs(
+        self, found: list[Frame], hidden: list[object], sequence: Sequence
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """Every member's probabilities, task -> (T, N, n_logits), for the faces `found`; and,
+        for a time series with an OOD threshold, the same with each frame seen alone (None
+        otherwise: independent images already are)."""
         crops = np.stack([f.crop for f in found])  # (N, S, S, 3)
         # A time series is one sequence (B=1, L=N); independent images are N sequences of one.
         shape = (1, len(found)) if sequence.continuous else (len(found), 1)
@@ -641,13 +655,22 @@ class Predictor:
             else:
                 audio = sequence.audio.windows(np.array([f.number - 1 for f in found]))
             audio = audio.reshape(*shape, *audio.shape[1:])  # (B, L, 64, 64)
-        per_member = []
+        alone = sequence.continuous and self.ood_tasks is not None
+        per_member, per_member_alone = [], []
         for m, member in enumerate(self.members):
-            logits, state = member.forward_stateful(frames, audio, hidden[m])
+            if alone:
+                logits, state, alone_logits = member.forward_with_alone(frames, audio, hidden[m])
+                per_member_alone.append(activate({k: v.reshape(len(found), -1) for k, v in alone_logits.items()}))
+            else:
+                logits, state = member.forward_stateful(frames, audio, hidden[m])
             if sequence.continuous:
                 hidden[m] = state
             per_member.append(activate({k: v.reshape(len(found), -1) for k, v in logits.items()}))
-        return {t.name: np.stack([p[t.name] for p in per_member]) for t in TASKS}  # (T, N, n)
+
+        def stacked(probs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            return {t.name: np.stack([p[t.name] for p in probs]) for t in TASKS}  # (T, N, n)
+
+        return stacked(per_member), stacked(per_member_alone) if alone else None
 
 
 def _python(value: object) -> object:

@@ -12,18 +12,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from emodistill.checkpoints import save_weights, write_json
+from emodistill.checkpoints import read_json, save_weights, write_json
 from emodistill.data.affwild import load_split
 from emodistill.data.landmarks import split_landmarks
 from emodistill.errors import InputError
 from emodistill.inference import frames_to_input
 from emodistill.models import PRESETS, build_model
-from emodistill.training import augment_clips
+from emodistill.models.weights import load_backbone_weights
+from emodistill.training import TrainConfig, augment_clips, train_member
 
 CALIBRATION_FRAMES = 2048  # training crops whose statistics become BatchNorm's at the end
 
@@ -37,7 +39,8 @@ class PretrainConfig:
     batch_size: int = 64  # single crops per step
     lr: float = 2e-3  # Adam's initial learning rate, cosine-decayed to 1 % over the steps
     seed: int = 0
-    augment: bool = True  # brightness/contrast/saturation jitter (no flips: they would swap sides)
+    augment: bool = True  # colour jitter and small shifts/zooms/turns of crop and landmarks together
+    # (no flips: they would swap the sides of every landmark)
     report_every: int = 200  # steps between held-out error checks in the log (0: only at the end)
 
 
@@ -54,6 +57,32 @@ class LandmarkNet(nn.Module):
         images = (images * 2.0 - 1.0).contiguous(memory_format=torch.channels_last)  # as EMENet.encode
         features = self.backbone(images)  # (B, D)
         return self.head(features).view(-1, self.points, 2) + 0.5  # centred on the crop
+
+
+SHIFT, ZOOM, TURN = 0.04, 0.06, 0.14  # geometric jitter: crop widths, relative scale, radians
+
+
+def jitter_geometry(
+    images: np.ndarray, points: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random similarity transforms of crops (B, S, S, 3) and their landmarks (B, K, 2) in 0..1.
+
+    An aligner's errors move the face inside the crop; showing the network such moves keeps it
+    reading the face rather than memorising where each training identity's features sit.
+    """
+    size = images.shape[1]
+    out_images, out_points = np.empty_like(images), np.empty_like(points)
+    for i in range(len(images)):
+        angle, zoom = rng.uniform(-TURN, TURN), np.exp(rng.uniform(-ZOOM, ZOOM))
+        shift = rng.uniform(-SHIFT, SHIFT, 2) * size
+        cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom
+        rotate = np.array([[cos, -sin], [sin, cos]])
+        centre = np.array([size / 2, size / 2])
+        affine = np.column_stack([rotate, centre + shift - rotate @ centre])  # (2, 3) pixels -> pixels
+        out_images[i] = cv2.warpAffine(images[i], affine, (size, size), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REPLICATE)
+        out_points[i] = (points[i] * size @ rotate.T + affine[:, 2]) / size
+    return out_images, out_points
 
 
 @torch.no_grad()
@@ -146,10 +175,13 @@ def pretrain_backbone(
             log(f"pretraining step {step}/{config.steps}: loss {np.mean(losses[-50:]):.4f}, "
                 f"held-out landmark error {error:.4f} crop widths")
         pick = np.sort(rng.choice(rows, size=min(config.batch_size, len(rows)), replace=False))
-        images = frames_to_input(np.asarray(train.frames[pick]), device)  # (B, 3, S, S)
+        crops, points = np.asarray(train.frames[pick]), train_points[pick]
+        if config.augment:
+            crops, points = jitter_geometry(crops, points, rng)
+        images = frames_to_input(crops, device)  # (B, 3, S, S)
         if config.augment:
             images = augment_clips(images[:, None], generator)[:, 0]
-        target = torch.from_numpy(train_points[pick]).to(device)
+        target = torch.from_numpy(points).to(device)
         loss = nn.functional.smooth_l1_loss(model(images), target, beta=0.01)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,4 +210,53 @@ def pretrain_backbone(
     write_json(backbone_record_path(Path(out)), record)
     log(f"pretrained {config.preset} backbone on {len(rows):,} frames of {source}: held-out landmark error "
         f"{before:.4f} -> {after:.4f} crop widths in {record['seconds']:.0f} s -> {out}")
+    return record
+
+
+def finetune_backbone(
+    data: Path,
+    start: Path,
+    out: Path,
+    config: TrainConfig,
+    preset: str,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """One EMENet fine-tuned end to end on the training labels from the backbone at `start`;
+    its backbone is saved to `out` (with a JSON record naming both stages) for frozen members.
+
+    This is the paper's fine-tuning (Sec. 3.2) done once and shared: on a CPU it costs as much
+    as one member, where fine-tuning every member would cost T x (K + 1) times that.
+    """
+    from emodistill.losses import ClassWeights, class_weights_from_labels
+
+    started = time.perf_counter()
+    size = PRESETS[preset].input_size
+    train, _ = load_split(Path(data), "train", size=size, progress=progress)
+    val, _ = load_split(Path(data), "val", size=size, progress=progress)
+    torch.manual_seed(seed)
+    model = build_model(preset, "v")
+    load_backbone_weights(model, Path(start))
+    weights = class_weights_from_labels(train.labels, train.masks) if config.reweight else ClassWeights.uniform()
+    result = train_member(model, train, val, config, weights, seed, device, description="shared fine-tuning",
+                          progress=progress)
+    save_weights(Path(out), model.backbone.cpu())
+    start_record = backbone_record_path(Path(start))
+    record = {
+        "weights": str(out),
+        "task": "AU/EXPR/VA training labels: one EMENet fine-tuned end to end, after face-alignment pretraining",
+        "data": str(data),
+        "landmarks": (read_json(start_record) if start_record.exists() else {}).get("landmarks"),
+        "started_from": read_json(start_record) if start_record.exists() else str(start),
+        "best_epoch": result.best_epoch,
+        "validation_scores": result.scores,
+        "config": asdict(config),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(backbone_record_path(Path(out)), record)
+    log(f"fine-tuned the shared backbone end to end on the training labels: validation total "
+        f"{result.scores.get('total', float('nan')):.3f} at epoch {result.best_epoch}, "
+        f"{record['seconds']:.0f} s -> {out}")
     return record

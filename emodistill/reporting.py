@@ -241,7 +241,13 @@ def backbone_line(backbone: dict | None) -> str:
     if backbone.get("init") != "pretrained":
         return f"Backbone: randomly initialised, {frozen}."
     pretraining = backbone.get("pretraining")
-    if isinstance(pretraining, dict):
+    if isinstance(pretraining, dict) and isinstance(pretraining.get("started_from"), dict):
+        landmarks = pretraining["started_from"]
+        source = (f"pretrained on landmarks from {landmarks.get('landmarks')} (held-out error "
+                  f"{landmarks.get('held_out_error_before')} -> {landmarks.get('held_out_error_after')} crop "
+                  f"widths), then {pretraining.get('task')} (validation total "
+                  f"{fmt(pretraining.get('validation_scores', {}).get('total'))})")
+    elif isinstance(pretraining, dict):
         source = (f"pretrained on {pretraining.get('task', 'landmarks')} from {pretraining.get('landmarks')}, "
                   f"held-out landmark error {pretraining.get('held_out_error_before')} -> "
                   f"{pretraining.get('held_out_error_after')} crop widths")

@@ -358,3 +358,27 @@ def test_bad_models_and_options_are_one_sentence(tiny_run: Path, gap_video: Path
         with pytest.raises(InputError, match=message) as caught:
             make()
         assert "\n" not in str(caught.value)
+
+
+def test_predict_flags_validation_crops_at_the_false_alarm_rate_evaluate_chose(
+        tiny_run: Path, tiny_data: Path, tmp_path: Path):
+    """One way of scoring OOD: `evaluate` sets the threshold at 5% false alarms on validation
+    frames, and `predict` on those same frames' crop folders (whole videos, GRU state carried)
+    flags about 5% of them. Tolerance: 5 +/- 2.5 percentage points (quantile ties and JPEG
+    round trips aside, the two compute the same score)."""
+    from emodistill.evaluation import OOD_FALSE_ALARM, evaluate_run
+    from emodistill.reporting import write_report
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    report = evaluate_run(run, torch.device("cpu"), ood_limit=10_000, mc_passes=2, progress=False,
+                          log=lambda s: None)
+    write_report(report, run / "report")
+    synth = json.loads((tiny_data / "synth.json").read_text())
+    val_videos = [name for name, video in synth["videos"].items() if video["split"] == "val"]
+    root = tmp_path / "val" / "cropped_aligned"
+    for name in val_videos:
+        shutil.copytree(tiny_data / "cropped_aligned" / name, root / name)
+    table = Predictor(run, batch_frames=8, log=lambda s: None).predict(tmp_path / "val")
+    flagged = table.loc[table["face"] == 1, "ood_flag"].astype(bool)
+    assert len(flagged) > 100
+    assert abs(flagged.mean() - OOD_FALSE_ALARM) <= 0.025, flagged.mean()

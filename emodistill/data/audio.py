@@ -92,3 +92,11 @@ def log_mel_per_frame(
     columns = centres[:, None] + np.arange(WINDOW_COLUMNS)  # (M, 64)
     windows = padded[:, columns].transpose(1, 0, 2)  # (M, 64 mel, 64 columns)
     return ((windows - LOG_MEL_MEAN_DB) / LOG_MEL_STD_DB).astype(np.float32)
+
+
+def silence(n: int) -> np.ndarray:
+    """Spectrograms of silence (the log-mel floor), shape (n, 64, 64), normalised as
+    `log_mel_per_frame` normalises: what an audio-visual model hears where there is no sound
+    (images, crop folders, OOD images in evaluation and in predict alike)."""
+    value = (LOG_FLOOR_DB - LOG_MEL_MEAN_DB) / LOG_MEL_STD_DB
+    return np.full((n, N_MELS, WINDOW_COLUMNS), value, dtype=np.float32)
