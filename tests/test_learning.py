@@ -188,3 +188,23 @@ def test_freeze_backbone_refuses_audio_models(tiny_data: Path, tmp_path: Path, c
                  "--modality", "va", "--freeze-backbone", "--quiet", "--device", "cpu"])
     assert code == 2 and "--freeze-backbone is for visual models" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
+
+
+def test_geometric_jitter_moves_landmarks_with_the_crop() -> None:
+    from emodistill.pretraining import jitter_geometry
+
+    size = 48
+    images = np.zeros((6, size, size, 3), np.uint8)
+    points = np.zeros((6, 1, 2), np.float32)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        x, y = rng.uniform(12, 36, 2)
+        cv2.circle(images[i], (round(x), round(y)), 2, (255, 255, 255), -1)
+        points[i, 0] = (round(x) / size, round(y) / size)
+    moved, moved_points = jitter_geometry(images, points, np.random.default_rng(1))
+    for i in range(6):
+        grey = moved[i, :, :, 0].astype(float)
+        ys, xs = np.nonzero(grey > 0.5 * grey.max())
+        centre = np.array([xs.mean(), ys.mean()]) / size
+        assert np.abs(centre - moved_points[i, 0]).max() < 1.5 / size  # within 1.5 px
+    assert np.abs(moved_points - points).max() > 0.5 / size  # it did move them
