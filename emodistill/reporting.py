@@ -166,8 +166,11 @@ def figure_emotion(report: dict, path: Path) -> None:
     ax.plot(names, [g["ensemble"].get("total") for g in gens], "o-", label="ensemble")
     ax.errorbar(names, [g["single_mean"].get("total") for g in gens],
                 yerr=[g["single_std"].get("total") for g in gens], fmt="s--", capsize=4, label="single (mean ± std)")
+    if "prior" in report:
+        ax.axhline(report["prior"]["emotion"]["total"], color="grey", ls=":", label="class prior")
     ax.set_ylabel("total emotion metric (validation)")
-    ax.set_title(f"{report['preset']} ({report['modality']}), T={report['members']}")
+    oracle = f"; oracle {report['oracle']['emotion']['total']:.3f}" if "oracle" in report else ""
+    ax.set_title(f"{report['preset']} ({report['modality']}), T={report['members']}{oracle}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
