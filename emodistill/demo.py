@@ -41,16 +41,19 @@ class DemoPlan:
     pretrain_steps: int  # landmark pretraining of the backbone (0: random backbone)
     finetune_epochs: int  # one shared EMENet fine-tuned end to end after pretraining (0: none)
     finetune_batches: int  # its batches per epoch
+    finetune_reweight: bool  # the shared fine-tuning's losses class-reweighted (the paper's Eq. 2-5)
     freeze_backbone: bool  # members train their heads on cached features of that backbone
-    reweight: bool  # class-reweighted losses (the paper's default); see the README for the demo's choice
+    reweight: bool  # the members' losses class-reweighted (the paper's default); see the README
 
 
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
                 epochs=6, lr_step=4, batches_per_epoch=40, ood_limit=1500, mc_passes=10,
-                pretrain_steps=500, finetune_epochs=4, finetune_batches=70, freeze_backbone=True, reweight=False)
+                pretrain_steps=500, finetune_epochs=4, finetune_batches=70, finetune_reweight=True,
+                freeze_backbone=True, reweight=False)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
                  epochs=2, lr_step=1, batches_per_epoch=3, ood_limit=64, mc_passes=3,
-                 pretrain_steps=20, finetune_epochs=1, finetune_batches=2, freeze_backbone=True, reweight=False)
+                 pretrain_steps=20, finetune_epochs=1, finetune_batches=2, finetune_reweight=True,
+                 freeze_backbone=True, reweight=False)
 
 
 def demo_backbone(
@@ -70,7 +73,7 @@ def demo_backbone(
     shared = out / "backbone.safetensors"
     if not backbone_record_path(shared).exists():
         config = TrainConfig(epochs=plan.finetune_epochs, lr_step=max(plan.finetune_epochs - 1, 1),
-                             batches_per_epoch=plan.finetune_batches, reweight=plan.reweight)
+                             batches_per_epoch=plan.finetune_batches, reweight=plan.finetune_reweight)
         finetune_backbone(data, landmarks, shared, config, plan.preset, device, seed=seed, progress=progress,
                           log=log)
     return shared
