@@ -27,7 +27,7 @@ from emodistill.data.cache import content_hash
 from emodistill.data.dataset import Split
 from emodistill.errors import InputError
 from emodistill.inference import activate, encode_split, predict_features, predict_split
-from emodistill.losses import ClassWeights, class_weights_from_labels
+from emodistill.losses import ClassWeights, training_class_weights
 from emodistill.models import PRESETS, build_model
 from emodistill.models.weights import load_backbone_weights
 from emodistill.pretraining import backbone_record_path
@@ -191,7 +191,7 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
 
 def run_class_weights(run: Run, config: RunConfig, train: Split) -> ClassWeights:
     """Class weights from the training labels (Eq. 3), stored with the run."""
-    weights = class_weights_from_labels(train.labels, train.masks) if config.train.reweight else ClassWeights.uniform()
+    weights = training_class_weights(train.labels, train.masks, config.train.reweight)
     write_json(run.root / "class_weights.json", weights.as_dict())
     return weights
 

@@ -210,3 +210,9 @@ def distillation_loss(logits: Mapping[str, torch.Tensor], soft_labels: Mapping[s
     masks: optional, as in `supervision_loss` (None: every frame counts).
     """
     return _combine(_DISTILLATION, logits, soft_labels, masks, class_weights, task_weights)
+
+
+def training_class_weights(labels: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+                           reweight: bool) -> ClassWeights:
+    """The weights training uses: from the labels (Eq. 3) when reweighting, else all ones."""
+    return class_weights_from_labels(labels, masks) if reweight else ClassWeights.uniform()

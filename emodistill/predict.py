@@ -255,6 +255,11 @@ class AudioTrack:
 # ---------------------------------------------------------------------------- members
 
 
+def _numpy(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Task -> float32 NumPy logits on the CPU."""
+    return {k: v.float().cpu().numpy() for k, v in logits.items()}
+
+
 class TorchMember:
     """A PyTorch member behind the NumPy interface of `export.OnnxMember`."""
 
@@ -270,7 +275,7 @@ class TorchMember:
         x = torch.from_numpy(frames).to(self.device)
         sound = None if audio is None else torch.from_numpy(audio).to(self.device)
         logits, hidden = self.model.forward_stateful(x, sound, hidden)
-        return {k: v.float().cpu().numpy() for k, v in logits.items()}, hidden
+        return _numpy(logits), hidden
 
     @torch.inference_mode()
     def forward_with_alone(
@@ -283,8 +288,7 @@ class TorchMember:
         features = self.model.encode(x, sound)  # (B, L, D)
         logits, hidden = self.model.decode(features, hidden)
         alone, _ = self.model.decode(features.flatten(0, 1)[:, None])
-        as_numpy = lambda out: {k: v.float().cpu().numpy() for k, v in out.items()}  # noqa: E731
-        return as_numpy(logits), hidden, as_numpy(alone)
+        return _numpy(logits), hidden, _numpy(alone)
 
 
 # ---------------------------------------------------------------------------- rows

@@ -23,6 +23,7 @@ from emodistill.data.affwild import load_split
 from emodistill.data.landmarks import split_landmarks
 from emodistill.errors import InputError
 from emodistill.inference import frames_to_input
+from emodistill.losses import training_class_weights
 from emodistill.models import PRESETS, build_model
 from emodistill.models.weights import load_backbone_weights
 from emodistill.training import TrainConfig, augment_clips, train_member
@@ -230,8 +231,6 @@ def finetune_backbone(
     This is the paper's fine-tuning (Sec. 3.2) done once and shared: on a CPU it costs as much
     as one member, where fine-tuning every member would cost T x (K + 1) times that.
     """
-    from emodistill.losses import ClassWeights, class_weights_from_labels
-
     started = time.perf_counter()
     size = PRESETS[preset].input_size
     train, _ = load_split(Path(data), "train", size=size, progress=progress)
@@ -239,17 +238,18 @@ def finetune_backbone(
     torch.manual_seed(seed)
     model = build_model(preset, "v")
     load_backbone_weights(model, Path(start))
-    weights = class_weights_from_labels(train.labels, train.masks) if config.reweight else ClassWeights.uniform()
+    weights = training_class_weights(train.labels, train.masks, config.reweight)
     result = train_member(model, train, val, config, weights, seed, device, description="shared fine-tuning",
                           progress=progress)
     save_weights(Path(out), model.backbone.cpu())
     start_record = backbone_record_path(Path(start))
+    first_stage = read_json(start_record) if start_record.exists() else None
     record = {
         "weights": str(out),
         "task": "AU/EXPR/VA training labels: one EMENet fine-tuned end to end, after face-alignment pretraining",
         "data": str(data),
-        "landmarks": (read_json(start_record) if start_record.exists() else {}).get("landmarks"),
-        "started_from": read_json(start_record) if start_record.exists() else str(start),
+        "landmarks": None if first_stage is None else first_stage.get("landmarks"),
+        "started_from": str(start) if first_stage is None else first_stage,
         "best_epoch": result.best_epoch,
         "validation_scores": result.scores,
         "config": asdict(config),

@@ -369,7 +369,7 @@ def _audio_cache(
     return cached_array(cache_dir, f"{split}-audio", fingerprint, shape, np.float32, fill)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return {key: arrays[key] for key in arrays.files}
@@ -388,7 +388,7 @@ def _truth(root: Path, rows: _Rows) -> dict[str, np.ndarray] | None:
     truth = {task.name: np.zeros((n, task.n_logits), dtype=np.float32) for task in TASKS}
     for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True):
         path = folder / f"{name}.npz"
-        arrays = _read_npz(path)
+        arrays = read_npz(path)
         frames = rows.frame_index[start:stop]
         for task in TASKS:
             array = arrays.get(task.name)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emodistill.data.affwild import read_npz
 from emodistill.data.dataset import Split
 from emodistill.errors import InputError
 
@@ -78,13 +79,9 @@ def split_landmarks(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray, s
         for start, stop in split.video_ranges():
             name = split.video_names[int(split.video[start])]
             path = root / "truth" / f"{name}.npz"
-            try:
-                with np.load(path, allow_pickle=False) as arrays:
-                    if "landmarks" not in arrays.files:
-                        raise InputError(f"{path} has no landmarks; simulate the data again with this version")
-                    drawn = arrays["landmarks"]
-            except (OSError, ValueError) as error:
-                raise InputError(f"{path} is not a readable .npz file ({error})") from None
+            drawn = read_npz(path).get("landmarks")
+            if drawn is None:
+                raise InputError(f"{path} has no landmarks; simulate the data again with this version")
             frames = split.frame_index[start:stop]
             if drawn.ndim != 3 or drawn.shape[0] <= frames[-1] or drawn.shape[2] != 2:
                 raise InputError(f"{path} holds landmarks of shape {drawn.shape}; expected (F, K, 2)")
