@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     # `emodistill.Predictor` without importing PyTorch and OpenCV for every `import emodistill`.
     if name == "Predictor":
-        from emodistill.predict import Predictor
+        from emodistill.predict.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'emodistill' has no attribute {name!r}")

@@ -23,13 +23,13 @@ import onnxruntime as ort
 import torch
 from skimage import data as skdata
 
-from emodistill.checkpoints import save_weights, write_json
-from emodistill.distillation import Run, RunConfig, prepare_run
+from emodistill.core.checkpoints import save_weights, write_json
+from emodistill.core.runtime import set_threads, tune_allocator
 from emodistill.export import ONNX_DIR, OnnxMember, export_run
+from emodistill.methods.distillation import Run, RunConfig, prepare_run
+from emodistill.methods.training import member_seed
 from emodistill.models import PRESETS, build_model, count_macs
-from emodistill.predict import Predictor, TorchMember, discover, write_csv
-from emodistill.runtime import set_threads, tune_allocator
-from emodistill.training import member_seed
+from emodistill.predict.predictor import Predictor, TorchMember, discover, write_csv
 
 # Targets of the issue, for a 2-core CPU: frames/s.
 PIPELINE_TARGET = 30.0  # whole pipeline, a 5-member ensemble of the paper preset (real time)

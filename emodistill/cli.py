@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from emodistill import __version__
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -52,9 +52,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace):
-    from emodistill.distillation import RunConfig
+    from emodistill.methods.distillation import RunConfig
+    from emodistill.methods.training import TrainConfig
     from emodistill.models import PRESETS
-    from emodistill.training import TrainConfig
 
     modality = args.modality or ("va" if PRESETS.get(args.preset) and PRESETS[args.preset].audio else "v")
     audio_visual = modality == "va"
@@ -70,14 +70,14 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from emodistill.distillation import train_run
-    from emodistill.runlock import run_lock
-    from emodistill.runtime import resolve_device
+    from emodistill.core.runlock import run_lock
+    from emodistill.core.runtime import resolve_device
+    from emodistill.methods.distillation import train_run
 
     config = _run_config(args)
     with run_lock(args.out):  # one writer per run folder; Ray members write under this lock
         if args.backend == "ray":
-            from emodistill.distributed import train_run_ray
+            from emodistill.methods.distributed import train_run_ray
 
             # The driver may have no GPU while the workers do: each worker resolves the device.
             train_run_ray(args.out, config, address=args.address, gpus_per_member=args.gpus_per_member,
@@ -89,8 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from emodistill.pretraining import PretrainConfig, pretrain_backbone
-    from emodistill.runtime import resolve_device
+    from emodistill.core.runtime import resolve_device
+    from emodistill.methods.pretraining import PretrainConfig, pretrain_backbone
 
     given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
     config = PretrainConfig(preset=args.preset, seed=args.seed, **given)
@@ -99,9 +99,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from emodistill.evaluation import evaluate_run
-    from emodistill.reporting import summary_table, write_report
-    from emodistill.runtime import resolve_device
+    from emodistill.core.runtime import resolve_device
+    from emodistill.evaluation.evaluate import evaluate_run
+    from emodistill.report.writer import summary_table, write_report
 
     report = evaluate_run(args.run, resolve_device(args.device), ood_dir=args.ood_dir, ood_limit=args.ood_limit,
                           mc_passes=args.mc_passes, seed=args.seed, progress=not args.quiet)
@@ -112,16 +112,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from emodistill.reporting import compare_runs
+    from emodistill.report.writer import compare_runs
 
     print(compare_runs(args.runs))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from emodistill.core.runlock import run_lock
+    from emodistill.core.runtime import resolve_device
     from emodistill.demo import run_demo
-    from emodistill.runlock import run_lock
-    from emodistill.runtime import resolve_device
 
     with run_lock(args.out):  # the demo folder holds its data, backbone and run: one writer
         run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from emodistill.predict import predict_command
+    from emodistill.predict.predictor import predict_command
 
     predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
                     backend=args.backend, device=args.device, progress=not args.quiet,
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from emodistill.runtime import tune_allocator
+    from emodistill.core.runtime import tune_allocator
 
     tune_allocator()
     try:
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emodistill {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        from emodistill.atomic import disk_full_sentence
+        from emodistill.core.atomic import disk_full_sentence
 
         # A writer without its own guard (the crops of `prepare` or `synth`) ran out of space.
         sentence = disk_full_sentence(error)

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from emodistill.data.synth import generate
-from emodistill.distillation import RunConfig, train_run
-from emodistill.evaluation import evaluate_run
-from emodistill.pretraining import PretrainConfig, backbone_record_path, finetune_backbone, pretrain_backbone
-from emodistill.reporting import summary_table, write_report
-from emodistill.training import TrainConfig
+from emodistill.evaluation.evaluate import evaluate_run
+from emodistill.methods.distillation import RunConfig, train_run
+from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, finetune_backbone, pretrain_backbone
+from emodistill.methods.training import TrainConfig
+from emodistill.report.writer import summary_table, write_report
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
 )
 from torch import nn
 
-from emodistill.checkpoints import atomic_write
-from emodistill.distillation import Run, generation_name
-from emodistill.errors import InputError
+from emodistill.core.checkpoints import atomic_write
+from emodistill.core.errors import InputError
+from emodistill.methods.distillation import Run, generation_name
 from emodistill.models import EMENet, ModelConfig
 from emodistill.tasks import TASKS
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from test_audio import write_video
 
+from emodistill.core.errors import InputError
 from emodistill.data import affwild, audio, cache
 from emodistill.data.affwild import load_split
-from emodistill.errors import InputError
 from emodistill.tasks import TASK_BY_NAME, TASKS, Task
 
 CROP, SIZE = 16, 8  # crops on disk, and the size the tests ask for

@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
+from emodistill.core.errors import InputError
 from emodistill.data import audio
-from emodistill.errors import InputError
 
 FLOOR = (audio.LOG_FLOOR_DB - audio.LOG_MEL_MEAN_DB) / audio.LOG_MEL_STD_DB  # silence, normalised
 

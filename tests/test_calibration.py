@@ -8,14 +8,14 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from emodistill.calibration import (
+from emodistill.evaluation.calibration import (
     apply_temperatures,
     enable_mc_dropout,
     fit_temperatures,
     mc_dropout_probs,
     temperature_scaling_cv,
 )
-from emodistill.metrics import nll_binary, nll_categorical
+from emodistill.evaluation.metrics import nll_binary, nll_categorical
 from emodistill.tasks import TASKS, VA_BINS, VA_CENTRES
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emodistill.checkpoints import (
+from emodistill.core.checkpoints import (
     atomic_write,
     load_arrays,
     load_weights,
@@ -17,7 +17,7 @@ from emodistill.checkpoints import (
     save_weights,
     write_json,
 )
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ import onnx
 import pytest
 import torch
 
-from emodistill.distillation import Run
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 from emodistill.export import (
     OnnxMember,
     export_command,
@@ -18,6 +17,7 @@ from emodistill.export import (
     export_run,
     parse_generation,
 )
+from emodistill.methods.distillation import Run
 from emodistill.models import build_model
 from emodistill.tasks import TASKS
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from emodistill.core.errors import InputError
 from emodistill.data import faces
 from emodistill.data.faces import (
     EYE_DISTANCE,
@@ -24,7 +25,6 @@ from emodistill.data.faces import (
     make_detector,
 )
 from emodistill.data.media import FaceTracker
-from emodistill.errors import InputError
 
 SIDE = 112  # aligned crop side
 EYE_OFFSET = 17  # half the distance between the eyes of the drawn face, in face units

@@ -16,14 +16,14 @@ from emodistill.cli import main
 from emodistill.data.affwild import load_split
 from emodistill.data.landmarks import read_landmarks_csv, split_landmarks
 from emodistill.data.synth.face import LANDMARK_NAMES
-from emodistill.distillation import Run, RunConfig, train_run
-from emodistill.evaluation import class_prior, evaluate_run, skill
-from emodistill.inference import encode_split, predict_features, predict_split
-from emodistill.metrics import nll_binary
+from emodistill.evaluation.evaluate import class_prior, evaluate_run, skill
+from emodistill.evaluation.metrics import nll_binary
+from emodistill.methods.distillation import Run, RunConfig, train_run
+from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
+from emodistill.methods.training import TrainConfig
 from emodistill.models import build_model
-from emodistill.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
+from emodistill.models.inference import encode_split, predict_features, predict_split
 from emodistill.tasks import AU, EXPR, TASKS
-from emodistill.training import TrainConfig
 
 CPU = torch.device("cpu")
 
@@ -191,7 +191,7 @@ def test_freeze_backbone_refuses_audio_models(tiny_data: Path, tmp_path: Path, c
 
 
 def test_geometric_jitter_moves_landmarks_with_the_crop() -> None:
-    from emodistill.pretraining import jitter_geometry
+    from emodistill.methods.pretraining import jitter_geometry
 
     size = 48
     images = np.zeros((6, size, size, 3), np.uint8)

@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emodistill.balancing import TaskBalancer
-from emodistill.losses import (
+from emodistill.evaluation.metrics import ccc
+from emodistill.methods.balancing import TaskBalancer
+from emodistill.methods.losses import (
     MAX_CLASS_WEIGHT,
     ClassWeights,
     ccc_torch,
@@ -20,7 +21,6 @@ from emodistill.losses import (
     distillation_loss,
     supervision_loss,
 )
-from emodistill.metrics import ccc
 from emodistill.tasks import PAPER_AU_POS_WEIGHT, va_expectation
 
 EQUAL = {"AU": 1.0, "EXPR": 1.0, "VA": 1.0}

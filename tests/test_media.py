@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from emodistill.core.errors import InputError
 from emodistill.data import faces
 from emodistill.data.faces import Box, DlibDetector, HaarDetector, crop_face
 from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, probe_video
-from emodistill.errors import InputError
 
 FPS = 25
 WIDTH, HEIGHT = 480, 360

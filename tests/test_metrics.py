@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from emodistill.metrics import (
+from emodistill.evaluation.metrics import (
     abaw_au,
     abaw_expr,
     ccc,

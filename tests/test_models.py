@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 from emodistill.models import (
     PRESETS,
     ModelConfig,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from skimage.data import lfw_subset
 
+from emodistill.core.errors import InputError
 from emodistill.data import ood
 from emodistill.data.ood import load_ood, read_idx
-from emodistill.errors import InputError
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int16): 0x0B, np.dtype(np.float32): 0x0D}
 

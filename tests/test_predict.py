@@ -16,11 +16,11 @@ from scipy.stats import entropy as scipy_entropy
 from skimage import data as skdata
 from test_media import FPS, background, face_frame, write_video
 
+from emodistill.core.errors import InputError
 from emodistill.data.audio import log_mel_per_frame
 from emodistill.data.media import FaceTracker, iter_frames
-from emodistill.distillation import Run
-from emodistill.errors import InputError
-from emodistill.predict import AudioTrack, Predictor, predict_command
+from emodistill.methods.distillation import Run
+from emodistill.predict.predictor import AudioTrack, Predictor, predict_command
 from emodistill.tasks import AU, EXPR, TASKS, VA_CENTRES
 
 SIZE = 32  # the tiny preset's input size
@@ -371,8 +371,8 @@ def test_predict_flags_validation_crops_at_the_false_alarm_rate_evaluate_chose(
     frames, and `predict` on those same frames' crop folders (whole videos, GRU state carried)
     flags about 5% of them. Tolerance: 5 +/- 2.5 percentage points (quantile ties and JPEG
     round trips aside, the two compute the same score)."""
-    from emodistill.evaluation import OOD_FALSE_ALARM, evaluate_run
-    from emodistill.reporting import write_report
+    from emodistill.evaluation.evaluate import OOD_FALSE_ALARM, evaluate_run
+    from emodistill.report.writer import write_report
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     report = evaluate_run(run, torch.device("cpu"), ood_limit=10_000, mc_passes=2, progress=False,

@@ -10,10 +10,10 @@ import cv2
 import pytest
 from test_media import FPS, background, face_frame, iou, write_video
 
+from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
 from emodistill.data.faces import Box
 from emodistill.data.prepare import prepare
-from emodistill.errors import InputError
 
 N_BLANK_FIRST = 3  # background-only frames opening video "alpha": no face, no crop
 

@@ -17,10 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emodistill.checkpoints import load_arrays, read_json
 from emodistill.cli import main
-from emodistill.distillation import Run, RunConfig, train_run
-from emodistill.distributed import (
+from emodistill.core.checkpoints import load_arrays, read_json
+from emodistill.core.errors import InputError
+from emodistill.methods.distillation import Run, RunConfig, train_run
+from emodistill.methods.distributed import (
     MemberResources,
     attempts_path,
     import_ray,
@@ -29,8 +30,7 @@ from emodistill.distributed import (
     shared_path,
     train_run_ray,
 )
-from emodistill.errors import InputError
-from emodistill.training import TrainConfig
+from emodistill.methods.training import TrainConfig
 
 # lr_step 1 is what the command line derives for --epochs 1, so the CLI can resume these runs.
 TINY = TrainConfig(epochs=1, lr_step=1, batches_per_epoch=2, clip_length=8)

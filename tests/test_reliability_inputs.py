@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save as save_numpy_bytes
 
-from emodistill.checkpoints import load_arrays, load_weights, read_json, save_weights
+from emodistill.core.checkpoints import load_arrays, load_weights, read_json, save_weights
+from emodistill.core.errors import InputError
 from emodistill.data.affwild import read_annotation_file
 from emodistill.data.manifest import label_columns, read_manifest
 from emodistill.data.ood import read_idx
-from emodistill.errors import InputError
 from emodistill.tasks import TASKS
 
 # Bounded so that the whole file runs in seconds on two shared cores; a longer hunt for bugs:
@@ -369,7 +369,7 @@ def run_configs(draw) -> object:
 @example({"data": "data/synth", "train": {"bogus": 1}})
 @example([1, 2])
 def test_run_config_files_fuzzed(scratch: Path, config: object) -> None:
-    from emodistill.distillation import Run, RunConfig
+    from emodistill.methods.distillation import Run, RunConfig
 
     run = Run(scratch / "run")
     run.root.mkdir(exist_ok=True)

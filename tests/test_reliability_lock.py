@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from emodistill import runlock
 from emodistill.cli import main
-from emodistill.errors import InputError
-from emodistill.runlock import LOCK_NAME, run_lock, this_process
+from emodistill.core import runlock
+from emodistill.core.errors import InputError
+from emodistill.core.runlock import LOCK_NAME, run_lock, this_process
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from emodistill.runlock import run_lock
+    from emodistill.core.runlock import run_lock
     with run_lock(sys.argv[1], command="emodistill train --out RUN (test holder)"):
         print("locked", flush=True)
         time.sleep(120)
@@ -197,8 +197,8 @@ def test_racing_writers_on_a_stale_lock_get_one_winner(tmp_path: Path) -> None:
     write_lock(run, pid=dead_pid(), process_start=None)
     race = textwrap.dedent("""
         import sys, time
-        from emodistill.errors import InputError
-        from emodistill.runlock import run_lock
+        from emodistill.core.errors import InputError
+        from emodistill.core.runlock import run_lock
         time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
         try:
             with run_lock(sys.argv[1], log=lambda _: None):

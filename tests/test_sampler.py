@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emodistill.core.errors import InputError
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import ClipSampler, gather, sequential_clips
-from emodistill.errors import InputError
 from emodistill.tasks import TASKS
 
 

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 from scipy.special import expit
 
+from emodistill.core.errors import InputError
 from emodistill.data.preview import contact_sheet
 from emodistill.data.synth import SynthSummary, generate
 from emodistill.data.synth.affect import (
@@ -24,7 +25,6 @@ from emodistill.data.synth.affect import (
 )
 from emodistill.data.synth.audio import SAMPLE_RATE, mouth_opening, plan_speech
 from emodistill.data.synth.face import random_identity, render_face
-from emodistill.errors import InputError
 from emodistill.tasks import (
     AU,
     PAPER_AU_POSITIVE_RATE,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import entropy as scipy_entropy
 
+from emodistill.evaluation.uncertainty import decompose, decompose_binary, decompose_task, entropy, ood_score
 from emodistill.tasks import AU, EXPR, VA
-from emodistill.uncertainty import decompose, decompose_binary, decompose_task, entropy, ood_score
 
 rng = np.random.default_rng(0)
 

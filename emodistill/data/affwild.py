@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from emodistill.core.errors import InputError
 from emodistill.data import audio as audio_features
 from emodistill.data.cache import (
     Cached,
@@ -35,7 +36,6 @@ from emodistill.data.manifest import (
     raw_video_name,
     read_manifest,
 )
-from emodistill.errors import InputError
 from emodistill.tasks import TASKS, Task
 
 SPLIT_FOLDERS = {"train": ("Train_Set", "Training_Set"), "val": ("Validation_Set",)}

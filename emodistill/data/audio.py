@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 
 SAMPLE_RATE = 16000  # Hz, mono
 N_MELS = 64  # mel bands

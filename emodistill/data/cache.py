@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emodistill.atomic import atomic_write, reserve_space
+from emodistill.core.atomic import atomic_write, reserve_space
 
 CACHE_VERSION = 1  # bump when the layout or the decoding changes, to invalidate old caches
 CACHE_FOLDER = ".emodistill-cache"  # inside the data root, when it is writable

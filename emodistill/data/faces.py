@@ -12,7 +12,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 
 DETECTORS = ("dlib", "haar")
 # Per frame, dlib (as tuned below) found a face in 93.6% of the default simulator's 12,899 raw

@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emodistill.core.errors import InputError
 from emodistill.data.affwild import read_npz
 from emodistill.data.dataset import Split
-from emodistill.errors import InputError
 
 LANDMARKS_CSV = "landmarks.csv"
 IBUG_POINTS = 68  # iBUG/300-W: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67

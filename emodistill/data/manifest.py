@@ -37,7 +37,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 from emodistill.tasks import TASKS, Task
 
 SPLIT_NAMES = ("train", "val")

@@ -16,6 +16,7 @@ import av
 import cv2
 import numpy as np
 
+from emodistill.core.errors import InputError
 from emodistill.data.faces import (
     CROP_MARGIN,
     Box,
@@ -25,7 +26,6 @@ from emodistill.data.faces import (
     crop_face,
     make_detector,
 )
-from emodistill.errors import InputError
 
 # The first bytes of the image formats OpenCV decodes, so that a file is taken for an image by
 # what it holds (a WEBP or PNG saved under a .jpg name is common), never by its extension.

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 
 # Put there by Debian's dataset-fashion-mnist package (REFERENCE.md Sec. 6).
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from emodistill.core.errors import InputError
 from emodistill.data.faces import EyeLocator, make_detector
 from emodistill.data.media import (
     Box,
@@ -30,7 +31,6 @@ from emodistill.data.media import (
     probe_video,
     read_image,
 )
-from emodistill.errors import InputError
 
 CROPS = "cropped_aligned"  # out/cropped_aligned/<video>/{frame:05d}.jpg, as Aff-wild2
 RAW = Path("videos") / "batch1"  # out/videos/batch1/<video file>: audio and frame rate

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 from emodistill.tasks import TASKS, Task
 
 FRAMES_PER_VIDEO = 3  # frames of one person side by side, so changes in the face show

@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from emodistill.core.errors import InputError
 from emodistill.data.dataset import Split
-from emodistill.errors import InputError
 from emodistill.tasks import TASKS, task
 
 

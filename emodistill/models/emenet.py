@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 from emodistill.models.marblenet import MarbleNet
 from emodistill.models.mobilefacenet import MobileFaceNet
 from emodistill.tasks import TASKS

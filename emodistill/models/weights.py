@@ -11,7 +11,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 from emodistill.models.emenet import EMENet
 
 # The landmark model names its 15 bottlenecks by stage: a strided first block, then a

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from emodistill.core.errors import InputError
 from emodistill.data.synth.affect import (
     AffectConfig,
     label_truth,
@@ -41,7 +42,6 @@ from emodistill.data.synth.writer import (
     write_crop,
     write_truth,
 )
-from emodistill.errors import InputError
 from emodistill.tasks import AU, EXPR, PAPER_AU_POSITIVE_RATE, PAPER_EXPR_RATE, TASKS, Task
 
 DEFAULT_VIDEOS = 400  # subject videos (identities); with DEFAULT_FRAMES about 12,800 frames

@@ -15,8 +15,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
-from emodistill.atomic import disk_full_guard
-from emodistill.predict import OUTPUT_NAMES, FramePrediction
+from emodistill.core.atomic import disk_full_guard
+from emodistill.predict.predictor import OUTPUT_NAMES, FramePrediction
 from emodistill.tasks import TASKS, Task
 
 MAX_TIMELINES = 8  # timelines written for an input of many videos (a cropped_aligned folder)

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from emodistill.atomic import disk_full_guard
-from emodistill.errors import InputError
+from emodistill.core.atomic import disk_full_guard
+from emodistill.core.errors import InputError
 
 LOCK_NAME = ".lock"
 # The holder touches its lock this often, so a lock's age says whether its holder still runs.

@@ -18,15 +18,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from emodistill.checkpoints import read_json, save_weights, write_json
+from emodistill.core.checkpoints import read_json, save_weights, write_json
+from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
 from emodistill.data.landmarks import split_landmarks
-from emodistill.errors import InputError
-from emodistill.inference import frames_to_input
-from emodistill.losses import training_class_weights
+from emodistill.methods.losses import training_class_weights
+from emodistill.methods.training import TrainConfig, augment_clips, train_member
 from emodistill.models import PRESETS, build_model
+from emodistill.models.inference import frames_to_input
 from emodistill.models.weights import load_backbone_weights
-from emodistill.training import TrainConfig, augment_clips, train_member
 
 CALIBRATION_FRAMES = 2048  # training crops whose statistics become BatchNorm's at the end
 

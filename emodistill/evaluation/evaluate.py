@@ -12,19 +12,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emodistill.calibration import mc_dropout_probs, temperature_scaling_cv
-from emodistill.checkpoints import read_json
+from emodistill.core.checkpoints import read_json
+from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
 from emodistill.data.audio import silence
 from emodistill.data.dataset import Split
 from emodistill.data.ood import load_ood
-from emodistill.distillation import BACKBONE_FILE, Run, RunConfig, backbone_provenance, generation_name
-from emodistill.errors import InputError
-from emodistill.inference import activate, predict_images, predict_split
-from emodistill.metrics import ece, emotion_metrics, nll_binary, nll_categorical, reliability, rmse, roc_auc, roc_curve
+from emodistill.evaluation.calibration import mc_dropout_probs, temperature_scaling_cv
+from emodistill.evaluation.metrics import (
+    ece,
+    emotion_metrics,
+    nll_binary,
+    nll_categorical,
+    reliability,
+    rmse,
+    roc_auc,
+    roc_curve,
+)
+from emodistill.evaluation.uncertainty import decompose_task, ood_score
+from emodistill.methods.distillation import BACKBONE_FILE, Run, RunConfig, backbone_provenance, generation_name
 from emodistill.models import PRESETS
+from emodistill.models.inference import activate, predict_images, predict_split
 from emodistill.tasks import AU, EXPR, TASKS, VA, va_expectation
-from emodistill.uncertainty import decompose_task, ood_score
 
 Probs = dict[str, np.ndarray]  # task -> (N, n_logits) probabilities
 OOD_FALSE_ALARM = 0.05  # the stored OOD threshold flags 5% of in-domain validation frames

@@ -18,8 +18,8 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save_file as save_torch_file
 
-from emodistill.atomic import atomic_write
-from emodistill.errors import InputError
+from emodistill.core.atomic import atomic_write
+from emodistill.core.errors import InputError
 
 
 def write_json(path: Path, data: Any) -> None:

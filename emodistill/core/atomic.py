@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from emodistill.errors import DiskFullError
+from emodistill.core.errors import DiskFullError
 
 NO_SPACE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 # Writers in Rust or C++ (safetensors, pyarrow, the ONNX exporter) raise their own exception

@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from emodistill.checkpoints import atomic_write, read_json
+from emodistill.core.checkpoints import atomic_write, read_json
+from emodistill.core.errors import InputError
+from emodistill.core.runtime import resolve_device, tune_allocator
 from emodistill.data.affwild import read_crop
 from emodistill.data.audio import (
     HOP_SECONDS,
@@ -39,14 +41,12 @@ from emodistill.data.media import (
     read_image,
 )
 from emodistill.data.prepare import CROPS
-from emodistill.distillation import Run, generation_name
-from emodistill.errors import InputError
+from emodistill.evaluation.uncertainty import decompose_task, ood_score
 from emodistill.export import ONNX_DIR, OnnxMember, export_run, parse_generation
-from emodistill.inference import activate
+from emodistill.methods.distillation import Run, generation_name
 from emodistill.models import PRESETS
-from emodistill.runtime import resolve_device, tune_allocator
+from emodistill.models.inference import activate
 from emodistill.tasks import TASKS, VA_CENTRES, Task, va_expectation
-from emodistill.uncertainty import decompose_task, ood_score
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CROP_SUFFIXES = (".jpg", ".jpeg")  # Aff-wild2 and `prepare` write JPEG crops
@@ -824,7 +824,7 @@ def predict_command(
     print(f"{input}: {_count(frames, 'frame')}, {faces} with a face{found}, "
           f"{frames / max(seconds, 1e-9):.1f} frames/s with {predictor.name} -> {out}")
     if plot is not None:
-        from emodistill.predict_plots import write_plots
+        from emodistill.predict.plots import write_plots
 
         written = write_plots(read_table(out), picker.kept, plot, source.is_sequence,
                               predictor.ood_threshold, predictor.name, input.stem)

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emodistill.checkpoints import load_arrays, read_json, save_arrays, write_json
-from emodistill.distillation import (
+from emodistill.core.checkpoints import load_arrays, read_json, save_arrays, write_json
+from emodistill.core.errors import InputError
+from emodistill.core.runtime import tune_allocator
+from emodistill.methods.distillation import (
     Run,
     RunConfig,
     average_member_probs,
@@ -33,9 +35,7 @@ from emodistill.distillation import (
     summary_line,
     train_generation_member,
 )
-from emodistill.errors import InputError
-from emodistill.losses import ClassWeights
-from emodistill.runtime import tune_allocator
+from emodistill.methods.losses import ClassWeights
 
 ATTEMPTS_FOLDER = "ray"  # RUN/ray/<generation>-member-<m>.json: one entry per task attempt
 DEVICES = ("auto", "cpu", "cuda")

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emodistill.balancing import TaskBalancer
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import ClipSampler, gather
-from emodistill.inference import activate, audio_to_input, frames_to_input, predict_features, predict_split
-from emodistill.losses import ClassWeights, distillation_loss, supervision_loss
-from emodistill.metrics import emotion_metrics
+from emodistill.evaluation.metrics import emotion_metrics
+from emodistill.methods.balancing import TaskBalancer
+from emodistill.methods.losses import ClassWeights, distillation_loss, supervision_loss
+from emodistill.models.inference import activate, audio_to_input, frames_to_input, predict_features, predict_split
 from emodistill.tasks import TASKS
 
 

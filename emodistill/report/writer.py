@@ -13,10 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from emodistill.atomic import atomic_write, disk_full_guard
-from emodistill.checkpoints import read_json, write_json
-from emodistill.errors import InputError
-from emodistill.evaluation import SKILL_SCORES
+from emodistill.core.atomic import atomic_write, disk_full_guard
+from emodistill.core.checkpoints import read_json, write_json
+from emodistill.core.errors import InputError
+from emodistill.evaluation.evaluate import SKILL_SCORES
 from emodistill.tasks import AU, METRIC_NAMES
 
 SHORT = {"teacher": "Tea"}

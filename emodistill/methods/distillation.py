@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emodistill.checkpoints import (
+from emodistill.core.checkpoints import (
     load_arrays,
     load_weights,
     read_json,
@@ -22,17 +22,13 @@ from emodistill.checkpoints import (
     save_weights,
     write_json,
 )
+from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
 from emodistill.data.cache import content_hash
 from emodistill.data.dataset import Split
-from emodistill.errors import InputError
-from emodistill.inference import activate, encode_split, predict_features, predict_split
-from emodistill.losses import ClassWeights, training_class_weights
-from emodistill.models import PRESETS, build_model
-from emodistill.models.weights import load_backbone_weights
-from emodistill.pretraining import backbone_record_path
-from emodistill.tasks import TASKS
-from emodistill.training import (
+from emodistill.methods.losses import ClassWeights, training_class_weights
+from emodistill.methods.pretraining import backbone_record_path
+from emodistill.methods.training import (
     FrozenFeatures,
     TrainConfig,
     clip_shape,
@@ -40,6 +36,10 @@ from emodistill.training import (
     still_images,
     train_member,
 )
+from emodistill.models import PRESETS, build_model
+from emodistill.models.inference import activate, encode_split, predict_features, predict_split
+from emodistill.models.weights import load_backbone_weights
+from emodistill.tasks import TASKS
 
 RUN_FILE = "run.json"
 BACKBONE_FILE = "backbone.json"  # which backbone the run starts from, frozen or not, its pretraining

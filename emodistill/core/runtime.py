@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from emodistill.errors import InputError
+from emodistill.core.errors import InputError
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4

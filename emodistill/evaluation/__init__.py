@@ -1,0 +1,1 @@
+"""How members are judged: metrics, uncertainty, the baselines, and the evaluation of a run."""

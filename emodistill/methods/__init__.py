@@ -1,0 +1,1 @@
+"""How members are made: losses, task balancing, training, backbone pretraining, distillation and its backends."""
