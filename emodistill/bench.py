@@ -25,11 +25,13 @@ from skimage import data as skdata
 
 from emodistill.core.checkpoints import save_weights, write_json
 from emodistill.core.runtime import set_threads, tune_allocator
-from emodistill.export import ONNX_DIR, OnnxMember, export_run
-from emodistill.methods.distillation import Run, RunConfig, prepare_run
 from emodistill.methods.training import member_seed
 from emodistill.models import PRESETS, build_model, count_macs
-from emodistill.predict.predictor import Predictor, TorchMember, discover, write_csv
+from emodistill.predict.predictor import Predictor
+from emodistill.predict.sources import discover
+from emodistill.predict.tables import write_csv
+from emodistill.report.writer import markdown_table
+from emodistill.run import Run, RunConfig, export_run
 
 # Targets of the issue, for a 2-core CPU: frames/s.
 PIPELINE_TARGET = 30.0  # whole pipeline, a 5-member ensemble of the paper preset (real time)
@@ -270,7 +272,7 @@ def random_run(root: Path, preset: str, members: int, crops: np.ndarray) -> Run:
     """A run folder whose teacher members are randomly initialised (speed does not depend on
     training), with ONNX files exported beside them."""
     run = Run(root)
-    config = prepare_run(run, RunConfig(data="(none: random weights for the benchmark)",
+    config = run.prepare(RunConfig(data="(none: random weights for the benchmark)",
                                         preset=preset, members=members, generations=0))
     size = PRESETS[preset].input_size
     frames = crops_as_input(crops, size, 2, len(crops) // 2)
@@ -301,14 +303,6 @@ def timed_rounds(cases: dict[str, Callable[[], object]], repeats: int) -> dict[s
     return seconds
 
 
-def load_members(run: Run, backend: str, count: int, threads: int) -> list:
-    """The run's first `count` teacher members, each with a NumPy `forward_stateful`."""
-    if backend == "torch":
-        return [TorchMember(run.load_member(0, m), torch.device("cpu")) for m in range(count)]
-    folder = run.generation_dir(0) / ONNX_DIR
-    return [OnnxMember(folder / f"member-{m}.onnx", threads) for m in range(count)]
-
-
 def ensemble_pass(members: list, frames: np.ndarray, threads: int) -> Callable[[], object]:
     """One forward pass of every member on the clip `frames` (B, L, 3, S, S), from zero state.
 
@@ -336,10 +330,10 @@ def model_only(
     for preset, run in runs.items():
         config = PRESETS[preset]
         macs = count_macs(config)
-        torch_members = load_members(run, "torch", sizes.members, max(thread_counts))
+        torch_members = run.members(0, sizes.members, "torch")
         for threads in thread_counts:
             loaded = {"torch": torch_members,
-                      "onnx": load_members(run, "onnx", sizes.members, threads)}
+                      "onnx": run.members(0, sizes.members, "onnx", threads=threads)}
             ensembles = sorted({1, sizes.members}) if threads == max(thread_counts) else [1]
             for members in ensembles:
                 for B, L in sizes.clips:
@@ -445,7 +439,7 @@ def peak_after_forward(run_dir: str, backend: str | None, members: int, B: int, 
         run = Run(Path(run_dir))
         size = PRESETS[run.config().preset].input_size
         frames = np.random.default_rng(0).random((B, L, 3, size, size), np.float32)
-        ensemble_pass(load_members(run, backend, members, threads=1), frames, threads=1)()
+        ensemble_pass(run.members(0, members, backend, threads=1), frames, threads=1)()
     return peak_rss_mb()
 
 
@@ -486,12 +480,6 @@ def targets(results: dict, sizes: BenchSizes) -> dict:
     }
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def markdown(results: dict) -> str:
     """The README tables: model-only, whole pipeline, memory, targets."""
     machine = results["machine"]
@@ -522,14 +510,14 @@ def markdown(results: dict) -> str:
         f"peak (fp32) in G multiply-adds/s: {peaks}; the % columns divide the achieved "
         "multiply-adds/s by the peak of the same thread count. Model only, frames/s, median of "
         f"{results['settings']['repeats']} rounds:",
-        _table(["model", "threads", "members", "clip BxL", "PyTorch", "ONNX Runtime",
+        markdown_table(["model", "threads", "members", "clip BxL", "PyTorch", "ONNX Runtime",
                 "PyTorch % peak", "ONNX % peak"], model_rows),
         f"Whole pipeline on a {results['pipeline'][0]['frames']}-frame 640x480 video "
         "(decode, detect, crop, predict, write CSV), frames/s:",
-        _table(["stage", "members", "backend", "frames/s"], pipeline_rows),
+        markdown_table(["stage", "members", "backend", "frames/s"], pipeline_rows),
         f"Peak memory, {mem['preset']}, clip {mem['clip']} (MiB, fresh process per case):",
-        _table(["case", "peak RSS MiB"], memory_rows),
+        markdown_table(["case", "peak RSS MiB"], memory_rows),
         "Targets (frames/s):",
-        _table(["target", "wanted", "reached", "with", "met"], target_rows),
+        markdown_table(["target", "wanted", "reached", "with", "met"], target_rows),
     ]
     return "\n\n".join(parts) + "\n"

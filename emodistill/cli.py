@@ -52,18 +52,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace):
-    from emodistill.methods.distillation import RunConfig
-    from emodistill.methods.training import TrainConfig
     from emodistill.models import PRESETS
+    from emodistill.run import RunConfig, TrainConfig
 
     modality = args.modality or ("va" if PRESETS.get(args.preset) and PRESETS[args.preset].audio else "v")
-    audio_visual = modality == "va"
-    epochs = args.epochs or (15 if audio_visual else 10)
-    lr_step = args.lr_step or max(1, round(epochs * (4 / 15 if audio_visual else 3 / 10)))
-    train = TrainConfig(epochs=epochs, lr=args.lr, lr_step=lr_step, batches_per_epoch=args.batches_per_epoch,
-                        clip_length=args.clip_length, clips_per_task=args.clips_per_task,
-                        reweight=not args.no_reweight, balance=not args.no_balance,
-                        freeze_backbone=args.freeze_backbone)
+    train = TrainConfig.for_modality(
+        modality, args.epochs, args.lr_step, lr=args.lr, batches_per_epoch=args.batches_per_epoch,
+        clip_length=args.clip_length, clips_per_task=args.clips_per_task, reweight=not args.no_reweight,
+        balance=not args.no_balance, freeze_backbone=args.freeze_backbone)
     return RunConfig(data=str(args.data), preset=args.preset, modality=modality, members=args.members,
                      generations=args.generations, seed=args.seed,
                      backbone_weights=str(args.backbone_weights) if args.backbone_weights else None, train=train)
@@ -72,12 +68,12 @@ def _run_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from emodistill.core.runlock import run_lock
     from emodistill.core.runtime import resolve_device
-    from emodistill.methods.distillation import train_run
+    from emodistill.methods.backends.local import train_run
 
     config = _run_config(args)
     with run_lock(args.out):  # one writer per run folder; Ray members write under this lock
         if args.backend == "ray":
-            from emodistill.methods.distributed import train_run_ray
+            from emodistill.methods.backends.ray import train_run_ray
 
             # The driver may have no GPU while the workers do: each worker resolves the device.
             train_run_ray(args.out, config, address=args.address, gpus_per_member=args.gpus_per_member,
@@ -102,10 +98,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from emodistill.core.runtime import resolve_device
     from emodistill.evaluation.evaluate import evaluate_run
     from emodistill.report.writer import summary_table, write_report
+    from emodistill.run import Run
 
     report = evaluate_run(args.run, resolve_device(args.device), ood_dir=args.ood_dir, ood_limit=args.ood_limit,
                           mc_passes=args.mc_passes, seed=args.seed, progress=not args.quiet)
-    paths = write_report(report, args.run / "report")
+    paths = write_report(report, Run(args.run).report_dir)
     print(summary_table(report))
     print(f"report: {paths[1]} ({len(paths)} files in {paths[0].parent})")
     return 0
@@ -130,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from emodistill.predict.predictor import predict_command
+    from emodistill.predict.command import predict_command
 
     predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
                     backend=args.backend, device=args.device, progress=not args.quiet,
@@ -139,9 +136,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from emodistill.export import export_command
+    from emodistill.run import export_run
 
-    export_command(args.run, args.generation)
+    paths = export_run(args.run, args.generation)
+    for path in paths:
+        print(path)
+    print(f"exported {len(paths)} members to ONNX in {paths[0].parent}")
     return 0
 
 
@@ -165,23 +165,7 @@ def _add_detector(parser: argparse.ArgumentParser) -> None:
                         help=f"face detector (default {DEFAULT_DETECTOR}; Haar when dlib is not installed)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="emodistill",
-        description="Multitask facial emotion recognition with honest uncertainty "
-                    "(deep ensembles + iterative self-distillation).",
-    )
-    parser.add_argument("--version", action="version", version=f"emodistill {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.set_defaults(handler=handler)
-        return command
-
-    add("models", cmd_models, "list model presets: parameters, multiply-adds per frame, input size")
-
-    p = add("synth", cmd_synth, "simulate face videos with known label distributions, in the Aff-wild2 layout")
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--videos", type=int, default=None, help="number of videos (default: the demo's)")
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: the demo's)")
@@ -190,13 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action="store_true", help="also write preview.png, a contact sheet")
     _add_common(p)
 
-    p = add("show", cmd_show, "contact sheet PNG of crops and their labels from an Aff-wild2-layout folder")
+
+def _show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--output", "-o", type=Path, default=None, help="PNG path (default: DATA/preview.png)")
     p.add_argument("-n", type=int, default=24, help="number of frames")
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("prepare", cmd_prepare, "detect and crop the faces of videos and images into the Aff-wild2 layout")
+
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="videos, images, folders of them, or glob patterns ('faces/*.jpg')")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=int, default=112)
@@ -204,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector(p)
     _add_common(p)
 
-    p = add("train", cmd_train, "train a teacher ensemble and K generations of students")
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="Aff-wild2-layout folder (or prepare output)")
     p.add_argument("--out", type=Path, required=True, help="run folder; rerun the same command to resume")
     p.add_argument("--preset", default="emenet-v", help="model preset (see `emodistill models`)")
@@ -220,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reweight", action="store_true", help="plain BCE/CE (paper Table 1 ablation)")
     p.add_argument("--no-balance", action="store_true", help="fixed equal task weights (paper Table 5 ablation)")
     p.add_argument("--backbone-weights", type=Path, default=None,
-                   help="MobileFaceNet checkpoint (safetensors, or a pytorch_face_landmark state_dict)")
+               help="MobileFaceNet checkpoint (safetensors, or a pytorch_face_landmark state_dict)")
     p.add_argument("--freeze-backbone", action="store_true",
-                   help="keep the (pretrained) backbone fixed: features once per split, heads trained on them")
+               help="keep the (pretrained) backbone fixed: features once per split, heads trained on them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
@@ -231,9 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-retries", type=int, default=2, help="Ray: retries of a member whose worker died")
     _add_common(p, device=True)
 
-    p = add("pretrain", cmd_pretrain, "pretrain the MobileFaceNet backbone on face landmarks (paper Sec. 3.2)")
+
+def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True,
-                   help="simulator output (landmarks in truth/) or a folder with landmarks.csv (68 iBUG points)")
+               help="simulator output (landmarks in truth/) or a folder with landmarks.csv (68 iBUG points)")
     p.add_argument("--out", type=Path, required=True, help="backbone .safetensors (a .json record goes beside it)")
     p.add_argument("--preset", default="emenet-v", help="the preset whose backbone is trained")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1200)")
@@ -242,18 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_common(p, device=True)
 
-    p = add("evaluate", cmd_evaluate, "score every generation and write RUN/report/")
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from emodistill.data.ood import OOD_LIMIT
+
     p.add_argument("run", type=Path)
     p.add_argument("--ood-dir", type=Path, default=None, help="Fashion-MNIST IDX folder")
-    p.add_argument("--ood-limit", type=int, default=5000, help="OOD images (and as many validation frames)")
+    p.add_argument("--ood-limit", type=int, default=OOD_LIMIT, help="OOD images (and as many validation frames)")
     p.add_argument("--mc-passes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     _add_common(p, device=True)
 
-    p = add("compare", cmd_compare, "put several runs' reports side by side")
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", type=Path, nargs="+")
 
-    p = add("predict", cmd_predict, "per-frame emotions with uncertainty from a video, image or folder")
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="video, image, folder of images, or a cropped_aligned folder")
     p.add_argument("--model", type=Path, required=True, help="RUN or RUN/GENERATION (default: the last)")
     p.add_argument("--members", default="all", help="all, or the first N members of the ensemble")
@@ -263,18 +256,64 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector(p)
     _add_common(p, device=True)
 
-    p = add("export", cmd_export, "export each member of a run to ONNX")
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("--generation", default=None, help="teacher, studentK (default: the last finished)")
 
-    p = add("bench", cmd_bench, "measure speed and memory on this machine; writes benchmarks/results.json")
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
 
-    p = add("demo", cmd_demo, "simulate data, distil, evaluate and report (the main job)")
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-run"))
     p.add_argument("--quick", action="store_true", help="a tiny version in under 2 minutes")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p, device=True)
+
+# name, handler, one-line help, the arguments it takes (None: none)
+COMMANDS: tuple[tuple[str, Handler, str, Callable[[argparse.ArgumentParser], None] | None], ...] = (
+    ("models", cmd_models, "list model presets: parameters, multiply-adds per frame, input size",
+     None),
+    ("synth", cmd_synth, "simulate face videos with known label distributions, in the Aff-wild2 layout",
+     _synth_arguments),
+    ("show", cmd_show, "contact sheet PNG of crops and their labels from an Aff-wild2-layout folder",
+     _show_arguments),
+    ("prepare", cmd_prepare, "detect and crop the faces of videos and images into the Aff-wild2 layout",
+     _prepare_arguments),
+    ("train", cmd_train, "train a teacher ensemble and K generations of students",
+     _train_arguments),
+    ("pretrain", cmd_pretrain, "pretrain the MobileFaceNet backbone on face landmarks (paper Sec. 3.2)",
+     _pretrain_arguments),
+    ("evaluate", cmd_evaluate, "score every generation and write RUN/report/",
+     _evaluate_arguments),
+    ("compare", cmd_compare, "put several runs' reports side by side",
+     _compare_arguments),
+    ("predict", cmd_predict, "per-frame emotions with uncertainty from a video, image or folder",
+     _predict_arguments),
+    ("export", cmd_export, "export each member of a run to ONNX",
+     _export_arguments),
+    ("bench", cmd_bench, "measure speed and memory on this machine; writes benchmarks/results.json",
+     _bench_arguments),
+    ("demo", cmd_demo, "simulate data, distil, evaluate and report (the main job)",
+     _demo_arguments),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emodistill",
+        description="Multitask facial emotion recognition with honest uncertainty "
+                    "(deep ensembles + iterative self-distillation).",
+    )
+    parser.add_argument("--version", action="version", version=f"emodistill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, handler, help_text, arguments in COMMANDS:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        if arguments is not None:
+            arguments(command)
     return parser
 
 

@@ -17,10 +17,10 @@ import torch
 
 from emodistill.data.synth import generate
 from emodistill.evaluation.evaluate import evaluate_run
-from emodistill.methods.distillation import RunConfig, train_run
+from emodistill.methods.backends.local import train_run
 from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, finetune_backbone, pretrain_backbone
-from emodistill.methods.training import TrainConfig
 from emodistill.report.writer import summary_table, write_report
+from emodistill.run import RunConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def run_demo(
     run = train_run(out / "run", config, device, progress=progress, log=log)
     report = evaluate_run(run.root, device, ood_limit=plan.ood_limit, mc_passes=plan.mc_passes,
                           seed=seed, progress=progress, log=log)
-    report_dir = run.root / "report"
+    report_dir = run.report_dir
     write_report(report, report_dir)
     log("")
     log(summary_table(report))

@@ -23,8 +23,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained 2-member teacher ensemble of the tiny preset (seconds on 2 cores)."""
-    from emodistill.methods.distillation import RunConfig, train_run
-    from emodistill.methods.training import TrainConfig
+    from emodistill.methods.backends.local import train_run
+    from emodistill.run import RunConfig, TrainConfig
 
     root = tmp_path_factory.mktemp("tiny-run") / "run"
     config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=0,

@@ -8,11 +8,10 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from emodistill.evaluation.calibration import (
+from emodistill.evaluation.baselines.mc_dropout import enable_mc_dropout, mc_dropout_probs
+from emodistill.evaluation.baselines.temperature_scaling import (
     apply_temperatures,
-    enable_mc_dropout,
     fit_temperatures,
-    mc_dropout_probs,
     temperature_scaling_cv,
 )
 from emodistill.evaluation.metrics import nll_binary, nll_categorical

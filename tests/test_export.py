@@ -9,16 +9,11 @@ import onnx
 import pytest
 import torch
 
+from emodistill.cli import main
 from emodistill.core.errors import InputError
-from emodistill.export import (
-    OnnxMember,
-    export_command,
-    export_member,
-    export_run,
-    parse_generation,
-)
-from emodistill.methods.distillation import Run
 from emodistill.models import build_model
+from emodistill.models.onnx import OnnxMember, export_member
+from emodistill.run import Run, export_run, parse_generation
 from emodistill.tasks import TASKS
 
 TOLERANCE = 1e-4  # the bound on |ONNX - PyTorch|
@@ -109,7 +104,8 @@ def test_export_run_writes_every_member_of_the_last_generation(tiny_run: Path) -
 
 
 def test_export_command_prints_each_file(tiny_run: Path, tmp_path: Path, capsys) -> None:
-    paths = export_command(tiny_run, "teacher")
+    assert main(["export", str(tiny_run), "--generation", "teacher"]) == 0
+    paths = [tiny_run / "teacher" / "onnx" / f"member-{m}.onnx" for m in range(2)]
     printed = capsys.readouterr().out.splitlines()
     assert printed[:2] == [str(p) for p in paths]
     assert "exported 2 members" in printed[-1]
@@ -122,7 +118,7 @@ def test_export_refuses_folders_that_are_not_runs_and_missing_generations(
 ) -> None:
     with pytest.raises(InputError, match="is not an emodistill run"):
         export_run(tmp_path)
-    with pytest.raises(InputError, match="no finished student1 generation"):
+    with pytest.raises(InputError, match="student1 is not finished"):
         export_run(tiny_run, 1)
 
 

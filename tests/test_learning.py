@@ -18,11 +18,11 @@ from emodistill.data.landmarks import read_landmarks_csv, split_landmarks
 from emodistill.data.synth.face import LANDMARK_NAMES
 from emodistill.evaluation.evaluate import class_prior, evaluate_run, skill
 from emodistill.evaluation.metrics import nll_binary
-from emodistill.methods.distillation import Run, RunConfig, train_run
+from emodistill.methods.backends.local import train_run
 from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
-from emodistill.methods.training import TrainConfig
 from emodistill.models import build_model
 from emodistill.models.inference import encode_split, predict_features, predict_split
+from emodistill.run import Run, RunConfig, TrainConfig
 from emodistill.tasks import AU, EXPR, TASKS
 
 CPU = torch.device("cpu")

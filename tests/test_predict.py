@@ -19,8 +19,10 @@ from test_media import FPS, background, face_frame, write_video
 from emodistill.core.errors import InputError
 from emodistill.data.audio import log_mel_per_frame
 from emodistill.data.media import FaceTracker, iter_frames
-from emodistill.methods.distillation import Run
-from emodistill.predict.predictor import AudioTrack, Predictor, predict_command
+from emodistill.predict.command import predict_command
+from emodistill.predict.predictor import Predictor
+from emodistill.predict.sources import AudioTrack
+from emodistill.run import Run
 from emodistill.tasks import AU, EXPR, TASKS, VA_CENTRES
 
 SIZE = 32  # the tiny preset's input size

@@ -20,17 +20,16 @@ from safetensors.torch import load_file
 from emodistill.cli import main
 from emodistill.core.checkpoints import load_arrays, read_json
 from emodistill.core.errors import InputError
-from emodistill.methods.distillation import Run, RunConfig, train_run
-from emodistill.methods.distributed import (
+from emodistill.methods.backends.local import train_run
+from emodistill.methods.backends.ray import (
     MemberResources,
-    attempts_path,
     import_ray,
     member_resources,
     read_attempts,
     shared_path,
     train_run_ray,
 )
-from emodistill.methods.training import TrainConfig
+from emodistill.run import Run, RunConfig, TrainConfig
 
 # lr_step 1 is what the command line derives for --epochs 1, so the CLI can resume these runs.
 TINY = TrainConfig(epochs=1, lr_step=1, batches_per_epoch=2, clip_length=8)
@@ -64,7 +63,7 @@ class FirstAttemptKiller(threading.Thread):
 
     def __init__(self, run: Run, generation: int, member: int):
         super().__init__(daemon=True)
-        self.log_path = attempts_path(run, generation, member)
+        self.log_path = run.attempts_path(generation, member)
         self.finished = lambda: run.is_complete(generation, member)
         self.stop = threading.Event()
         self.killed_pid: int | None = None
@@ -174,7 +173,9 @@ def test_rerun_from_the_command_line_trains_only_the_missing_member(runs, tmp_pa
 @pytest.mark.ray
 def test_an_error_inside_a_member_is_reported_once_and_not_retried(ray_cluster, tiny_data: Path,
                                                                    tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-backbone.safetensors"
+    # The driver checks that the file exists; what is inside is read by the member.
+    missing = tmp_path / "not-a-backbone.safetensors"
+    missing.write_bytes(b"not a checkpoint")
     config = tiny_config(tiny_data, members=1, generations=0, backbone_weights=str(missing))
     with pytest.raises(InputError) as error:
         train_run_ray(tmp_path / "run", config, cpus_per_member=1, max_retries=2, progress=False,

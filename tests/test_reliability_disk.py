@@ -21,7 +21,8 @@ from emodistill.core.atomic import atomic_write, disk_full_guard, disk_full_sent
 from emodistill.core.checkpoints import load_arrays, load_weights, read_json, save_arrays, save_weights, write_json
 from emodistill.core.errors import DiskFullError
 from emodistill.data.cache import cached_array
-from emodistill.predict.predictor import FramePrediction, read_table, write_csv, write_parquet
+from emodistill.predict.columns import FramePrediction
+from emodistill.predict.tables import read_table, write_csv, write_parquet
 
 DISK_BYTES = 2 << 20
 

@@ -369,7 +369,7 @@ def run_configs(draw) -> object:
 @example({"data": "data/synth", "train": {"bogus": 1}})
 @example([1, 2])
 def test_run_config_files_fuzzed(scratch: Path, config: object) -> None:
-    from emodistill.methods.distillation import Run, RunConfig
+    from emodistill.run import Run, RunConfig
 
     run = Run(scratch / "run")
     run.root.mkdir(exist_ok=True)

@@ -103,3 +103,12 @@ def test_bad_run_folder_is_one_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "is not an emodistill run" in err and err.count("\n") == 1
+
+
+def test_missing_backbone_file_is_refused_before_any_work(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no-such-backbone.safetensors"
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                 "--backbone-weights", str(missing), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--backbone-weights {missing}: no such file" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -228,9 +228,7 @@ def _label_arrays(
     n = len(rows.frame_index)
     labels, masks = {}, {}
     for task in TASKS:
-        width = len(label_columns(task))
-        categorical = task.kind == "categorical"
-        values = np.zeros(n if categorical else (n, width), np.int64 if categorical else np.float32)
+        values = task.empty_labels(n)  # the `Split` format: EXPR (n,) int64, others (n, columns)
         mask = np.zeros(n, dtype=bool)
         for (start, stop), name in zip(rows.ranges(), rows.video_names, strict=True):
             task_labels = label_set.videos[name].get(task.name)
@@ -241,7 +239,7 @@ def _label_arrays(
             # Valid labels of frames that have a crop; all other rows stay zero and masked.
             keep = (frames[at] == task_labels.frame_index) & task_labels.valid
             given = task_labels.values[keep]  # (k, columns)
-            values[start + at[keep]] = given[:, 0] if categorical else given
+            values[start + at[keep]] = task.labels_from_columns(given)
             mask[start + at[keep]] = True
         labels[task.name], masks[task.name] = values, mask
     return labels, masks

@@ -66,8 +66,8 @@ class LabelSet:
 
 
 def label_columns(task: Task) -> tuple[str, ...]:
-    """Column names of one task: AU names, `expr`, or `valence`, `arousal`."""
-    return (task.name.lower(),) if task.kind == "categorical" else task.names
+    """Column names of one task: AU names, `expr`, or `valence`, `arousal` (the kind's rule)."""
+    return task.label_columns()
 
 
 def raw_video_name(video: str) -> str:
@@ -85,20 +85,8 @@ def hash_split(video: str) -> str:
 
 
 def _expected(task: Task) -> str:
-    marker = f"{task.invalid:g} = no label"
-    if task.kind == "binary":
-        return f"0 or 1 ({marker})"
-    if task.kind == "categorical":
-        return f"an integer 0..{task.n_classes - 1} ({marker})"
-    return f"a number in [-1, 1] ({marker})"
-
-
-def _allowed(task: Task, values: np.ndarray) -> np.ndarray:
-    if task.kind == "binary":
-        return (values == 0) | (values == 1)
-    if task.kind == "categorical":
-        return (values == np.round(values)) & (values >= 0) & (values < task.n_classes)
-    return (values >= -1) & (values <= 1)
+    """What a cell of the task may hold, for error messages."""
+    return f"{task.label_rule()} ({task.invalid:g} = no label)"
 
 
 def parse_cells(
@@ -124,7 +112,7 @@ def parse_cells(
                 ) from None
         raise
     marker = values == task.invalid
-    bad = np.argwhere(~(_allowed(task, values) | marker))
+    bad = np.argwhere(~(task.allowed_labels(values) | marker))
     if bad.size:
         row, col = bad[0]
         raise InputError(
@@ -224,6 +212,105 @@ def _from_image_column(
     return [*header, "video", "frame"], added, lines[keep], notes
 
 
+def _split_column(
+    path: Path, col: dict[str, int], cells: np.ndarray, videos: np.ndarray, lines: np.ndarray,
+    notes: list[str],
+) -> np.ndarray:
+    """The split of each row: the `split` column, checked, or else a stable hash of the video
+    (which `notes` then mentions)."""
+    if "split" in col:
+        splits = np.char.lower(cells[:, col["split"]])
+        bad = np.flatnonzero(~np.isin(splits, SPLIT_NAMES))
+        if bad.size:
+            raise InputError(
+                f"{path}:{lines[bad[0]]}: split {str(cells[bad[0], col['split']])!r} is not "
+                "train or val"
+            )
+        return splits
+    split_of = {name: hash_split(name) for name in np.unique(videos)}
+    notes.append(
+        f"{path} has no split column: videos were split {HASH_TRAIN_PERCENT}/"
+        f"{100 - HASH_TRAIN_PERCENT} into train/val by a stable hash of their name"
+    )
+    return np.array([split_of[name] for name in videos])
+
+
+def _check_order(
+    path: Path, order: np.ndarray, videos: np.ndarray, frames: np.ndarray, splits: np.ndarray,
+    lines: np.ndarray,
+) -> None:
+    """InputError for a frame listed twice, or a video with rows in both splits; `order` sorts
+    the rows by video, then frame."""
+    by_video, by_frame, by_split = videos[order], frames[order], splits[order]
+    same_video = by_video[1:] == by_video[:-1]
+    repeated = same_video & (by_frame[1:] == by_frame[:-1])
+    if repeated.any():
+        row = order[1:][repeated].min()  # the later line of the first repeat
+        raise InputError(
+            f"{path}:{lines[row]}: frame {frames[row]} of video {str(videos[row])!r} is "
+            "listed twice"
+        )
+    two_splits = same_video & (by_split[1:] != by_split[:-1])
+    if two_splits.any():
+        row = order[1:][two_splits].min()
+        raise InputError(
+            f"{path}:{lines[row]}: video {str(videos[row])!r} has rows in both train and val; "
+            "a video belongs to one split"
+        )
+
+
+def _task_rows(
+    path: Path, col: dict[str, int], cells: np.ndarray, lines: np.ndarray, order: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Task name -> (present, values, valid) per row, in `order`.
+
+    Parsed in file order, so an error names the first bad line; then reordered like the rows.
+    """
+    task_rows = {}
+    for task in TASKS:
+        task_cells = cells[:, [col[c.lower()] for c in label_columns(task)]]  # (n, columns)
+        filled = (task_cells != "").sum(axis=1)
+        mixed = np.flatnonzero((filled > 0) & (filled < task_cells.shape[1]))
+        if mixed.size:
+            row = mixed[0]
+            raise InputError(
+                f"{path}:{lines[row]}: the {task.name} columns must be all filled or all empty, "
+                f"got {filled[row]} of {task_cells.shape[1]} filled"
+            )
+        present = filled > 0
+        values = np.zeros(task_cells.shape, dtype=np.float64)
+        valid = np.zeros(len(cells), dtype=bool)
+        values[present], valid[present] = parse_cells(
+            task, task_cells[present], str(path), lines[present]
+        )
+        task_rows[task.name] = (present[order], values[order], valid[order])
+    return task_rows
+
+
+def _videos_of_split(
+    split: str, by_video: np.ndarray, by_frame: np.ndarray, by_split: np.ndarray,
+    task_rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[dict[str, dict[str, TaskLabels]], dict[str, np.ndarray]]:
+    """Rows sorted by video -> (video -> task -> labels, video -> listed frames) of `split`."""
+    starts = np.flatnonzero(np.concatenate([[True], by_video[1:] != by_video[:-1]]))
+    stops = np.append(starts[1:], len(by_video))
+    if not len(by_video):  # a manifest of a header alone: no video starts at row 0
+        starts = stops = starts[:0]
+    chosen: dict[str, dict[str, TaskLabels]] = {}
+    listed: dict[str, np.ndarray] = {}
+    for start, stop in zip(starts, stops, strict=True):
+        if by_split[start] != split:
+            continue
+        listed[str(by_video[start])] = by_frame[start:stop] - 1
+        labels = chosen.setdefault(str(by_video[start]), {})
+        for name, (present, values, valid) in task_rows.items():
+            keep = np.flatnonzero(present[start:stop]) + start
+            if keep.size:
+                labels[name] = TaskLabels(frame_index=by_frame[keep] - 1, values=values[keep],
+                                          valid=valid[keep])
+    return chosen, listed
+
+
 def read_manifest(path: Path, split: str) -> LabelSet:
     """The rows of `split` in a CSV manifest (format in this module's docstring)."""
     if not path.is_file():
@@ -245,74 +332,9 @@ def read_manifest(path: Path, split: str) -> LabelSet:
     if empty.size:
         raise InputError(f"{path}:{lines[empty[0]]}: the video name is empty")
     frames = _frame_numbers(cells[:, col["frame"]], path, lines)
-    if "split" in col:
-        splits = np.char.lower(cells[:, col["split"]])
-        bad = np.flatnonzero(~np.isin(splits, SPLIT_NAMES))
-        if bad.size:
-            raise InputError(
-                f"{path}:{lines[bad[0]]}: split {str(cells[bad[0], col['split']])!r} is not "
-                "train or val"
-            )
-    else:
-        split_of = {name: hash_split(name) for name in np.unique(videos)}
-        splits = np.array([split_of[name] for name in videos])
-        notes.append(
-            f"{path} has no split column: videos were split {HASH_TRAIN_PERCENT}/"
-            f"{100 - HASH_TRAIN_PERCENT} into train/val by a stable hash of their name"
-        )
-
+    splits = _split_column(path, col, cells, videos, lines, notes)
     order = np.lexsort((frames, videos))  # by video, then frame; stable, so file order in ties
-    by_video, by_frame, by_split = videos[order], frames[order], splits[order]
-    same_video = by_video[1:] == by_video[:-1]
-    repeated = same_video & (by_frame[1:] == by_frame[:-1])
-    if repeated.any():
-        row = order[1:][repeated].min()  # the later line of the first repeat
-        raise InputError(
-            f"{path}:{lines[row]}: frame {frames[row]} of video {str(videos[row])!r} is "
-            "listed twice"
-        )
-    two_splits = same_video & (by_split[1:] != by_split[:-1])
-    if two_splits.any():
-        row = order[1:][two_splits].min()
-        raise InputError(
-            f"{path}:{lines[row]}: video {str(videos[row])!r} has rows in both train and val; "
-            "a video belongs to one split"
-        )
-
-    # Parse in file order, so an error names the first bad line; then reorder like the rows.
-    task_rows = {}
-    for task in TASKS:
-        task_cells = cells[:, [col[c.lower()] for c in label_columns(task)]]  # (n, columns)
-        filled = (task_cells != "").sum(axis=1)
-        mixed = np.flatnonzero((filled > 0) & (filled < task_cells.shape[1]))
-        if mixed.size:
-            row = mixed[0]
-            raise InputError(
-                f"{path}:{lines[row]}: the {task.name} columns must be all filled or all empty, "
-                f"got {filled[row]} of {task_cells.shape[1]} filled"
-            )
-        present = filled > 0
-        values = np.zeros(task_cells.shape, dtype=np.float64)
-        valid = np.zeros(len(cells), dtype=bool)
-        values[present], valid[present] = parse_cells(
-            task, task_cells[present], str(path), lines[present]
-        )
-        task_rows[task.name] = (present[order], values[order], valid[order])
-
-    starts = np.flatnonzero(np.concatenate([[True], by_video[1:] != by_video[:-1]]))
-    stops = np.append(starts[1:], len(by_video))
-    if not len(by_video):  # a manifest of a header alone: no video starts at row 0
-        starts = stops = starts[:0]
-    chosen: dict[str, dict[str, TaskLabels]] = {}
-    listed: dict[str, np.ndarray] = {}
-    for start, stop in zip(starts, stops, strict=True):
-        if by_split[start] != split:
-            continue
-        listed[str(by_video[start])] = by_frame[start:stop] - 1
-        labels = chosen.setdefault(str(by_video[start]), {})
-        for name, (present, values, valid) in task_rows.items():
-            keep = np.flatnonzero(present[start:stop]) + start
-            if keep.size:
-                labels[name] = TaskLabels(frame_index=by_frame[keep] - 1, values=values[keep],
-                                          valid=valid[keep])
+    _check_order(path, order, videos, frames, splits, lines)
+    task_rows = _task_rows(path, col, cells, lines, order)
+    chosen, listed = _videos_of_split(split, videos[order], frames[order], splits[order], task_rows)
     return LabelSet(videos=chosen, frames=listed, files=[path], source=str(path), notes=notes)

@@ -18,6 +18,7 @@ from emodistill.core.errors import InputError
 
 # Put there by Debian's dataset-fashion-mnist package (REFERENCE.md Sec. 6).
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+OOD_LIMIT = 5000  # OOD images scored by default (and as many validation frames)
 FASHION_MNIST_TRAIN = "train-images-idx3-ubyte"  # read as .gz, or uncompressed
 
 # IDX type codes (third byte of the magic number) -> big-endian NumPy dtypes.

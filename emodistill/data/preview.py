@@ -26,18 +26,12 @@ def _caption(task: Task, line: str, path: Path, number: int) -> str:
         values = [float(v) for v in line.split(",")]
     except ValueError:
         raise InputError(f"{path} line {number}: expected comma-separated numbers, got {line!r}") from None
-    expected = 1 if task.kind == "categorical" else len(task.names)  # EXPR: one class index
+    expected = len(task.label_columns())  # EXPR: one class index
     if len(values) != expected:
         raise InputError(f"{path} line {number}: expected {expected} {task.name} values, got {len(values)}")
     if any(v == task.invalid for v in values):
         return f"{task.name} invalid"
-    if task.kind == "binary":
-        present = [name for name, v in zip(task.names, values, strict=True) if v > 0.5]
-        return " ".join(present) if present else "no AU"
-    if task.kind == "categorical":
-        known = 0 <= values[0] < task.n_classes
-        return task.names[int(values[0])] if known else f"{task.name} {values[0]:g}?"
-    return "  ".join(f"{name[0].upper()} {v:+.2f}" for name, v in zip(task.names, values, strict=True))
+    return task.caption(values)
 
 
 def _annotations(root: Path) -> dict[str, dict[str, tuple[Path, list[str]]]]:

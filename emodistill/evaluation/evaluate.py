@@ -1,6 +1,7 @@
 """Scoring a run generation by generation: emotion metrics, in-domain uncertainty, OOD detection.
 
-Baselines (temperature scaling, MC dropout) are applied to the teacher members; on simulator
+Every baseline of `evaluation.baselines` (temperature scaling, MC dropout) is scored on the
+teacher members; on simulator
 data the Bayes-optimal predictor from `truth/` is scored the same way (Tables 1, 3, 4; Fig. 4-5).
 """
 
@@ -17,67 +18,23 @@ from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
 from emodistill.data.audio import silence
 from emodistill.data.dataset import Split
-from emodistill.data.ood import load_ood
-from emodistill.evaluation.calibration import mc_dropout_probs, temperature_scaling_cv
-from emodistill.evaluation.metrics import (
-    ece,
-    emotion_metrics,
-    nll_binary,
-    nll_categorical,
-    reliability,
-    rmse,
-    roc_auc,
-    roc_curve,
-)
+from emodistill.data.ood import OOD_LIMIT, load_ood
+from emodistill.evaluation.baselines import Teachers, baselines
+from emodistill.evaluation.metrics import emotion_metrics, reliability, roc_auc, roc_curve
+from emodistill.evaluation.scores import Probs, mean_scores, uncertainty_scores
 from emodistill.evaluation.uncertainty import decompose_task, ood_score
-from emodistill.methods.distillation import BACKBONE_FILE, Run, RunConfig, backbone_provenance, generation_name
+from emodistill.methods.distillation import backbone_provenance
 from emodistill.models import PRESETS
-from emodistill.models.inference import activate, predict_images, predict_split
-from emodistill.tasks import AU, EXPR, TASKS, VA, va_expectation
+from emodistill.models.inference import activate, ensemble_mean, predict_images, predict_split
+from emodistill.run import Run, RunConfig, generation_name
+from emodistill.tasks import TASKS
 
-Probs = dict[str, np.ndarray]  # task -> (N, n_logits) probabilities
 OOD_FALSE_ALARM = 0.05  # the stored OOD threshold flags 5% of in-domain validation frames
-# The lower-is-better score of each task that skill is measured on: (group, key) in a score dict.
-SKILL_SCORES = {"AU": ("nll", "AU_mean"), "EXPR": ("nll", "EXPR"), "valence": ("rmse", "valence"),
-                "arousal": ("rmse", "arousal")}
-
-
-def uncertainty_scores(split: Split, probs: Probs) -> dict:
-    """In-domain uncertainty of one predictor: NLL per AU and EXPR, RMSE of V/A, ECE (Tables 3-4)."""
-    scores: dict = {"nll": {}, "rmse": {}, "ece": {}}
-    au = split.masks.get("AU")
-    if au is not None and au.any() and "AU" in probs:
-        y, p = split.labels["AU"][au].astype(int), probs["AU"][au]
-        per_au = nll_binary(y, p, per_column=True)
-        scores["nll"]["AU"] = [float(v) for v in per_au]
-        scores["nll"]["AU_mean"] = float(np.mean(per_au))
-        scores["ece"]["AU"] = ece(y, p)
-    expr = split.masks.get("EXPR")
-    if expr is not None and expr.any() and "EXPR" in probs:
-        y, p = split.labels["EXPR"][expr], probs["EXPR"][expr]
-        scores["nll"]["EXPR"] = nll_categorical(y, p)
-        scores["ece"]["EXPR"] = ece(y, p)
-    va = split.masks.get("VA")
-    if va is not None and va.any() and "VA" in probs:
-        predicted = va_expectation(probs["VA"][va])
-        for d, name in enumerate(VA.names):
-            scores["rmse"][name] = rmse(split.labels["VA"][va][:, d], predicted[:, d])
-    return scores
-
-
-def mean_scores(all_scores: list[dict]) -> dict:
-    """Average nested score dicts (lists element-wise) over members."""
-    first = all_scores[0]
-    if isinstance(first, dict):
-        return {k: mean_scores([s[k] for s in all_scores]) for k in first}
-    if isinstance(first, list):
-        return [float(v) for v in np.mean(np.asarray(all_scores, dtype=float), axis=0)]
-    return float(np.mean(all_scores))
-
-
-def ensemble_mean(member_probs: list[Probs]) -> Probs:
-    """The ensemble's prediction: the members' probabilities averaged (Sec. 3.1, F_T)."""
-    return {t: np.mean([p[t] for p in member_probs], axis=0) for t in member_probs[0]}
+# The lower-is-better score of each task that skill is measured on: (group, key) in a score dict;
+# {"AU": ("nll", "AU_mean"), "EXPR": ("nll", "EXPR"), "valence": ("rmse", "valence"), ...}.
+SKILL_SCORES: dict[str, tuple[str, str]] = {
+    metric: score for task in TASKS for metric, score in task.skill_scores().items()
+}
 
 
 def emotion_summary(split: Split, member_probs: list[Probs], ensemble: Probs) -> dict:
@@ -114,13 +71,13 @@ def aleatoric_vs_truth(split: Split, member_probs: list[Probs]) -> dict[str, flo
 def reliability_data(split: Split, member_probs: list[Probs]) -> dict:
     """Reliability diagram bins of the pooled single members, for AU and EXPR."""
     out = {}
-    for task in (AU, EXPR):
+    for task in TASKS:
         mask = split.masks.get(task.name)
         if mask is None or not mask.any() or task.name not in member_probs[0]:
             continue
-        y = split.labels[task.name][mask]
-        if task is AU:
-            y = y.astype(int)
+        y = task.reliability_labels(split.labels[task.name][mask])
+        if y is None:  # VA: no classes to be confident about
+            continue
         pooled_y = np.concatenate([y] * len(member_probs))
         pooled_p = np.concatenate([p[task.name][mask] for p in member_probs])
         confidence, accuracy, count = reliability(pooled_y, pooled_p)
@@ -198,35 +155,6 @@ def evaluate_generation(
     return entry, member_logits
 
 
-def baselines(
-    teachers: list[torch.nn.Module],
-    teacher_logits: list[dict[str, np.ndarray]],
-    val: Split,
-    device: torch.device,
-    config: RunConfig,
-    tasks: tuple[str, ...],
-    mc_passes: int,
-    seed: int,
-) -> dict:
-    """Temperature scaling (test-time cross-validation) and MC dropout on the teacher members."""
-    use_audio = config.modality == "va"
-    ts = [temperature_scaling_cv(logits, val.labels, val.masks, seed=seed) for logits in teacher_logits]
-    mc = []
-    for model in teachers:
-        def forward(frames: torch.Tensor, audio: torch.Tensor | None, model: torch.nn.Module = model) -> dict:
-            return mc_dropout_probs(model, frames, audio, passes=mc_passes, seed=seed)
-
-        mc.append(predict_split(forward, val, device, config.train.clip_length, config.train.eval_batch_clips,
-                                use_audio))
-    ts_scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in tasks if t in p}) for p in ts])
-    mc_scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in tasks}) for p in mc])
-    return {
-        "temperature_scaling": {"nll": ts_scores["nll"], "ece": ts_scores["ece"]},
-        "mc_dropout": {"nll": mc_scores["nll"], "rmse": mc_scores["rmse"], "ece": mc_scores["ece"],
-                       "passes": mc_passes},
-    }
-
-
 def class_prior(train: Split, n: int, tasks: tuple[str, ...]) -> Probs:
     """What a model that learned nothing predicts: the training labels' frequencies, every frame."""
     prior = {}
@@ -282,7 +210,7 @@ def evaluate_run(
     root: Path,
     device: torch.device,
     ood_dir: Path | None = None,
-    ood_limit: int = 2000,
+    ood_limit: int = OOD_LIMIT,
     mc_passes: int = 10,
     seed: int = 0,
     progress: bool = True,
@@ -305,7 +233,7 @@ def evaluate_run(
         f"against {len(probe.in_images)} validation frames")
     report: dict = {"run": str(run.root), "preset": config.preset, "modality": config.modality,
                     "members": config.members, "tasks": list(tasks), "ood_set": probe.name,
-                    "backbone": read_json(run.root / BACKBONE_FILE) if (run.root / BACKBONE_FILE).exists()
+                    "backbone": read_json(run.backbone_path) if run.backbone_path.exists()
                     else backbone_provenance(config),
                     "prior": scored_predictor(val, class_prior(train, len(val), tasks)),
                     "generations": []}
@@ -316,7 +244,8 @@ def evaluate_run(
         log(f"{entry['name']}: ensemble total {entry['ensemble'].get('total', float('nan')):.3f}, "
             f"single {entry['single_mean'].get('total', float('nan')):.3f}, OOD AUC {entry['ood_auc']:.3f}")
         if generation == 0:
-            report["baselines"] = baselines(models, member_logits, val, device, config, tasks, mc_passes, seed)
+            teachers = Teachers(models, member_logits, val, device, config, tasks, mc_passes, seed)
+            report["baselines"] = {b.NAME: b.score(teachers) for b in baselines()}
     if val.truth is not None:
         report["oracle"] = oracle(val)
     add_skill(report)

@@ -7,8 +7,7 @@ a JSON record (written last), so rerunning the same command continues where it s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,157 +15,61 @@ import torch
 
 from emodistill.core.checkpoints import (
     load_arrays,
-    load_weights,
     read_json,
     save_arrays,
     save_weights,
     write_json,
 )
-from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
 from emodistill.data.cache import content_hash
 from emodistill.data.dataset import Split
+from emodistill.methods.backends import Backend
 from emodistill.methods.losses import ClassWeights, training_class_weights
 from emodistill.methods.pretraining import backbone_record_path
 from emodistill.methods.training import (
     FrozenFeatures,
-    TrainConfig,
     clip_shape,
     member_seed,
     still_images,
     train_member,
 )
 from emodistill.models import PRESETS, build_model
-from emodistill.models.inference import activate, encode_split, predict_features, predict_split
+from emodistill.models.inference import activate, encode_split, ensemble_mean, predict_features, predict_split
 from emodistill.models.weights import load_backbone_weights
+from emodistill.run import Run, RunConfig, generation_name
 from emodistill.tasks import TASKS
 
-RUN_FILE = "run.json"
-BACKBONE_FILE = "backbone.json"  # which backbone the run starts from, frozen or not, its pretraining
-SOFT_LABELS_FILE = "soft_labels.safetensors"
-# Fields a user may change when rerunning an existing run: they extend it, never redo it.
-EXTENDABLE = ("generations",)
+
+def start_run(
+    run: Run, config: RunConfig, progress: bool = True, log: Callable[[str], None] = print
+) -> tuple[Split, Split, ClassWeights]:
+    """What every backend does first: write or check run.json, read both splits, store the
+    class weights and the backbone's provenance."""
+    run.prepare(config)
+    train, val = load_data(config, progress, log)
+    class_weights = run_class_weights(run, config, train)
+    write_json(run.backbone_path, backbone_provenance(config))
+    return train, val, class_weights
 
 
-@dataclass
-class RunConfig:
-    """Everything that determines a run's members; stored in RUN/run.json."""
-
-    data: str  # data folder: Aff-wild2 layout, simulator output, or `prepare` output + labels.csv
-    preset: str = "emenet-v"  # model preset (see `emodistill models`)
-    modality: str = "v"  # "v": faces only; "va": faces and audio
-    members: int = 5  # T, models per ensemble
-    generations: int = 3  # K, student generations after the teacher
-    seed: int = 0  # run seed; each member's seed derives from (seed, generation, member)
-    backbone_weights: str | None = None  # optional pretrained MobileFaceNet checkpoint
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def check(self) -> None:
-        """Refuse values that cannot make a run, in one sentence."""
-        if self.preset not in PRESETS:
-            raise InputError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.modality not in ("v", "va"):
-            raise InputError(f"--modality must be v or va, got {self.modality!r}")
-        for name, value in (("--members", self.members), ("--epochs", self.train.epochs)):
-            if value < 1:
-                raise InputError(f"{name} must be at least 1, got {value}")
-        if self.generations < 0:
-            raise InputError(f"--generations must be 0 or more, got {self.generations}")
-        if self.train.freeze_backbone and self.modality == "va":
-            raise InputError("--freeze-backbone is for visual models only (--modality v); "
-                             "the audio encoder has no pretraining to keep")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RunConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["train"] = TrainConfig(**data.get("train", {}))
-        return cls(**values)
-
-
-def generation_name(generation: int) -> str:
-    """0 -> "teacher", k -> "student{k}" (the paper's Tea, Stu1, Stu2, ...)."""
-    return "teacher" if generation == 0 else f"student{generation}"
-
-
-class Run:
-    """The files of one run folder."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / RUN_FILE
-
-    def exists(self) -> bool:
-        return self.config_path.exists()
-
-    def config(self) -> RunConfig:
-        if not self.exists():
-            raise InputError(f"{self.root} is not an emodistill run (no {RUN_FILE}); train one first")
-        stored = read_json(self.config_path)
-        try:
-            return RunConfig.from_dict(stored)
-        except (TypeError, AttributeError) as error:  # not an object, or unknown or missing fields
-            raise InputError(f"{self.config_path} is not a run config this version can read ({error})") from None
-
-    def generation_dir(self, generation: int) -> Path:
-        return self.root / generation_name(generation)
-
-    def weights_path(self, generation: int, member: int) -> Path:
-        return self.generation_dir(generation) / f"member-{member}.safetensors"
-
-    def record_path(self, generation: int, member: int) -> Path:
-        return self.generation_dir(generation) / f"member-{member}.json"
-
-    def is_complete(self, generation: int, member: int) -> bool:
-        """A member is finished when its record (written after its weights) exists."""
-        return self.record_path(generation, member).exists() and self.weights_path(generation, member).exists()
-
-    def finished_generations(self) -> list[int]:
-        """Generations whose members are all finished, in order."""
-        config = self.config()
-        done = []
-        for generation in range(config.generations + 1):
-            if all(self.is_complete(generation, m) for m in range(config.members)):
-                done.append(generation)
-        return done
-
-    def load_member(self, generation: int, member: int, device: torch.device | None = None) -> torch.nn.Module:
-        """One finished member as an eval-mode model."""
-        config = self.config()
-        if not self.is_complete(generation, member):
-            raise InputError(f"{self.weights_path(generation, member)} is not a finished member")
-        model = build_model(config.preset, config.modality)
-        load_weights(self.weights_path(generation, member), model)
-        return model.to(device or torch.device("cpu")).eval()
-
-    def load_ensemble(self, generation: int, device: torch.device | None = None) -> list[torch.nn.Module]:
-        return [self.load_member(generation, m, device) for m in range(self.config().members)]
-
-    def soft_labels_path(self, generation: int) -> Path:
-        """Soft labels made by this generation's ensemble, for the next generation."""
-        return self.generation_dir(generation) / SOFT_LABELS_FILE
-
-
-def prepare_run(run: Run, config: RunConfig) -> RunConfig:
-    """Create RUN/run.json, or check that an existing run has the same config."""
-    config.check()
-    wanted = asdict(config)
-    if run.exists():
-        stored = asdict(run.config())
-        changed = sorted(
-            k for k in wanted if k not in EXTENDABLE and wanted[k] != stored.get(k)
-        )
-        if changed:
-            details = "; ".join(f"{k}: run has {stored.get(k)!r}, asked {wanted[k]!r}" for k in changed)
-            raise InputError(
-                f"{run.root} was trained with a different config ({details}); "
-                "use a new --out folder or the original options"
-            )
-    write_json(run.config_path, wanted)
-    return config
+def distil(run: Run, config: RunConfig, backend: Backend, log: Callable[[str], None] = print) -> Run:
+    """The one loop of iterative distillation (Sec. 3.4): the teacher ensemble, then each student
+    generation trained on the previous ensemble's soft labels. Finished members are kept."""
+    started = time.perf_counter()
+    for generation in range(config.generations + 1):
+        if generation > 0:
+            backend.soft_labels(generation - 1)
+        todo = []
+        for member in range(config.members):
+            if run.is_complete(generation, member):
+                log(f"{generation_name(generation)} member {member + 1}: already trained, kept")
+            else:
+                todo.append(member)
+        if todo:
+            backend.train_members(generation, todo)
+    log(f"run {run.root}: {config.members} members x {config.generations + 1} generations "
+        f"ready{backend.where} ({time.perf_counter() - started:.0f} s this time)")
+    return run
 
 
 def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], None] = print) -> tuple[Split, Split]:
@@ -192,7 +95,7 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
 def run_class_weights(run: Run, config: RunConfig, train: Split) -> ClassWeights:
     """Class weights from the training labels (Eq. 3), stored with the run."""
     weights = training_class_weights(train.labels, train.masks, config.train.reweight)
-    write_json(run.root / "class_weights.json", weights.as_dict())
+    write_json(run.class_weights_path, weights.as_dict())
     return weights
 
 
@@ -258,13 +161,6 @@ def saved_soft_labels(run: Run, generation: int, n_frames: int) -> dict[str, np.
     return None
 
 
-def average_member_probs(
-    member_probs: Sequence[dict[str, np.ndarray]], tasks: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Soft labels: the members' probabilities averaged per task, in member order (Sec. 3.4)."""
-    return {t: np.mean([p[t] for p in member_probs], axis=0).astype(np.float32) for t in tasks}
-
-
 def make_soft_labels(
     run: Run,
     generation: int,
@@ -279,7 +175,7 @@ def make_soft_labels(
         return soft
     features = None if frozen is None else frozen.train
     member_probs = ensemble_probs(run.load_ensemble(generation, device), train, device, config, features)
-    soft = average_member_probs(member_probs, train.tasks_present)
+    soft = ensemble_mean(member_probs, train.tasks_present, np.float32)
     save_arrays(run.soft_labels_path(generation), soft)
     return soft
 
@@ -341,31 +237,3 @@ def summary_line(record: dict) -> str:
     )
 
 
-def train_run(
-    root: Path,
-    config: RunConfig,
-    device: torch.device,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> Run:
-    """Train (or continue) a run: teacher ensemble, then `config.generations` student ensembles."""
-    run = Run(root)
-    prepare_run(run, config)
-    train, val = load_data(config, progress, log)
-    class_weights = run_class_weights(run, config, train)
-    write_json(run.root / BACKBONE_FILE, backbone_provenance(config))
-    frozen = frozen_features(config, train, val, device, log)
-    started = time.perf_counter()
-    for generation in range(config.generations + 1):
-        soft_labels = None if generation == 0 else make_soft_labels(run, generation - 1, train, device, config, frozen)
-        for member in range(config.members):
-            if run.is_complete(generation, member):
-                log(f"{generation_name(generation)} member {member + 1}: already trained, kept")
-                continue
-            record = train_generation_member(
-                run, config, generation, member, train, val, class_weights, device, soft_labels, progress, frozen
-            )
-            log(summary_line(record))
-    log(f"run {run.root}: {config.members} members x {config.generations + 1} generations "
-        f"ready ({time.perf_counter() - started:.0f} s this time)")
-    return run

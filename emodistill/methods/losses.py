@@ -1,6 +1,9 @@
 """Supervision losses against ground truth (paper Eq. 1-7) and distillation losses against a
 teacher ensemble's soft labels (Eq. 8-11), combined per task with balancing weights (Eq. 12-13).
 
+Each task's own loss is a rule of its kind (`Task.supervision_loss`, `Task.distillation_loss`
+in emodistill/tasks); this module weights the classes and sums the tasks.
+
 Tensors are (B, L, ...) or (N, ...); a mask (B, L) marks the frames whose label is valid. A task
 without labels, or with no valid frame in the batch, adds 0 and is left out of the logged values.
 """
@@ -12,21 +15,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from emodistill.tasks import (
+    AU,
+    EXPR,
     PAPER_AU_POS_WEIGHT,
     PAPER_EXPR_WEIGHT,
     TASKS,
     Task,
-    va_expectation,
+    valid_rows,
 )
+from emodistill.tasks.binned import CCC_EPS, ccc_torch
+
+__all__ = [
+    "CCC_EPS", "MAX_CLASS_WEIGHT", "ClassWeights", "ccc_torch", "class_weights_from_labels",
+    "distillation_loss", "supervision_loss", "training_class_weights",
+]
 
 # A class seen too rarely would get a huge (or infinite) weight; this bounds every weight to
 # [1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT]. The paper's own weights span 0.59..32.3.
 MAX_CLASS_WEIGHT = 100.0
-# Keeps CCC finite (and its gradient finite) when predictions or targets are constant.
-CCC_EPS = 1e-8
 
 
 @dataclass
@@ -39,7 +47,7 @@ class ClassWeights:
     @classmethod
     def uniform(cls) -> ClassWeights:
         """No reweighting (`--no-reweight`): every weight 1."""
-        return cls(np.ones(12), np.ones(7))
+        return cls(np.ones(AU.n_logits), np.ones(EXPR.n_classes))
 
     @classmethod
     def paper(cls) -> ClassWeights:
@@ -59,7 +67,7 @@ class ClassWeights:
 
     def for_task(self, task: Task, like: torch.Tensor) -> torch.Tensor | None:
         """This task's weights as a tensor on `like`'s device and dtype (None for VA)."""
-        weights = {"binary": self.au_pos_weight, "categorical": self.expr_weight}.get(task.kind)
+        weights = {AU.name: self.au_pos_weight, EXPR.name: self.expr_weight}.get(task.name)
         if weights is None:
             return None
         return torch.as_tensor(np.asarray(weights), dtype=like.dtype, device=like.device)
@@ -75,91 +83,40 @@ def class_weights_from_labels(labels: Mapping[str, np.ndarray],
     gets 100. A task without any valid label keeps weights 1.
     """
     weights = ClassWeights.uniform()
-    if "AU" in labels:
-        au = np.asarray(labels["AU"])[_valid(masks, "AU", len(labels["AU"]))]  # (n, 12)
+    if AU.name in labels:
+        au = np.asarray(labels[AU.name])[valid_rows(masks, AU.name, len(labels[AU.name]))]  # (n, 12)
         if len(au):
             positives = (au > 0.5).sum(0)
             negatives = len(au) - positives
             ratio = negatives / np.maximum(positives, 1)
             ratio[positives == 0] = MAX_CLASS_WEIGHT
             weights.au_pos_weight = np.clip(ratio, 1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT)
-    if "EXPR" in labels:
-        expr = np.asarray(labels["EXPR"])[_valid(masks, "EXPR", len(labels["EXPR"]))]  # (n,)
+    if EXPR.name in labels:
+        expr = np.asarray(labels[EXPR.name])[valid_rows(masks, EXPR.name, len(labels[EXPR.name]))]  # (n,)
         if len(expr):
-            frequency = np.bincount(expr, minlength=7)[:7] / len(expr)
+            n_classes = EXPR.n_classes
+            frequency = np.bincount(expr, minlength=n_classes)[:n_classes] / len(expr)
             seen = frequency > 0
             # sum_k f_k * w_k = 1 with w_k proportional to 1 / f_k over the classes seen
-            inverse = np.full(7, MAX_CLASS_WEIGHT)
+            inverse = np.full(n_classes, MAX_CLASS_WEIGHT)
             inverse[seen] = 1.0 / (seen.sum() * frequency[seen])
             weights.expr_weight = np.minimum(inverse, MAX_CLASS_WEIGHT)
     return weights
 
 
-def _valid(masks: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
-    """The task's mask, or every frame when the masks say nothing about the task."""
-    if name in masks:
-        return np.asarray(masks[name], dtype=bool)
-    return np.ones(n, dtype=bool)
+# (logits, targets, class weights) of the valid frames -> the task's loss; a task's own method.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def ccc_torch(target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-    """Concordance correlation coefficient (Eq. 6) over the first axis, population statistics.
-
-    target, prediction: (N, D) -> (D,). CCC_EPS in the denominator makes constant inputs give
-    CCC 0 with finite gradients instead of 0/0.
-    """
-    target_mean, prediction_mean = target.mean(0), prediction.mean(0)
-    covariance = ((target - target_mean) * (prediction - prediction_mean)).mean(0)
-    denominator = (target.var(0, unbiased=False) + prediction.var(0, unbiased=False)
-                   + (target_mean - prediction_mean) ** 2 + CCC_EPS)
-    return 2 * covariance / denominator
+def _supervision(task: Task) -> LossFn:
+    return task.supervision_loss
 
 
-def _bce(task: Task, logits: torch.Tensor, targets: torch.Tensor,
-         weights: torch.Tensor | None) -> torch.Tensor:
-    """Eq. 1-2 and 8-9: BCE with p_c on the positive term, mean over AUs and frames.
-
-    Targets may be 0/1 labels or a teacher's probabilities.
-    """
-    log_probs = task.log_activate(logits)  # (n, 12, 2): log P(absent), log P(present)
-    pos_weight = 1.0 if weights is None else weights
-    per_entry = -(pos_weight * targets * log_probs[..., 1] + (1 - targets) * log_probs[..., 0])
-    return per_entry.mean()
+def _distillation(task: Task) -> LossFn:
+    return task.distillation_loss
 
 
-def _weighted_ce(task: Task, logits: torch.Tensor, targets: torch.Tensor,
-                 weights: torch.Tensor | None) -> torch.Tensor:
-    """Eq. 4-5: class-weighted cross entropy, averaged with the valid frames' class weights."""
-    log_probs = task.log_activate(logits)[..., 0, :]  # (n, 7)
-    return F.nll_loss(log_probs, targets.long(), weight=weights)
-
-
-def _kl(task: Task, logits: torch.Tensor, targets: torch.Tensor,
-        weights: torch.Tensor | None) -> torch.Tensor:
-    """Eq. 10: KL(teacher || student) summed over classes, mean over frames (unweighted)."""
-    log_probs = task.log_activate(logits)[..., 0, :]  # (n, 7)
-    per_frame = (torch.special.xlogy(targets, targets) - targets * log_probs).sum(-1)  # (n,)
-    return per_frame.mean()
-
-
-def _ccc_loss(task: Task, logits: torch.Tensor, targets: torch.Tensor,
-              weights: torch.Tensor | None) -> torch.Tensor:
-    """Eq. 7: sum over valence and arousal of 1 - CCC between the expectation and the targets.
-
-    Targets are (n, 2) values (ground truth) or (n, 40) bin probabilities (a teacher, Eq. 11).
-    """
-    prediction = va_expectation(task.activate(logits))  # (n, 2)
-    if targets.shape[-1] != prediction.shape[-1]:
-        targets = va_expectation(targets)  # (n, 40) -> (n, 2)
-    return (1 - ccc_torch(targets.to(prediction.dtype), prediction)).sum()
-
-
-LossFn = Callable[[Task, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-_SUPERVISION: dict[str, LossFn] = {"binary": _bce, "categorical": _weighted_ce, "binned": _ccc_loss}
-_DISTILLATION: dict[str, LossFn] = {"binary": _bce, "categorical": _kl, "binned": _ccc_loss}
-
-
-def _combine(losses: Mapping[str, LossFn], logits: Mapping[str, torch.Tensor],
+def _combine(loss_of: Callable[[Task], LossFn], logits: Mapping[str, torch.Tensor],
              targets: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None,
              class_weights: ClassWeights,
              task_weights: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -179,8 +136,7 @@ def _combine(losses: Mapping[str, LossFn], logits: Mapping[str, torch.Tensor],
         if task.name not in task_weights:
             raise ValueError(f"task {task.name} has labels but no entry in task_weights")
         task_targets = targets[task.name].to(task_logits.device)[valid]  # (n, ...)
-        loss = losses[task.kind](task, task_logits[valid], task_targets,
-                                 class_weights.for_task(task, task_logits))
+        loss = loss_of(task)(task_logits[valid], task_targets, class_weights.for_task(task, task_logits))
         per_task[task.name] = float(loss.detach())
         weighted = task_weights[task.name] * loss
         total = weighted if total is None else total + weighted
@@ -198,7 +154,7 @@ def supervision_loss(logits: Mapping[str, torch.Tensor], labels: Mapping[str, to
     labels: "AU" (B, L, 12) 0/1, "EXPR" (B, L) int, "VA" (B, L, 2) in [-1, 1];
     masks: task -> (B, L) bool, True where the label is valid (a missing task: all valid).
     """
-    return _combine(_SUPERVISION, logits, labels, masks, class_weights, task_weights)
+    return _combine(_supervision, logits, labels, masks, class_weights, task_weights)
 
 
 def distillation_loss(logits: Mapping[str, torch.Tensor], soft_labels: Mapping[str, torch.Tensor],
@@ -209,7 +165,7 @@ def distillation_loss(logits: Mapping[str, torch.Tensor], soft_labels: Mapping[s
     soft_labels: "AU" (B, L, 12), "EXPR" (B, L, 7), "VA" (B, L, 40) probabilities;
     masks: optional, as in `supervision_loss` (None: every frame counts).
     """
-    return _combine(_DISTILLATION, logits, soft_labels, masks, class_weights, task_weights)
+    return _combine(_distillation, logits, soft_labels, masks, class_weights, task_weights)
 
 
 def training_class_weights(labels: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],

@@ -21,12 +21,14 @@ from tqdm.auto import tqdm
 from emodistill.core.checkpoints import read_json, save_weights, write_json
 from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
+from emodistill.data.dataset import Split
 from emodistill.data.landmarks import split_landmarks
 from emodistill.methods.losses import training_class_weights
-from emodistill.methods.training import TrainConfig, augment_clips, train_member
+from emodistill.methods.training import augment_clips, train_member
 from emodistill.models import PRESETS, build_model
 from emodistill.models.inference import frames_to_input
 from emodistill.models.weights import load_backbone_weights
+from emodistill.run import TrainConfig
 
 CALIBRATION_FRAMES = 2048  # training crops whose statistics become BatchNorm's at the end
 
@@ -126,6 +128,78 @@ def landmark_error(
     return float(np.concatenate(errors).mean()) if errors else float("nan")
 
 
+@dataclass(frozen=True)
+class LandmarkData:
+    """Crops and their landmarks: every training frame that has them, and the validation
+    identities' frames held out to measure the error."""
+
+    train: Split
+    points: np.ndarray  # (N_train, P, 2) in crop widths; rows without landmarks are unused
+    rows: np.ndarray  # training frames with landmarks
+    val_frames: np.ndarray  # (N_held_out, S, S, 3)
+    val_points: np.ndarray  # (N_held_out, P, 2)
+    source: str  # where the landmarks came from (truth/ or landmarks.csv)
+
+
+def landmark_data(data: Path, size: int, progress: bool) -> LandmarkData:
+    train, _ = load_split(data, "train", size=size, progress=progress)
+    val, _ = load_split(data, "val", size=size, progress=progress)
+    train_points, train_mask, source = split_landmarks(data, train)
+    val_points, val_mask, _ = split_landmarks(data, val)
+    rows = np.flatnonzero(train_mask)
+    if len(rows) == 0:
+        raise InputError(f"{source}: no training frame has landmarks")
+    held_out = np.flatnonzero(val_mask)
+    return LandmarkData(train, train_points, rows, np.asarray(val.frames[held_out]), val_points[held_out], source)
+
+
+def landmark_batch(data: LandmarkData, config: PretrainConfig, rng: np.random.Generator,
+                   generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of crops (B, 3, S, S) and landmarks (B, P, 2), jittered together."""
+    pick = np.sort(rng.choice(data.rows, size=min(config.batch_size, len(data.rows)), replace=False))
+    crops, points = np.asarray(data.train.frames[pick]), data.points[pick]
+    if config.augment:
+        crops, points = jitter_geometry(crops, points, rng)
+    images = frames_to_input(crops, device)  # (B, 3, S, S)
+    if config.augment:
+        images = augment_clips(images[:, None], generator)[:, 0]
+    return images, torch.from_numpy(points).to(device)
+
+
+def fit_landmarks(model: LandmarkNet, points: LandmarkData, config: PretrainConfig, device: torch.device,
+                  progress: bool, log: Callable[[str], None], losses: list[float]) -> np.ndarray:
+    """The optimisation: Adam with cosine decay on smooth L1, the held-out error logged every
+    `report_every` steps. Appends each step's loss to `losses`; returns the training frames
+    used to re-estimate BatchNorm statistics."""
+    n_val = len(points.val_frames)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0)))
+    )
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    bar = tqdm(range(config.steps), desc="pretraining on landmarks", disable=not progress, unit="step")
+    probe = np.linspace(0, n_val - 1, min(512, n_val)).astype(int)  # a fixed held-out subset
+    calibration = np.sort(rng.choice(points.rows, size=min(CALIBRATION_FRAMES, len(points.rows)), replace=False))
+    for step in bar:
+        if config.report_every and step and step % config.report_every == 0:
+            recalibrate_batchnorm(model, points.train.frames[calibration], device)
+            error = landmark_error(model, points.val_frames[probe], points.val_points[probe], device)
+            model.train()
+            log(f"pretraining step {step}/{config.steps}: loss {np.mean(losses[-50:]):.4f}, "
+                f"held-out landmark error {error:.4f} crop widths")
+        images, target = landmark_batch(points, config, rng, generator, device)
+        loss = nn.functional.smooth_l1_loss(model(images), target, beta=0.01)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return calibration
+
+
 def pretrain_backbone(
     data: Path,
     out: Path,
@@ -144,63 +218,24 @@ def pretrain_backbone(
     if config.steps < 1 or config.batch_size < 1:
         raise InputError(f"--steps and --batch-size must be at least 1, got {config.steps} and {config.batch_size}")
     started = time.perf_counter()
-    size = PRESETS[config.preset].input_size
-    train, _ = load_split(Path(data), "train", size=size, progress=progress)
-    val, _ = load_split(Path(data), "val", size=size, progress=progress)
-    train_points, train_mask, source = split_landmarks(Path(data), train)
-    val_points, val_mask, _ = split_landmarks(Path(data), val)
-    rows = np.flatnonzero(train_mask)
-    if len(rows) == 0:
-        raise InputError(f"{source}: no training frame has landmarks")
-    held_out = np.flatnonzero(val_mask)
+    points = landmark_data(Path(data), PRESETS[config.preset].input_size, progress)
     torch.manual_seed(config.seed)
-    model = LandmarkNet(config.preset, train_points.shape[1]).to(device).to(memory_format=torch.channels_last)
-    val_frames, val_targets = np.asarray(val.frames[held_out]), val_points[held_out]
-    before = landmark_error(model, val_frames, val_targets, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0)))
-    )
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    model.train()
-    bar = tqdm(range(config.steps), desc="pretraining on landmarks", disable=not progress, unit="step")
-    losses = []
-    probe = np.linspace(0, len(val_frames) - 1, min(512, len(val_frames))).astype(int)  # a fixed held-out subset
-    calibration = np.sort(rng.choice(rows, size=min(CALIBRATION_FRAMES, len(rows)), replace=False))
-    for step in bar:
-        if config.report_every and step and step % config.report_every == 0:
-            recalibrate_batchnorm(model, train.frames[calibration], device)
-            error = landmark_error(model, val_frames[probe], val_targets[probe], device)
-            model.train()
-            log(f"pretraining step {step}/{config.steps}: loss {np.mean(losses[-50:]):.4f}, "
-                f"held-out landmark error {error:.4f} crop widths")
-        pick = np.sort(rng.choice(rows, size=min(config.batch_size, len(rows)), replace=False))
-        crops, points = np.asarray(train.frames[pick]), train_points[pick]
-        if config.augment:
-            crops, points = jitter_geometry(crops, points, rng)
-        images = frames_to_input(crops, device)  # (B, 3, S, S)
-        if config.augment:
-            images = augment_clips(images[:, None], generator)[:, 0]
-        target = torch.from_numpy(points).to(device)
-        loss = nn.functional.smooth_l1_loss(model(images), target, beta=0.01)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    recalibrate_batchnorm(model, train.frames[calibration], device)
-    after = landmark_error(model, val_frames, val_targets, device)
+    model = LandmarkNet(config.preset, points.points.shape[1]).to(device).to(memory_format=torch.channels_last)
+    before = landmark_error(model, points.val_frames, points.val_points, device)
+    losses: list[float] = []
+    calibration = fit_landmarks(model, points, config, device, progress, log, losses)
+    recalibrate_batchnorm(model, points.train.frames[calibration], device)
+    after = landmark_error(model, points.val_frames, points.val_points, device)
+    n_val = len(points.val_frames)
     save_weights(Path(out), model.backbone.cpu())
     record = {
         "weights": str(out),
         "task": "2D face landmarks (face alignment)",
         "data": str(data),
-        "landmarks": source,
-        "points": int(train_points.shape[1]),
-        "train_frames": len(rows),
-        "held_out_frames": len(held_out),
+        "landmarks": points.source,
+        "points": int(points.points.shape[1]),
+        "train_frames": len(points.rows),
+        "held_out_frames": n_val,
         "held_out_error_before": round(before, 5),
         "held_out_error_after": round(after, 5),
         "error_unit": "mean point-to-point distance in crop widths, validation identities",
@@ -209,8 +244,8 @@ def pretrain_backbone(
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(backbone_record_path(Path(out)), record)
-    log(f"pretrained {config.preset} backbone on {len(rows):,} frames of {source}: held-out landmark error "
-        f"{before:.4f} -> {after:.4f} crop widths in {record['seconds']:.0f} s -> {out}")
+    log(f"pretrained {config.preset} backbone on {len(points.rows):,} frames of {points.source}: held-out "
+        f"landmark error {before:.4f} -> {after:.4f} crop widths in {record['seconds']:.0f} s -> {out}")
     return record
 
 

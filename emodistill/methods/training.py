@@ -17,30 +17,11 @@ from tqdm.auto import tqdm
 
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import ClipSampler, gather
-from emodistill.evaluation.metrics import emotion_metrics
 from emodistill.methods.balancing import TaskBalancer
 from emodistill.methods.losses import ClassWeights, distillation_loss, supervision_loss
 from emodistill.models.inference import activate, audio_to_input, frames_to_input, predict_features, predict_split
-from emodistill.tasks import TASKS
-
-
-@dataclass
-class TrainConfig:
-    """How one member is trained; the defaults are the paper's visual setting (Sec. 4.2)."""
-
-    epochs: int = 10  # paper: 10 visual, 15 audio-visual
-    lr: float = 1e-3  # Adam's initial learning rate
-    lr_step: int = 3  # divide the learning rate by 10 every lr_step epochs (paper: 3 v, 4 va)
-    batches_per_epoch: int | None = None  # None: about one pass over the labelled training frames
-    clip_length: int = 16  # frames per clip (L)
-    clips_per_task: int = 5  # clips of each task in a batch (the authors' code: 5)
-    reweight: bool = True  # class-reweighted BCE/CE (Eq. 2-5); False: plain BCE/CE
-    balance: bool = True  # Algorithm 1 task weights; False: fixed equal weights
-    augment: bool = True  # colour jitter 0.3 and horizontal flip per clip (authors' code)
-    eval_batch_clips: int = 32  # clips per forward pass when validating
-    # Train the heads only, on backbone features computed once per split (a pretrained,
-    # frozen backbone); False: fine-tune the whole network (the paper's setting).
-    freeze_backbone: bool = False
+from emodistill.run import TrainConfig
+from emodistill.tasks import TASKS, emotion_metrics
 
 
 @dataclass(frozen=True)
@@ -138,6 +119,66 @@ def task_scores(scores: dict[str, float], tasks: tuple[str, ...]) -> dict[str, f
     return per_task
 
 
+@dataclass
+class Objective:
+    """The loss of one batch for a member: supervised on the ground truth (a teacher, Eq. 1-7,
+    12) or distilled from soft labels (a student, Eq. 8-11, 13); on frozen features, only the
+    heads run."""
+
+    model: torch.nn.Module
+    train: Split
+    config: TrainConfig
+    class_weights: ClassWeights
+    balancer: TaskBalancer
+    device: torch.device
+    generator: torch.Generator  # augmentation draws
+    soft_labels: dict[str, np.ndarray] | None
+    tasks: tuple[str, ...]
+    frozen: FrozenFeatures | None
+
+    def logits(self, index: np.ndarray, batch: dict) -> dict[str, torch.Tensor]:
+        if self.frozen is not None:
+            features = torch.from_numpy(self.frozen.train[index]).to(self.device)  # (B, L, D)
+            return self.model.decode(features)[0]
+        frames = frames_to_input(batch["frames"], self.device)  # (B, L, 3, S, S)
+        if self.config.augment:
+            frames = augment_clips(frames, self.generator)
+        use_audio = bool(getattr(self.model.config, "audio", False))
+        audio = audio_to_input(batch.get("audio"), self.device) if use_audio else None
+        return self.model(frames, audio)
+
+    def loss(self, index: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted loss of the clips `index` (B, L) and each task's part."""
+        batch = gather(self.train, index, frames=self.frozen is None)
+        logits = self.logits(index, batch)
+        weights = self.balancer.weights
+        if self.soft_labels is None:
+            labels = {t: torch.as_tensor(v, device=self.device) for t, v in batch["labels"].items()}
+            masks = {t: torch.as_tensor(v, device=self.device) for t, v in batch["masks"].items()}
+            return supervision_loss(logits, labels, masks, self.class_weights, weights)
+        targets = {t: torch.as_tensor(self.soft_labels[t][index], device=self.device) for t in self.tasks}
+        return distillation_loss(logits, targets, None, self.class_weights, weights)
+
+
+def train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, sampler: ClipSampler,
+                n_batches: int, description: str, progress: bool) -> dict[str, float]:
+    """One epoch of `n_batches` steps; returns each task's mean loss."""
+    objective.model.train()
+    losses: dict[str, list[float]] = {t: [] for t in sampler.tasks}
+    bar = tqdm(sampler.batches(n_batches), total=n_batches, desc=description, disable=not progress,
+               leave=False, unit="batch")
+    for index in bar:
+        loss, parts = objective.loss(index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, value in parts.items():
+            if name in losses:
+                losses[name].append(value)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return {t: float(np.mean(v)) for t, v in losses.items() if v}
+
+
 def train_member(
     model: torch.nn.Module,
     train: Split,
@@ -173,56 +214,21 @@ def train_member(
         model.backbone.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(config.lr_step, 1), gamma=0.1)
+    objective = Objective(model, train, config, class_weights, balancer, device, generator, soft_labels,
+                          tasks, frozen)
 
     best: MemberResult | None = None
     history: list[dict] = []
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        losses: dict[str, list[float]] = {t: [] for t in sampler.tasks}
-        bar = tqdm(
-            sampler.batches(n_batches),
-            total=n_batches,
-            desc=f"{description} epoch {epoch}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-            unit="batch",
-        )
-        for index in bar:
-            batch = gather(train, index, frames=frozen is None)
-            if frozen is not None:
-                logits, _ = model.decode(torch.from_numpy(frozen.train[index]).to(device))  # (B, L, D) in
-            else:
-                frames = frames_to_input(batch["frames"], device)  # (B, L, 3, S, S)
-                if config.augment:
-                    frames = augment_clips(frames, generator)
-                audio = audio_to_input(batch.get("audio"), device) if use_audio else None
-                logits = model(frames, audio)
-            if soft_labels is None:
-                labels = {t: torch.as_tensor(v, device=device) for t, v in batch["labels"].items()}
-                masks = {t: torch.as_tensor(v, device=device) for t, v in batch["masks"].items()}
-                loss, parts = supervision_loss(logits, labels, masks, class_weights, balancer.weights)
-            else:
-                targets = {t: torch.as_tensor(soft_labels[t][index], device=device) for t in tasks}
-                loss, parts = distillation_loss(logits, targets, None, class_weights, balancer.weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in parts.items():
-                if name in losses:
-                    losses[name].append(value)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses = train_epoch(objective, optimizer, sampler, n_batches,
+                             f"{description} epoch {epoch}/{config.epochs}", progress)
         lr = optimizer.param_groups[0]["lr"]
         schedule.step()
         scores = validation_scores(model, val, device, config, use_audio, None if frozen is None else frozen.val)
         weights_used = dict(balancer.weights)
         balancer.update(task_scores(scores, val_tasks))
-        history.append({
-            "epoch": epoch,
-            "lr": lr,
-            "loss": {t: float(np.mean(v)) for t, v in losses.items() if v},
-            "task_weights": weights_used,
-            "scores": scores,
-        })
+        history.append({"epoch": epoch, "lr": lr, "loss": losses, "task_weights": weights_used,
+                        "scores": scores})
         if best is None or scores.get("total", -np.inf) > best.scores.get("total", -np.inf):
             best = MemberResult(copy.deepcopy(model.state_dict()), epoch, scores)
     assert best is not None, "epochs must be at least 1"

@@ -129,3 +129,13 @@ def activate(logits: dict[str, np.ndarray], tasks: Sequence[str] | None = None) 
         for t in TASKS
         if t.name in wanted and t.name in logits
     }
+
+
+def ensemble_mean(member_probs: Sequence[dict[str, np.ndarray]], tasks: Sequence[str] | None = None,
+                  dtype: type | None = None) -> dict[str, np.ndarray]:
+    """The ensemble's prediction: the members' probabilities averaged per task, in member order
+    (Sec. 3.1, F_T); a generation's soft labels are this mean on the training frames (Sec. 3.4),
+    stored as float32 (`dtype`)."""
+    names = tasks if tasks is not None else list(member_probs[0])
+    means = {t: np.mean([p[t] for p in member_probs], axis=0) for t in names}
+    return means if dtype is None else {t: v.astype(dtype) for t, v in means.items()}

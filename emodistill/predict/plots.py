@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from emodistill.core.atomic import disk_full_guard
-from emodistill.predict.predictor import OUTPUT_NAMES, FramePrediction
-from emodistill.tasks import TASKS, Task
+from emodistill.predict.columns import OUTPUT_NAMES, FramePrediction
+from emodistill.tasks import TASKS
 
 MAX_TIMELINES = 8  # timelines written for an input of many videos (a cropped_aligned folder)
 ALEATORIC_COLOUR = "#4c72b0"  # noise in the data: more data of the same kind will not lower it
@@ -28,15 +27,7 @@ TASK_COLOURS = {t.name: c for t, c in zip(TASKS, ("#55a868", "#c44e52", "#8172b2
 
 def _output_labels(row: dict[str, object]) -> list[str]:
     """The prediction of each output, in OUTPUT_NAMES order: "AU12  1", "Expression  Happiness"."""
-    labels = []
-    for task in TASKS:
-        if task.kind == "binary":
-            labels += [f"{name}  {row[f'{name}_present']}" for name in task.names]
-        elif task.kind == "categorical":
-            labels.append(f"Expression  {row['expression']}")
-        else:
-            labels += [f"{name.capitalize()}  {row[name]:+.2f}" for name in task.names]
-    return labels
+    return [label for task in TASKS for label in task.output_labels(row)]
 
 
 def _frame_title(row: dict[str, object]) -> str:
@@ -95,57 +86,23 @@ def _no_face_spans(face: np.ndarray, x: np.ndarray, step: float) -> list[tuple[f
                                                                    strict=True)]
 
 
-def _heatmap(ax: Axes, task: Task, columns: list[str], data: pd.DataFrame, x: np.ndarray,
-             step: float, cmap: Colormap) -> None:
-    values = data[columns].to_numpy(dtype=float, na_value=np.nan).T  # (outputs, frames)
-    extent = (x[0] - step / 2, x[-1] + step / 2, len(columns) - 0.5, -0.5)
-    image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=1,
-                      extent=extent)
-    names = task.names
-    ax.set_yticks(np.arange(len(names)), names, fontsize="x-small")
-    ax.set_ylabel(task.name)
-    ax.figure.colorbar(image, ax=ax, pad=0.01, fraction=0.02, label="probability")
-
-
-def timeline(data: pd.DataFrame, path: Path, title: str = "",
-             ood_threshold: float | None = None) -> Path:
-    """Every output over time: AU and expression probabilities, valence and arousal with a band
-    of one standard deviation, each task's uncertainty and, for an ensemble, the OOD score."""
-    frames = data.set_index("frame").sort_index()
-    frames = frames.reindex(np.arange(frames.index.min(), frames.index.max() + 1))  # gaps: NaN
+def _time_axis(frames: pd.DataFrame) -> tuple[np.ndarray, bool, float]:
+    """The x of each frame (seconds when the table has timestamps, else frame numbers), whether
+    it is time, and the width of one frame on it."""
     numbers = frames.index.to_numpy()
     times = frames["timestamp"].to_numpy(dtype=float, na_value=np.nan)
-    timed = np.isfinite(times).any()
+    timed = bool(np.isfinite(times).any())
     if timed:  # fill frames missing from the table on the video's own clock
         known = np.isfinite(times)
         times = np.interp(numbers, numbers[known], times[known])
     x = times if timed else numbers.astype(float)
     step = float(np.median(np.diff(x))) if len(x) > 1 else 1.0  # one frame on the x axis
-    face = frames["face"].fillna(0).to_numpy(dtype=bool)
+    return x, timed, step
+
+
+def _uncertainty_panel(ax: Axes, frames: pd.DataFrame, x: np.ndarray) -> None:
+    """Each task's normalised entropy and, for an ensemble, its epistemic part shaded."""
     ensemble = "AU_epistemic" in frames
-    panels = ["AU", "EXPR", "VA", "uncertainty", *(["ood"] if "ood_score" in frames else [])]
-    heights = {"AU": 2.2, "EXPR": 1.5, "VA": 1.5, "uncertainty": 1.3, "ood": 1.0}
-    fig = Figure(figsize=(12, sum(heights[p] for p in panels) + 0.8), layout="constrained")
-    axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True,
-                                         height_ratios=[heights[p] for p in panels]), strict=True))
-    cmap = colormaps["viridis"].with_extremes(bad=NO_FACE_COLOUR)
-    for task in TASKS:
-        if task.kind == "binary":
-            _heatmap(axes[task.name], task, list(task.names), frames, x, step, cmap)
-        elif task.kind == "categorical":
-            columns = [f"{task.name}_{name}" for name in task.names]
-            _heatmap(axes[task.name], task, columns, frames, x, step, cmap)
-        else:
-            ax = axes[task.name]
-            for name, colour in zip(task.names, ("#c44e52", "#4c72b0"), strict=True):
-                mean, sd = frames[name].to_numpy(float), frames[f"{name}_sd"].to_numpy(float)
-                ax.plot(x, mean, color=colour, lw=1.2, label=name)
-                ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.2, lw=0)
-            ax.axhline(0, color="k", lw=0.5)
-            ax.set_ylim(-1, 1)
-            ax.set_ylabel("VA (± 1 sd)")
-            ax.legend(loc="upper right", fontsize="x-small", ncols=2)
-    ax = axes["uncertainty"]
     for task in TASKS:
         colour = TASK_COLOURS[task.name]
         ax.plot(x, frames[f"{task.name}_entropy"].to_numpy(float), color=colour, lw=1.2,
@@ -158,19 +115,47 @@ def timeline(data: pd.DataFrame, path: Path, title: str = "",
     note = " (shaded: epistemic part)" if ensemble else ""
     ax.legend(loc="upper right", fontsize="x-small", ncols=3, title=f"normalised entropy{note}",
               title_fontsize="x-small")
+
+
+def _ood_panel(ax: Axes, frames: pd.DataFrame, x: np.ndarray, ood_threshold: float | None) -> None:
+    """The OOD score and, with a threshold, the frames it flags."""
+    score = frames["ood_score"].to_numpy(float)
+    ax.plot(x, score, color="k", lw=1)
+    if ood_threshold is not None:
+        ax.axhline(ood_threshold, color=EPISTEMIC_COLOUR, ls="--", lw=1, label="threshold")
+        flagged = score > ood_threshold
+        ax.scatter(x[flagged], score[flagged], color=EPISTEMIC_COLOUR, s=6, zorder=3,
+                   label="flagged")
+        ax.legend(loc="upper right", fontsize="x-small", ncols=2)
+    ax.set_ylabel("OOD score")
+
+
+def timeline(data: pd.DataFrame, path: Path, title: str = "",
+             ood_threshold: float | None = None) -> Path:
+    """Every output over time: AU and expression probabilities, valence and arousal with a band
+    of one standard deviation, each task's uncertainty and, for an ensemble, the OOD score."""
+    frames = data.set_index("frame").sort_index()
+    frames = frames.reindex(np.arange(frames.index.min(), frames.index.max() + 1))  # gaps: NaN
+    x, timed, step = _time_axis(frames)
+    face = frames["face"].fillna(0).to_numpy(dtype=bool)
+    no_face = _no_face_spans(face, x, step)
+    panels = [*(t.name for t in TASKS), "uncertainty", *(["ood"] if "ood_score" in frames else [])]
+    heights = {**{t.name: t.panel_height for t in TASKS}, "uncertainty": 1.3, "ood": 1.0}
+    fig = Figure(figsize=(12, sum(heights[p] for p in panels) + 0.8), layout="constrained")
+    axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True,
+                                         height_ratios=[heights[p] for p in panels]), strict=True))
+    cmap = colormaps["viridis"].with_extremes(bad=NO_FACE_COLOUR)
+
+    def values(columns: list[str]) -> np.ndarray:
+        return frames[columns].to_numpy(dtype=float, na_value=np.nan)  # (frames, columns)
+
+    for task in TASKS:  # each kind draws its own panel
+        task.draw_timeline(axes[task.name], values, x, step, cmap, no_face)
+    _uncertainty_panel(axes["uncertainty"], frames, x)
     if "ood" in axes:
-        ax = axes["ood"]
-        score = frames["ood_score"].to_numpy(float)
-        ax.plot(x, score, color="k", lw=1)
-        if ood_threshold is not None:
-            ax.axhline(ood_threshold, color=EPISTEMIC_COLOUR, ls="--", lw=1, label="threshold")
-            flagged = score > ood_threshold
-            ax.scatter(x[flagged], score[flagged], color=EPISTEMIC_COLOUR, s=6, zorder=3,
-                       label="flagged")
-            ax.legend(loc="upper right", fontsize="x-small", ncols=2)
-        ax.set_ylabel("OOD score")
-    for name in ("VA", "uncertainty", *(["ood"] if "ood" in axes else [])):
-        for start, stop in _no_face_spans(face, x, step):
+        _ood_panel(axes["ood"], frames, x, ood_threshold)
+    for name in ("uncertainty", *(["ood"] if "ood" in axes else [])):
+        for start, stop in no_face:
             axes[name].axvspan(start, stop, color=NO_FACE_COLOUR, lw=0, zorder=0)
     axes[panels[-1]].set_xlabel("time (s)" if timed else "frame")
     axes[panels[-1]].set_xlim(x[0] - step / 2, x[-1] + step / 2)

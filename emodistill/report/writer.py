@@ -17,9 +17,12 @@ from emodistill.core.atomic import atomic_write, disk_full_guard
 from emodistill.core.checkpoints import read_json, write_json
 from emodistill.core.errors import InputError
 from emodistill.evaluation.evaluate import SKILL_SCORES
-from emodistill.tasks import AU, METRIC_NAMES
+from emodistill.run import Run
+from emodistill.tasks import AU, METRIC_NAMES, TASKS
 
 SHORT = {"teacher": "Tea"}
+# Task -> the key of its summary NLL in a score dict's "nll": {"AU": "AU_mean", "EXPR": "EXPR"}.
+NLL_KEYS = {name: key for name, (group, key) in SKILL_SCORES.items() if group == "nll"}
 
 
 def short_name(name: str) -> str:
@@ -31,9 +34,10 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-flavoured Markdown table; cells are written with `str`."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -54,12 +58,17 @@ def emotion_table(report: dict) -> str:
         single = f"{fmt(g['single_mean'].get('total'))} ± {fmt(g['single_std'].get('total'))}"
         nll = g.get("ensemble_uncertainty", {}).get("nll", {})
         rows.append([short_name(g["name"]), *(fmt(g["ensemble"].get(k)) for k in keys), single,
-                     fmt(nll.get("AU_mean")), fmt(nll.get("EXPR"))])
+                     *(fmt(nll.get(key)) for key in NLL_KEYS.values())])
     for label, scores in reference_rows(report):
         rows.append([label, *(fmt(scores["emotion"].get(k)) for k in keys), "",
-                     fmt(scores["nll"].get("AU_mean")), fmt(scores["nll"].get("EXPR"))])
+                     *(fmt(scores["nll"].get(key)) for key in NLL_KEYS.values())])
     return markdown_table(["Generation", *(f"{k} (ens.)" for k in keys), "total (single, mean ± std)",
-                           "AU NLL (ens.)", "EXPR NLL (ens.)"], rows)
+                           *(f"{name} NLL (ens.)" for name in NLL_KEYS)], rows)
+
+
+def baseline_rows(report: dict) -> list[tuple[str, dict]]:
+    """(label, scores) of every baseline evaluate scored, in its order."""
+    return [(entry.get("label", key), entry) for key, entry in report.get("baselines", {}).items()]
 
 
 def skill_table(report: dict) -> str:
@@ -67,8 +76,7 @@ def skill_table(report: dict) -> str:
     names = list(SKILL_SCORES)
     rows = [[short_name(g["name"]), *(fmt(g["skill"][kind].get(n)) for kind in ("single", "ensemble") for n in names)]
             for g in report["generations"] if "skill" in g]
-    for key, label in (("temperature_scaling", "TS"), ("mc_dropout", "MC")):
-        baseline = report.get("baselines", {}).get(key, {})
+    for label, baseline in baseline_rows(report):
         if "skill" in baseline:
             rows.append([label, *(fmt(baseline["skill"].get(n)) for n in names), *("" for _ in names)])
     header = ["Method", *(f"{n} (single)" for n in names), *(f"{n} (ens.)" for n in names)]
@@ -78,10 +86,7 @@ def skill_table(report: dict) -> str:
 def uncertainty_rows(report: dict) -> list[tuple[str, dict]]:
     """(label, scores) for each generation's single members, the baselines, prior and oracle."""
     rows = [(short_name(g["name"]), g) for g in report["generations"]]
-    for key, label in (("temperature_scaling", "TS"), ("mc_dropout", "MC")):
-        if key in report.get("baselines", {}):
-            rows.append((label, report["baselines"][key]))
-    return rows + [(label.split(" ")[0], scores) for label, scores in reference_rows(report)]
+    return rows + baseline_rows(report) + [(label.split(" ")[0], scores) for label, scores in reference_rows(report)]
 
 
 def au_nll_table(report: dict) -> str:
@@ -90,7 +95,7 @@ def au_nll_table(report: dict) -> str:
     for label, scores in uncertainty_rows(report):
         per_au = scores.get("nll", {}).get("AU")
         if per_au:
-            rows.append([label, *(fmt(v) for v in per_au), fmt(scores["nll"]["AU_mean"])])
+            rows.append([label, *(fmt(v) for v in per_au), fmt(scores["nll"][NLL_KEYS[AU.name]])])
     return markdown_table(["Method", *AU.names, "Avg."], rows) if rows else ""
 
 
@@ -120,14 +125,13 @@ def verdicts(report: dict) -> list[str]:
         best_ood = max(gens, key=lambda g: g["ood_auc"])
         lines.append(f"Best OOD AUC: {fmt(best_ood['ood_auc'])} ({short_name(best_ood['name'])}); "
                      f"teacher {fmt(teacher['ood_auc'])}.")
-    base = report.get("baselines", {})
-    for key, label in (("AU_mean", "AU NLL"), ("EXPR", "EXPR NLL")):
+    for label, key in ((f"{name} NLL", key) for name, key in NLL_KEYS.items()):
         ours = {short_name(g["name"]): g["nll"].get(key) for g in gens if g["nll"].get(key) is not None}
         if not ours:
             continue
         best_label, best_value = min(ours.items(), key=lambda kv: kv[1])
-        for name, baseline_label in (("temperature_scaling", "TS"), ("mc_dropout", "MC dropout")):
-            value = base.get(name, {}).get("nll", {}).get(key)
+        for baseline_label, baseline in baseline_rows(report):
+            value = baseline.get("nll", {}).get(key)
             if value is not None:
                 verb = "lower (better) than" if best_value < value else "not lower than"
                 lines.append(f"{label}: best single member ({best_label}, {fmt(best_value)}) is {verb} "
@@ -195,7 +199,7 @@ def figure_roc(report: dict, path: Path) -> None:
 
 def figure_reliability(report: dict, path: Path) -> None:
     """Reliability diagrams of the single members for AU and EXPR, one line per generation."""
-    tasks = [t for t in ("AU", "EXPR") if t in report["generations"][0].get("reliability", {})]
+    tasks = [t.name for t in TASKS if t.name in report["generations"][0].get("reliability", {})]
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5 * max(len(tasks), 1), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=False):
         for g in report["generations"]:
@@ -310,17 +314,27 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+def _nll_cells(nll: dict) -> str:
+    """The summary NLL of each task, right-aligned under its header in `summary_table`."""
+    return "".join(f"{fmt(nll.get(key)):>{_nll_width(name)}}" for name, key in NLL_KEYS.items())
+
+
+def _nll_width(name: str) -> int:
+    """A column as wide as its header "<task> NLL" and a space, and at least 8."""
+    return max(8, len(f"{name} NLL") + 1)
+
+
 def summary_table(report: dict) -> str:
     """A short plain-text table for the terminal."""
-    lines = [f"{'generation':<11}{'ensemble':>9}{'single':>15}{'AU NLL':>8}{'EXPR NLL':>9}{'OOD AUC':>8}"]
+    nll_header = "".join(f"{name + ' NLL':>{_nll_width(name)}}" for name in NLL_KEYS)
+    lines = [f"{'generation':<11}{'ensemble':>9}{'single':>15}{nll_header}{'OOD AUC':>8}"]
     for g in report["generations"]:
         single = f"{g['single_mean'].get('total', 0):.3f}±{g['single_std'].get('total', 0):.3f}"
         lines.append(f"{short_name(g['name']):<11}{g['ensemble'].get('total', 0):>9.3f}{single:>15}"
-                     f"{fmt(g['nll'].get('AU_mean')):>8}{fmt(g['nll'].get('EXPR')):>9}{g['ood_auc']:>8.3f}")
+                     f"{_nll_cells(g['nll'])}{g['ood_auc']:>8.3f}")
     for label, scores in uncertainty_rows(report)[len(report["generations"]):]:
         total = fmt(scores["emotion"].get("total")) if "emotion" in scores else ""
-        lines.append(f"{label:<11}{total:>9}{'':>15}{fmt(scores['nll'].get('AU_mean')):>8}"
-                     f"{fmt(scores['nll'].get('EXPR')):>9}{'':>8}")
+        lines.append(f"{label:<11}{total:>9}{'':>15}{_nll_cells(scores['nll'])}{'':>8}")
     return "\n".join(lines)
 
 
@@ -328,16 +342,16 @@ def compare_runs(runs: list[Path]) -> str:
     """Several runs' reports side by side (e.g. the paper's ablations, Tables 1 and 5)."""
     rows = []
     for root in runs:
-        path = Path(root) / "report" / "report.json"
-        if not path.exists():
-            raise InputError(f"{path} does not exist; run `emodistill evaluate {root}` first")
-        report = read_json(path)
-        config = read_json(Path(root) / "run.json")
+        run = Run(root)
+        if not run.report_path.exists():
+            raise InputError(f"{run.report_path} does not exist; run `emodistill evaluate {root}` first")
+        report = read_json(run.report_path)
+        config = run.config()
         teacher = report["generations"][0]
         best = max(report["generations"], key=lambda g: g["ensemble"].get("total", float("-inf")))
         rows.append([
-            str(root), config["preset"], str(config["members"]),
-            "yes" if config["train"]["reweight"] else "no", "yes" if config["train"]["balance"] else "no",
+            str(root), config.preset, str(config.members),
+            "yes" if config.train.reweight else "no", "yes" if config.train.balance else "no",
             *(fmt(teacher["ensemble"].get(k)) for k in (*METRIC_NAMES, "total")),
             fmt(teacher["single_mean"].get("total")),
             f"{short_name(best['name'])} {fmt(best['ensemble'].get('total'))}",

@@ -194,17 +194,9 @@ def _marginals(records: dict[str, dict]) -> dict:
         annotated = [r for r in records.values() if task.name in r["valid"]]
         labels = np.concatenate([r["labels"][task.name][r["valid"][task.name]] for r in annotated])
         truth = np.concatenate([r["truth"][task.name][r["valid"][task.name]] for r in annotated])
-        if task.kind == "binned":
-            found = {"mean": labels.mean(0), "std": labels.std(0)}
-        else:
-            rate = (
-                labels.mean(0) if task.kind == "binary" else np.bincount(labels, minlength=task.n_classes) / len(labels)
-            )
-            found = {
-                "label_rate": rate,
-                "truth_rate": truth.mean(0),
-                "paper_rate": np.array(targets[task.name]),
-            }
+        found = task.label_marginals(labels, truth)
+        if task.name in targets:
+            found["paper_rate"] = np.array(targets[task.name])
         out[task.name] = {"frames": len(labels)} | {
             key: dict(zip(task.names, np.round(value, 4).tolist(), strict=True)) for key, value in found.items()
         }
@@ -213,6 +205,81 @@ def _marginals(records: dict[str, dict]) -> dict:
 
 def _disk_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _check_request(out: Path, videos: int, frames: int, size: int) -> None:
+    """InputError for sizes too small to give every task videos in both splits, or an `out`
+    that already holds something."""
+    if videos < MIN_VIDEOS:
+        raise InputError(
+            f"--videos must be at least {MIN_VIDEOS} so every task has videos in both splits, got {videos}"
+        )
+    if frames < 2 or size < 16:
+        raise InputError(f"--frames must be at least 2 and --size at least 16, got {frames} and {size}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} already exists and is not an empty folder; choose a new output folder")
+
+
+def _simulate_all(
+    plan: list[_RawVideo], out: Path, size: int, seed: int, config: AffectConfig, progress: bool
+) -> dict[str, dict]:
+    """Simulate and write every raw video of the plan; subject name -> its records."""
+    records: dict[str, dict] = {}
+    with tqdm(
+        total=sum(r.frames * len(r.subjects) for r in plan),
+        unit="frame",
+        desc="simulating",
+        disable=not progress,
+    ) as bar:
+        for raw in plan:
+            records.update(_simulate(raw, out, size, seed, config))
+            bar.update(raw.frames * len(raw.subjects))
+    return records
+
+
+def _subsets(plan: list[_RawVideo]) -> dict[str, dict[str, int]]:
+    """Task -> split folder -> number of subject videos annotated for it."""
+    return {
+        task.name: {
+            SPLIT_DIRS[s]: sum(task in tasks for r in plan if r.split == s for tasks in r.tasks) for s in SPLIT_DIRS
+        }
+        for task in TASKS
+    }
+
+
+def _report(
+    summary: SynthSummary, plan: list[_RawVideo], records: dict[str, dict], seed: int,
+    parameters: dict,
+) -> dict:
+    """The contents of synth.json: parameters, counts, label marginals and each video's facts."""
+    return {
+        "seed": seed,
+        "parameters": parameters,
+        "counts": {
+            "videos": summary.videos,
+            "raw_videos": summary.raw_videos,
+            "frames": summary.frames,
+            "crops": summary.crops,
+            "missing_crops": summary.missing_crops,
+            "subsets": summary.subsets,
+            "invalid": {
+                task.name: sum(int((~r["valid"][task.name]).sum()) for r in records.values() if task.name in r["valid"])
+                for task in TASKS
+            },
+        },
+        "label_marginals": _marginals(records),
+        "videos": {
+            name: {
+                "split": raw.split,
+                "raw": raw.base,
+                "frames": raw.frames,
+                "tasks": [t.name for t in tasks],
+                "missing_crops": np.flatnonzero(~records[name]["found"]).tolist(),
+            }
+            for raw in plan
+            for name, tasks in zip(raw.subjects, raw.tasks, strict=True)
+        },
+    }
 
 
 def generate(
@@ -232,32 +299,10 @@ def generate(
     """
     started = time.perf_counter()
     out = Path(out)
-    if videos < MIN_VIDEOS:
-        raise InputError(
-            f"--videos must be at least {MIN_VIDEOS} so every task has videos in both splits, got {videos}"
-        )
-    if frames < 2 or size < 16:
-        raise InputError(f"--frames must be at least 2 and --size at least 16, got {frames} and {size}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out} already exists and is not an empty folder; choose a new output folder")
+    _check_request(out, videos, frames, size)
     config = AffectConfig()
     plan = _plan(videos, frames, seed)
-    records: dict[str, dict] = {}
-    with tqdm(
-        total=sum(r.frames * len(r.subjects) for r in plan),
-        unit="frame",
-        desc="simulating",
-        disable=not progress,
-    ) as bar:
-        for raw in plan:
-            records.update(_simulate(raw, out, size, seed, config))
-            bar.update(raw.frames * len(raw.subjects))
-    subsets = {
-        task.name: {
-            SPLIT_DIRS[s]: sum(task in tasks for r in plan if r.split == s for tasks in r.tasks) for s in SPLIT_DIRS
-        }
-        for task in TASKS
-    }
+    records = _simulate_all(plan, out, size, seed, config, progress)
     missing = sum(int((~r["found"]).sum()) for r in records.values())
     total = sum(len(r["found"]) for r in records.values())
     summary = SynthSummary(
@@ -267,43 +312,11 @@ def generate(
         frames=total,
         crops=total - missing,
         missing_crops=missing,
-        subsets=subsets,
+        subsets=_subsets(plan),
     )
-    report = {
-        "seed": seed,
-        "parameters": {
-            "videos": videos,
-            "frames": frames,
-            "size": size,
-            "fps": FPS,
-            "sample_rate": SAMPLE_RATE,
-            "affect": asdict(config),
-        },
-        "counts": {
-            "videos": summary.videos,
-            "raw_videos": summary.raw_videos,
-            "frames": total,
-            "crops": summary.crops,
-            "missing_crops": missing,
-            "subsets": subsets,
-            "invalid": {
-                task.name: sum(int((~r["valid"][task.name]).sum()) for r in records.values() if task.name in r["valid"])
-                for task in TASKS
-            },
-        },
-        "label_marginals": _marginals(records),
-        "videos": {
-            name: {
-                "split": raw.split,
-                "raw": raw.base,
-                "frames": raw.frames,
-                "tasks": [t.name for t in tasks],
-                "missing_crops": np.flatnonzero(~records[name]["found"]).tolist(),
-            }
-            for raw in plan
-            for name, tasks in zip(raw.subjects, raw.tasks, strict=True)
-        },
-    }
+    parameters = {"videos": videos, "frames": frames, "size": size, "fps": FPS, "sample_rate": SAMPLE_RATE,
+                  "affect": asdict(config)}
+    report = _report(summary, plan, records, seed, parameters)
     (out / "synth.json").write_text(json.dumps(report, indent=1) + "\n")
     if preview:
         from emodistill.data.preview import contact_sheet

@@ -20,30 +20,11 @@ SUPERSAMPLE = 2  # faces are drawn at twice the output size, then area-averaged 
 CROP_SPAN = 2.6
 CROP_CENTRE_Y = 0.2
 _AU = {name: i for i, name in enumerate(AU.names)}
-_SKIN = np.array(
-    [
-        [200, 222, 250],
-        [170, 200, 240],
-        [140, 180, 225],
-        [110, 150, 200],
-        [80, 115, 170],
-        [60, 90, 140],
-        [45, 65, 105],
-    ],
-    dtype=np.float64,
-)  # BGR, light to dark
-_HAIR = np.array(
-    [
-        [20, 20, 25],
-        [30, 45, 70],
-        [40, 70, 110],
-        [60, 110, 170],
-        [150, 160, 170],
-        [30, 30, 35],
-        [50, 50, 60],
-    ],
-    dtype=np.float64,
-)
+# BGR, light to dark
+_SKIN = np.array([[200, 222, 250], [170, 200, 240], [140, 180, 225], [110, 150, 200], [80, 115, 170],
+                  [60, 90, 140], [45, 65, 105]], dtype=np.float64)
+_HAIR = np.array([[20, 20, 25], [30, 45, 70], [40, 70, 110], [60, 110, 170], [150, 160, 170],
+                  [30, 30, 35], [50, 50, 60]], dtype=np.float64)
 _IRIS = np.array([[30, 50, 80], [40, 70, 110], [130, 110, 60], [80, 120, 80], [25, 35, 45]], dtype=np.float64)
 Colour = tuple[float, float, float]
 # A recorded drawing step: points (N, 4), colour, line width in pixels (0 fills the polygon),

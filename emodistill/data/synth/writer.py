@@ -33,18 +33,12 @@ def crop_path(root: Path, video: str, index: int) -> Path:
     return root / "cropped_aligned" / video / f"{index + 1:05d}.jpg"
 
 
-def _format_row(task: Task, row: np.ndarray) -> str:
-    """AU: 0/1 per AU; EXPR: the class index; VA: two values with 4 decimals."""
-    if task.kind == "binned":
-        return ",".join(f"{v:.4f}" for v in row)
-    return ",".join(str(int(v)) for v in np.atleast_1d(row))
-
-
 def write_annotation(path: Path, task: Task, labels: np.ndarray, valid: np.ndarray) -> None:
     """One header line, then one line per frame; invalid frames carry the task's marker (-1, -5)."""
     invalid_row = np.full(labels.shape[1:], task.invalid, dtype=labels.dtype)
     lines = [HEADERS[task.name]]
-    lines += [_format_row(task, row if ok else invalid_row) for row, ok in zip(labels, valid, strict=True)]
+    # AU: 0/1 per AU; EXPR: the class index; VA: two values with 4 decimals.
+    lines += [task.annotation_line(row if ok else invalid_row) for row, ok in zip(labels, valid, strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

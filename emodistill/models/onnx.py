@@ -1,4 +1,4 @@
-"""ONNX export of a run's members and an ONNX Runtime twin of `EMENet.forward_stateful`.
+"""ONNX export of one member and an ONNX Runtime twin of `EMENet.forward_stateful`.
 
 One file per member: frames [+ audio] + GRU state in, per-task logits + GRU state out, with
 dynamic batch and length, so a video can be streamed chunk by chunk like the PyTorch model.
@@ -26,12 +26,10 @@ from torch import nn
 
 from emodistill.core.checkpoints import atomic_write
 from emodistill.core.errors import InputError
-from emodistill.methods.distillation import Run, generation_name
 from emodistill.models import EMENet, ModelConfig
 from emodistill.tasks import TASKS
 
 OPSET = 17
-ONNX_DIR = "onnx"
 CONFIG_KEY = "emodistill.model_config"  # ONNX metadata: the member's ModelConfig as JSON
 OUTPUTS = (*(t.name for t in TASKS), "hidden_out")  # ONNX output names: logits, GRU state
 _ORT_LOAD_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
@@ -107,56 +105,6 @@ def _contiguous_copy(model: EMENet) -> EMENet:
     return copy.eval()
 
 
-def export_run(
-    run_dir: Path, generation: int | None = None, out_dir: Path | None = None
-) -> list[Path]:
-    """Export every member of a finished generation (default: the last one) to ONNX.
-
-    Files are `RUN/<generation>/onnx/member-<m>.onnx` unless `out_dir` is given.
-    """
-    run = Run(run_dir)
-    config = run.config()
-    finished = run.finished_generations()
-    if not finished:
-        raise InputError(f"{run.root} has no finished generation to export; train it first")
-    if generation is None:
-        generation = finished[-1]
-    elif generation not in finished:
-        done = ", ".join(generation_name(g) for g in finished)
-        raise InputError(
-            f"{run.root} has no finished {generation_name(generation)} generation "
-            f"(finished: {done})"
-        )
-    out_dir = Path(out_dir) if out_dir is not None else run.generation_dir(generation) / ONNX_DIR
-    return [
-        export_member(run.load_member(generation, m), out_dir / f"member-{m}.onnx")
-        for m in range(config.members)
-    ]
-
-
-def parse_generation(text: str | None) -> int | None:
-    """A generation as the user names it: "teacher", "student2", or its number; None: last."""
-    if text is None:
-        return None
-    if text.isdigit():
-        return int(text)
-    if text == generation_name(0):
-        return 0
-    number = text.removeprefix("student")
-    if text.startswith("student") and number.isdigit() and int(number) > 0:
-        return int(number)
-    raise InputError(f"unknown generation {text!r}; expected teacher, student<k> or a number")
-
-
-def export_command(run: Path, generation: str | None) -> list[Path]:
-    """`emodistill export RUN [--generation G]`: export and print each file written."""
-    paths = export_run(run, parse_generation(generation))
-    for path in paths:
-        print(path)
-    print(f"exported {len(paths)} members to ONNX in {paths[0].parent}")
-    return paths
-
-
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """ONNX Runtime settings: all graph optimisations, `threads` intra-op threads, lean memory."""
     options = ort.SessionOptions()
@@ -202,12 +150,8 @@ class OnnxMember:
         alone, _ = self.forward_stateful(flat, None if audio is None else audio.reshape(-1, 1, *audio.shape[2:]))
         return logits, state, alone
 
-    def forward_stateful(
-        self,
-        frames: np.ndarray,
-        audio: np.ndarray | None = None,
-        hidden: np.ndarray | None = None,
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def forward_stateful(self, frames: np.ndarray, audio: np.ndarray | None = None,
+                         hidden: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """frames (B, L, 3, S, S) float32 in [0, 1] [+ audio (B, L, 64, 64)], GRU state
         (n_tasks, B, H) or None for zeros -> ({task: (B, L, n_logits)}, state (n_tasks, B, H))."""
         cfg = self.config

@@ -1,6 +1,6 @@
-"""Training a run on a Ray cluster: every member, and every member's soft-label pass, is a task.
+"""The Ray backend: every member, and every member's soft-label pass, is a task on a cluster.
 
-Same seeds, files and resume rules as `distillation.train_run`; Ray only decides where work runs.
+Same seeds, files and resume rules as the local backend; Ray only decides where work runs.
 """
 
 from __future__ import annotations
@@ -23,21 +23,18 @@ from emodistill.core.checkpoints import load_arrays, read_json, save_arrays, wri
 from emodistill.core.errors import InputError
 from emodistill.core.runtime import tune_allocator
 from emodistill.methods.distillation import (
-    Run,
-    RunConfig,
-    average_member_probs,
+    distil,
     ensemble_probs,
-    generation_name,
     load_data,
-    prepare_run,
-    run_class_weights,
     saved_soft_labels,
+    start_run,
     summary_line,
     train_generation_member,
 )
 from emodistill.methods.losses import ClassWeights
+from emodistill.models.inference import ensemble_mean
+from emodistill.run import Run, RunConfig, generation_name
 
-ATTEMPTS_FOLDER = "ray"  # RUN/ray/<generation>-member-<m>.json: one entry per task attempt
 DEVICES = ("auto", "cpu", "cuda")
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # s3://..., gs://... (Path turns :// into :/)
 
@@ -141,14 +138,9 @@ def member_resources(
     return MemberResources(cpus=float(cpus), gpus=gpus)
 
 
-def attempts_path(run: Run, generation: int, member: int) -> Path:
-    """Where the Ray backend logs each attempt at one member (host, pid, start time)."""
-    return run.root / ATTEMPTS_FOLDER / f"{generation_name(generation)}-member-{member}.json"
-
-
 def read_attempts(run: Run, generation: int, member: int) -> list[dict]:
     """Every attempt the Ray backend made at one member, oldest first (empty if none)."""
-    path = attempts_path(run, generation, member)
+    path = run.attempts_path(generation, member)
     return read_json(path) if path.exists() else []
 
 
@@ -163,7 +155,7 @@ def _log_attempt(run: Run, generation: int, member: int, resources: MemberResour
         "threads": resources.threads,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    write_json(attempts_path(run, generation, member), attempts)
+    write_json(run.attempts_path(generation, member), attempts)
 
 
 def _worker_setup(root: str, resources: MemberResources) -> tuple[Run, torch.device]:
@@ -270,16 +262,20 @@ def _wait_all(
 
 
 @dataclass
-class RayRun:
+class RayBackend:
     """A run being trained on a connected Ray cluster: submits tasks and collects their files."""
 
     ray: Any  # the imported ray module
     run: Run
     config: RunConfig  # as stored in run.json
+    n_train: int  # training frames, so stored soft labels can be checked
+    tasks: tuple[str, ...]  # tasks with training labels
+    class_weights: ClassWeights
     resources: MemberResources
     max_retries: int  # retries of a task whose worker died
     progress: bool
     log: Callable[[str], None]
+    where: str = " on Ray"
 
     def __post_init__(self) -> None:
         options = {"num_cpus": self.resources.cpus, "num_gpus": self.resources.gpus,
@@ -288,9 +284,9 @@ class RayRun:
         self.probs_task = self.ray.remote(member_probs_task).options(**options)
         self.remote_args = (str(self.run.root), worker_config(self.config))
 
-    def soft_labels(self, generation: int, n_frames: int, tasks: tuple[str, ...]) -> None:
+    def soft_labels(self, generation: int) -> None:
         """Soft labels of `generation` for the next one: a task per member, averaged here."""
-        if saved_soft_labels(self.run, generation, n_frames) is not None:
+        if saved_soft_labels(self.run, generation, self.n_train) is not None:
             return
         refs = {self.probs_task.remote(*self.remote_args, generation, m, self.resources): m
                 for m in range(self.config.members)}
@@ -299,18 +295,13 @@ class RayRun:
                   f"{generation_name(generation)} soft labels", self.max_retries, self.progress)
         # Averaged in member order, as the local backend does, whoever finished first.
         ordered = [member_probs[member] for member in range(self.config.members)]
-        save_arrays(self.run.soft_labels_path(generation), average_member_probs(ordered, tasks))
+        save_arrays(self.run.soft_labels_path(generation), ensemble_mean(ordered, self.tasks, np.float32))
 
-    def train_generation(self, generation: int, class_weights: ClassWeights) -> None:
-        """Train this generation's unfinished members in parallel; finished ones are kept."""
-        name = generation_name(generation)
-        refs = {}
-        for member in range(self.config.members):
-            if self.run.is_complete(generation, member):
-                self.log(f"{name} member {member + 1}: already trained, kept")
-                continue
-            args = (*self.remote_args, generation, member, class_weights.as_dict(), self.resources)
-            refs[self.train_task.remote(*args)] = member
+    def train_members(self, generation: int, members: Sequence[int]) -> None:
+        """Train these members of `generation` in parallel."""
+        weights = self.class_weights.as_dict()
+        refs = {self.train_task.remote(*self.remote_args, generation, member, weights, self.resources): member
+                for member in members}
 
         def report(member: int, record: dict) -> None:
             attempts = read_attempts(self.run, generation, member)
@@ -318,7 +309,8 @@ class RayRun:
             again = f", attempt {len(attempts)}" if len(attempts) > 1 else ""
             self.log(f"{summary_line(record)}{where}{again}")
 
-        _wait_all(self.ray, refs, report, f"{name} members", self.max_retries, self.progress)
+        _wait_all(self.ray, refs, report, f"{generation_name(generation)} members", self.max_retries,
+                  self.progress)
 
 
 def train_run_ray(
@@ -338,16 +330,14 @@ def train_run_ray(
     connects to $RAY_ADDRESS if set, else starts Ray on this machine, unless this process is
     already connected to a cluster (then that one is used and left running). A member
     whose worker dies is retried up to `max_retries` times; an error in the member itself is
-    not retried. Finished members, soft labels and the resume rules are those of `train_run`.
+    not retried. Finished members, soft labels and the resume rules are those of the local `train_run`.
     """
     ray = import_ray()
     if max_retries < 0:
         raise InputError(f"--max-retries must be 0 or more, got {max_retries}")
     run = Run(shared_path(root))
-    prepare_run(run, config)
     # The driver reads the data first, so the frame cache is built once, before workers map it.
-    train, _ = load_data(config, progress, log)
-    class_weights = run_class_weights(run, config, train)
+    train, _, class_weights = start_run(run, config, progress, log)
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -358,7 +348,6 @@ def train_run_ray(
             raise InputError(f"no Ray cluster answered at {where}; start one with `ray start "
                              "--head` on its head node, or leave --address out (and RAY_ADDRESS "
                              "unset) to start Ray on this machine") from None
-    started = time.perf_counter()
     try:
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         resources = member_resources(nodes, config.members, device, gpus_per_member,
@@ -366,14 +355,9 @@ def train_run_ray(
         cluster = ray.cluster_resources()
         log(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs on "
             f"{len(nodes)} node(s); each member task takes {resources}")
-        ray_run = RayRun(ray, run, config, resources, max_retries, progress, log)
-        for generation in range(config.generations + 1):
-            if generation > 0:
-                ray_run.soft_labels(generation - 1, len(train), train.tasks_present)
-            ray_run.train_generation(generation, class_weights)
+        backend = RayBackend(ray, run, config, len(train), train.tasks_present, class_weights,
+                             resources, max_retries, progress, log)
+        return distil(run, config, backend, log)
     finally:
         if started_here:
             ray.shutdown()
-    log(f"run {run.root}: {config.members} members x {config.generations + 1} generations "
-        f"ready on Ray ({time.perf_counter() - started:.0f} s this time)")
-    return run

@@ -1,0 +1,57 @@
+"""A trained member behind one NumPy interface, whatever runs it (PyTorch here, ONNX Runtime
+in `models.onnx`): streaming over a sequence, and each frame alone for the OOD score."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class Member(Protocol):
+    """What predict and bench need from a member."""
+
+    def forward_stateful(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: object | None
+    ) -> tuple[dict[str, np.ndarray], object]: ...
+
+    def forward_with_alone(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: object | None
+    ) -> tuple[dict[str, np.ndarray], object, dict[str, np.ndarray]]: ...
+
+
+def numpy_logits(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Task -> float32 NumPy logits on the CPU."""
+    return {k: v.float().cpu().numpy() for k, v in logits.items()}
+
+
+class TorchMember:
+    """A PyTorch member behind the NumPy interface of `models.onnx.OnnxMember`."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model = model.to(memory_format=torch.channels_last).eval()  # REFERENCE Sec. 7
+        self.device = device
+
+    @torch.inference_mode()
+    def forward_stateful(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: torch.Tensor | None
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        """frames (B, L, 3, S, S) float32 in [0, 1] -> (task -> logits (B, L, n), GRU state)."""
+        x = torch.from_numpy(frames).to(self.device)
+        sound = None if audio is None else torch.from_numpy(audio).to(self.device)
+        logits, hidden = self.model.forward_stateful(x, sound, hidden)
+        return numpy_logits(logits), hidden
+
+    @torch.inference_mode()
+    def forward_with_alone(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: torch.Tensor | None
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor, dict[str, np.ndarray]]:
+        """As `forward_stateful`, plus every frame's logits as its own length-1 sequence from a
+        zero state, (B * L, 1, n): the CNN runs once, only the heads run twice."""
+        x = torch.from_numpy(frames).to(self.device)
+        sound = None if audio is None else torch.from_numpy(audio).to(self.device)
+        features = self.model.encode(x, sound)  # (B, L, D)
+        logits, hidden = self.model.decode(features, hidden)
+        alone, _ = self.model.decode(features.flatten(0, 1)[:, None])
+        return numpy_logits(logits), hidden, numpy_logits(alone)

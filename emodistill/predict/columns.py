@@ -1,0 +1,89 @@
+"""The columns of a prediction table and how a frame's member probabilities fill them:
+per-task values, the normalised entropy of each task and its two parts (Eq. 14), the OOD score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from emodistill.evaluation.uncertainty import decompose_task, ood_score
+from emodistill.predict.sources import Frame
+from emodistill.tasks import TASKS
+
+# Output columns that are not per-task probabilities; the task columns follow `frame..h`.
+FRAME_COLUMNS = ("frame", "timestamp", "face", "x", "y", "w", "h")
+INTEGER_COLUMNS = ("frame", "face", "x", "y", "w", "h")
+# One uncertainty value per output distribution, in the order of the Figure 1 bars.
+OUTPUT_NAMES: tuple[str, ...] = tuple(name for t in TASKS for name in t.output_names())
+
+
+@dataclass(frozen=True)
+class FramePrediction:
+    """One output row, and for figures the face the model saw and each output's uncertainty."""
+
+    row: dict[str, object]  # column -> value; None where there is no prediction
+    face: np.ndarray | None  # (DISPLAY_SIZE, DISPLAY_SIZE, 3) uint8, when faces were asked for
+    # "entropy" (total), and for an ensemble "aleatoric" and "epistemic": (len(OUTPUT_NAMES),)
+    # each; None without a face
+    uncertainty: dict[str, np.ndarray] | None
+
+
+PARTS = ("entropy", "aleatoric", "epistemic")  # total, and its two parts (Eq. 14)
+
+
+def output_columns(ensemble: bool, with_ood: bool, with_file: bool) -> list[str]:
+    """Every column of a prediction table, in order."""
+    parts = PARTS if ensemble else PARTS[:1]
+    columns = [*(["file"] if with_file else []), *FRAME_COLUMNS]
+    columns += [c for t in TASKS for c in t.output_columns()]
+    columns += [f"{t.name}_{part}" for t in TASKS for part in parts]
+    if with_ood:
+        columns += ["ood_score", "ood_flag"]
+    return columns
+
+
+def summarise(
+    member_probs: dict[str, np.ndarray],
+    ood_tasks: tuple[str, ...] | None,
+    threshold: float | None,
+    alone_probs: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Members' probabilities, task -> (T, N, n_logits) -> (column -> (N,), part -> (N, outputs)).
+
+    Uncertainty is normalised entropy (REFERENCE Sec. 2); a task's column averages its groups
+    (12 AUs, 2 VA dimensions); the second dict keeps every group for Figure 1. The OOD score
+    comes from `alone_probs` (each frame seen alone, from a zero GRU state, as `evaluate` scores
+    it when it sets the threshold) when given, else from `member_probs`.
+    """
+    columns: dict[str, np.ndarray] = {}
+    groups: dict[str, list[np.ndarray]] = {part: [] for part in PARTS}
+    for task in TASKS:
+        probs = member_probs[task.name]
+        columns.update(task.output_values(probs.mean(0)))
+        for part, values in zip(PARTS, decompose_task(task, probs), strict=True):  # (N, G) each
+            columns[f"{task.name}_{part}"] = values.mean(-1)
+            groups[part].append(values)
+    if ood_tasks is not None:
+        scored = member_probs if alone_probs is None else alone_probs
+        score = ood_score({name: scored[name] for name in ood_tasks})  # (N,)
+        columns["ood_score"] = score
+        columns["ood_flag"] = np.full(len(score), None) if threshold is None else score > threshold
+    return columns, {part: np.concatenate(values, axis=-1) for part, values in groups.items()}
+
+
+def python_value(value: object) -> object:
+    """NumPy scalars -> plain Python values for rows."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def frame_row(frame: Frame, columns: list[str]) -> dict[str, object]:
+    """A row with the frame's own fields filled in and every prediction empty."""
+    row: dict[str, object] = dict.fromkeys(columns)
+    row.update(frame=frame.number, timestamp=frame.timestamp, face=int(frame.box is not None))
+    if "file" in row:
+        row["file"] = frame.file
+    if frame.box is not None:
+        row.update(x=round(frame.box.x), y=round(frame.box.y), w=round(frame.box.w),
+                   h=round(frame.box.h))
+    return row
