@@ -36,6 +36,7 @@ from emodistill.data.manifest import (
     raw_video_name,
     read_manifest,
 )
+from emodistill.data.media import UNREADABLE_RAW_VIDEO, probe_video
 from emodistill.tasks import TASKS, Task
 
 SPLIT_FOLDERS = {"train": ("Train_Set", "Training_Set"), "val": ("Validation_Set",)}
@@ -278,18 +279,6 @@ def _decode_crops(
             bar.update(len(chunk))
 
 
-def probe_fps(path: Path) -> float:
-    """Frame rate of a raw video's first video stream."""
-    with audio_features.open_media(path) as container:
-        if not container.streams.video:
-            raise InputError(f"{path} has no video stream, so its frame rate is unknown")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if not rate:
-        raise InputError(f"{path} does not state a frame rate")
-    return float(rate)
-
-
 def _raw_videos(root: Path, video_names: list[str]) -> dict[str, Path]:
     """Video name -> its raw file under ROOT/videos (a `_left`/`_right` subject -> the base)."""
     folder = root / "videos"
@@ -319,7 +308,10 @@ def _frame_rates(
             fps[name] = DEFAULT_FPS
             continue
         if path not in by_path:
-            by_path[path] = probe_fps(path)
+            rate = probe_video(path, UNREADABLE_RAW_VIDEO).fps
+            if not rate:
+                raise InputError(f"{path} does not state a frame rate")
+            by_path[path] = rate
         fps[name] = by_path[path]
     without = [name for name in video_names if name not in raw]
     if without:

@@ -11,6 +11,7 @@ import av
 import numpy as np
 
 from emodistill.core.errors import InputError
+from emodistill.data.media import UNREADABLE_RAW_VIDEO, open_container
 
 SAMPLE_RATE = 16000  # Hz, mono
 N_MELS = 64  # mel bands
@@ -25,18 +26,9 @@ LOG_MEL_MEAN_DB = -32.0
 LOG_MEL_STD_DB = 16.0
 
 
-def open_media(path: Path) -> av.container.InputContainer:
-    """Open a raw video with PyAV; a missing, corrupt or truncated file is one clear InputError."""
-    try:
-        return av.open(str(path))
-    except (av.error.FFmpegError, OSError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise InputError(f"{path} could not be opened as a video ({reason})") from None
-
-
 def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The first audio track of `path` as mono float32 samples at `sample_rate` Hz, shape (T,)."""
-    with open_media(path) as container:
+    with open_container(path, UNREADABLE_RAW_VIDEO) as container:
         if not container.streams.audio:
             raise InputError(
                 f"{path} has no audio track; the audio-visual model needs one (use --modality v)"

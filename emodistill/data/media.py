@@ -7,10 +7,13 @@ works one frame at a time with flat memory and no look-ahead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from queue import Full, Queue
+from typing import TypeVar
 
 import av
 import cv2
@@ -26,6 +29,8 @@ from emodistill.data.faces import (
     crop_face,
     make_detector,
 )
+
+T = TypeVar("T")
 
 # The first bytes of the image formats OpenCV decodes, so that a file is taken for an image by
 # what it holds (a WEBP or PNG saved under a .jpg name is common), never by its extension.
@@ -59,14 +64,25 @@ class VideoFrame:
     rgb: np.ndarray  # (H, W, 3) uint8
 
 
-def _open(path: Path) -> av.container.InputContainer:
-    """Open a media file for reading, turning PyAV's errors into one sentence naming the file."""
+# How an unreadable file is reported. `predict` and `prepare` name it as the subject of the
+# sentence; the Aff-wild2 reader (raw videos beside the crops, for audio and frame rates) words it
+# as before. Both are checked by tests, so both stay.
+UNREADABLE_VIDEO = "{path}: not a readable video file ({reason})"
+UNREADABLE_RAW_VIDEO = "{path} could not be opened as a video ({reason})"
+
+
+def open_container(path: Path, unreadable: str = UNREADABLE_VIDEO) -> av.container.InputContainer:
+    """Open a media file for reading with PyAV, the one opener of the package: a missing file, or
+    one PyAV cannot open, is one InputError naming it (`unreadable`, formatted with `path` and
+    `reason`, words the second)."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such video file")
     try:
         return av.open(str(path))
-    except av.FFmpegError as error:
-        raise InputError(f"{path}: not a readable video file ({error.strerror or error})") from None
+    except (av.FFmpegError, OSError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise InputError(unreadable.format(path=path, reason=reason)) from None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
@@ -75,11 +91,18 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.Vide
     return container.streams.video[0]
 
 
-def probe_video(path: Path) -> VideoInfo:
-    """Read a video's header: frame rate, frame count, duration, size and whether it has sound."""
-    with _open(path) as container:
+def stream_rate(stream: av.VideoStream) -> Fraction | None:
+    """A video stream's frame rate as the container states it (average, else guessed from the
+    timestamps, else the base rate); None when it states none."""
+    return stream.average_rate or stream.guessed_rate or stream.base_rate or None
+
+
+def probe_video(path: Path, unreadable: str = UNREADABLE_VIDEO) -> VideoInfo:
+    """Read a video's header: frame rate (0.0 when the file states none), frame count, duration,
+    size and whether it has sound. `unreadable` as in `open_container`."""
+    with open_container(path, unreadable) as container:
         stream = _video_stream(container, path)
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        rate = stream_rate(stream)
         fps = float(rate) if rate else 0.0
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
@@ -101,12 +124,21 @@ def probe_video(path: Path) -> VideoInfo:
         )
 
 
-def iter_frames(path: Path) -> Iterator[VideoFrame]:
-    """Decode a video one frame at a time (memory stays flat however long the video is)."""
-    with _open(path) as container:
+def iter_frames(path: Path, thread: bool = False) -> Iterator[VideoFrame]:
+    """Decode a video one frame at a time (memory stays flat however long the video is).
+
+    `thread`: decode in a background thread, a few frames ahead of the consumer (`prefetch`):
+    the same frames in the same order, the same errors, raised where the frame would have been.
+    """
+    frames = _decode_frames(Path(path))
+    return prefetch(frames) if thread else frames
+
+
+def _decode_frames(path: Path) -> Iterator[VideoFrame]:
+    with open_container(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"  # frame threads too: 640x480 H.264 decodes 2x faster here
-        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        rate = stream_rate(stream) or Fraction(25)
         listed = stream.frames  # frames in the container's index; 0 when it keeps none
         coded = decoded = 0
         try:
@@ -133,6 +165,69 @@ def iter_frames(path: Path) -> Iterator[VideoFrame]:
                 f"{path}: the video is truncated, it ends at frame {coded} of the {listed} "
                 "its index lists"
             )
+
+
+_ITEM, _END, _ERROR = range(3)  # what the decode thread puts on its queue, with a value
+
+
+def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
+    """Iterate `items` in a daemon thread, at most `depth` items ahead of the consumer.
+
+    The items come in their order; an exception raised by `items` is raised again in the
+    consumer, the same object (same type and message), after the items before it. Closing the
+    generator early (a `break`, garbage collection) stops the thread: it closes `items` when it
+    has a `close` (a generator: its `with` blocks run, the container is closed) and is waited for
+    up to a few seconds, so an early exit never hangs on a full queue.
+
+    PyAV decodes and converts frames with the GIL released, so the next frames are decoded while
+    the consumer runs the models (2 cores, one PyTorch thread: 1.4-1.8 s of 720p decoding beside
+    0.8 s of PyTorch work took 1.7-1.9 s); so does dlib's detector (1.2-1.4 s of detections
+    beside 0.5-0.6 s: 1.1 s), so a generator that also tracks faces can run here too. The
+    thread starts at the first `next`.
+    """
+    if depth < 1:
+        raise ValueError(f"prefetch depth must be 1 or more, got {depth}")
+    queue: Queue[tuple[int, object]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: int, value: object) -> bool:
+        """Queue one entry, giving up when the consumer has gone; True when queued."""
+        while not stop.is_set():
+            try:
+                queue.put((kind, value), timeout=0.05)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put(_ITEM, item):
+                    return
+            put(_END, None)
+        except BaseException as error:  # every error belongs to the consumer
+            put(_ERROR, error)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="emodistill-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
 
 
 def is_image_file(path: Path) -> bool:
@@ -211,7 +306,11 @@ class FaceTracker:
     smoother: BoxSmoother = field(default_factory=BoxSmoother)
     crop_size: int = 112  # side of the face crops in pixels (Aff-wild2: 112)
     margin: float = CROP_MARGIN  # enlargement of the box on each side, fraction of its size
-    detect_every: int = 1  # run the detector on every k-th frame, reuse the smoothed box between
+    # Run the detector on frames 0, k, 2k, ... of a video (counted from `reset`) and reuse the
+    # smoothed box in between, unchanged and unchecked (no re-detection when the face moves or
+    # leaves: the next scheduled detection finds out). The smoother's `hold` then counts missed
+    # detections, so a lost face is dropped after hold x k frames. 1: every frame, as without it.
+    detect_every: int = 1
     eyes: EyeLocator | None = None  # a landmark model: crops aligned by the eyes, else square
     _frames_seen: int = field(default=0, init=False, repr=False)
 

@@ -1,0 +1,431 @@
+"""Speed levers for ensemble inference (issue 11), each switchable and checked against the plain path.
+
+- `StackedMembers`: M EMENets of one config behind one `TorchMember`-like object, outputs stacked
+  on a leading member axis. The GRU heads of all members run as one batched recurrence
+  (`StackedHeads`, 1.25-2.7x faster than M x 3 `nn.GRU`s); the CNNs run either in turn
+  ("separate") or as one network of grouped convolutions over the members' channels laid side
+  by side ("grouped", `widen`). Optionally BatchNorm folded into the convolutions
+  (`fold_batch_norm`) and bf16 autocast.
+- `bf16_fast`: bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX),
+  checked at run time from the CPU flags.
+- `Levers`: which levers a run uses, for `bench` and `predict` to record.
+
+Measured on the 2-core AVX2 machine: 5 members, one clip of 32 frames, side by side in one
+process, medians of 5 rounds, speed relative to 5 `TorchMember`s (forward_stateful /
+forward_with_alone). Two threads on a quiet machine: EMENet-V stacked 1.02 / 1.01x, stacked +
+folded BN 1.15 / 1.22x (folding alone 1.14 / 1.17x), grouped 0.54 / 0.55x, grouped + folded
+0.77 / 0.76x, vmap (torch.func) 0.26x; demo preset 1.07 / 1.09x, 1.36 / 1.33x, grouped 1.34 /
+1.24x, grouped + folded 1.36 / 1.31x, vmap 0.52 / 0.49x. One thread, CPU time: EMENet-V stacked +
+folded 1.12 / 1.21x, grouped 0.50 / 0.59x. Grouped 1x1 convolutions on the 28x28 maps ran at a
+third of the dense speed (64 -> 128 channels, 5 members: 113 against 35 ms), and 5 members'
+activations side by side overflow the caches.
+
+Detection every k frames is `FaceTracker(detect_every=k)` and the background decoder is
+`media.prefetch` / `iter_frames(thread=True)` (emodistill.data.media).
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from emodistill.core.errors import InputError
+from emodistill.models.emenet import EMENet
+from emodistill.models.members import numpy_logits
+from emodistill.tasks import TASKS
+
+# CPU flags (as /proc/cpuinfo spells them) with which PyTorch's oneDNN kernels multiply bf16 in
+# hardware; without them bf16 is emulated and slower than fp32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags(cpuinfo: Path | str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's feature flags, sorted: the first `flags` line of /proc/cpuinfo (Linux), else
+    whatever `platform` says about the processor (no flags on most other systems)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, ARM
+            return sorted(set(value.split()))
+    fallback = platform.processor() or platform.machine()
+    return sorted(set(fallback.lower().split()))
+
+
+def bf16_fast(flags: Iterable[str] | None = None) -> bool:
+    """True only when the CPU has native bf16 matrix arithmetic (AVX512-BF16 or AMX)."""
+    have = set(cpu_flags() if flags is None else flags)
+    return any(flag in have for flag in BF16_FLAGS)
+
+
+@dataclass(frozen=True)
+class Levers:
+    """The speed levers a prediction run uses; the defaults are the plain fp32 path."""
+
+    batched: bool = False  # all members in one forward (`StackedMembers`)
+    bf16: bool = False  # bf16 autocast of the face CNNs
+    fold_bn: bool = False  # BatchNorm folded into the convolutions (`fold_batch_norm`)
+    detect_every: int = 1  # full face detection every k-th frame, the smoothed box carried between
+    decode_thread: bool = False  # video decoding in a background thread (`media.prefetch`)
+
+    def __post_init__(self) -> None:
+        if self.detect_every < 1:
+            raise InputError(f"detect_every must be 1 or more, got {self.detect_every}")
+
+    def as_dict(self) -> dict[str, bool | int]:
+        """The levers as JSON-ready values, for `bench` results and run records."""
+        return asdict(self)
+
+    @classmethod
+    def auto(cls, flags: Iterable[str] | None = None, detect_every: int = 1) -> Levers:
+        """Every lever that leaves the outputs within their stated tolerances: batching, folded
+        BatchNorm and the decode thread always, bf16 only on a CPU with native bf16
+        (`bf16_fast`). Detection every k frames changes the boxes, so it stays at `detect_every`
+        (default 1: every frame)."""
+        return cls(batched=True, bf16=bf16_fast(flags), fold_bn=True, detect_every=detect_every,
+                   decode_thread=True)
+
+
+# ------------------------------------------------------------------------ stacked members
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _widen_conv(wide: nn.Conv1d | nn.Conv2d, members: list[nn.Module]) -> None:
+    """Member convolutions -> one with `groups` x M: member m's filters read member m's channels.
+
+    A grouped convolution splits its inputs and outputs into `groups` equal consecutive blocks
+    and connects block g to block g only; with the members' channels side by side and their
+    filters concatenated in the same order, member m's groups are m * g .. (m + 1) * g - 1.
+    """
+    M = len(members)
+    wide.in_channels *= M
+    wide.out_channels *= M
+    wide.groups *= M
+    wide.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
+    if wide.bias is not None:
+        wide.bias = nn.Parameter(torch.cat([m.bias.detach() for m in members]), requires_grad=False)
+
+
+def _widen_batch_norm(wide: nn.BatchNorm1d | nn.BatchNorm2d, members: list[nn.Module]) -> None:
+    if not all(m.track_running_stats and m.running_mean is not None for m in members):
+        raise InputError("stacking needs BatchNorm layers with running statistics (eval mode)")
+    wide.num_features *= len(members)
+    for name in ("weight", "bias"):
+        if getattr(wide, name) is not None:
+            value = torch.cat([getattr(m, name).detach() for m in members])
+            setattr(wide, name, nn.Parameter(value, requires_grad=False))
+    for name in ("running_mean", "running_var"):
+        setattr(wide, name, torch.cat([getattr(m, name) for m in members]))
+
+
+def _widen_prelu(wide: nn.PReLU, members: list[nn.Module]) -> None:
+    if wide.num_parameters == 1:
+        # One slope for all channels: the widened layer would need to know the channel count.
+        raise InputError("stacking needs per-channel PReLU layers, got one with a single slope")
+    wide.num_parameters *= len(members)
+    wide.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
+
+
+def widen(members: Sequence[nn.Module]) -> nn.Module:
+    """M networks of one architecture -> one network on their channels side by side, eval mode.
+
+    The result takes the members' input repeated M times along the channel axis (N, M * C, ...)
+    and returns their outputs side by side, (N, M * F, ...). Only convolutions, BatchNorm
+    (running statistics) and per-channel PReLU may hold weights; the code between them must act
+    per channel (residual adds, ReLU, flatten, means over time or space), as in MobileFaceNet and
+    MarbleNet. Anything else with weights is an InputError rather than a silent mix of members.
+    """
+    wide = copy.deepcopy(members[0]).eval()
+    by_name = [dict(m.named_modules()) for m in members]
+    for name, module in wide.named_modules():
+        others = [modules[name] for modules in by_name]
+        if isinstance(module, nn.Conv1d | nn.Conv2d):
+            if module.padding_mode != "zeros":
+                raise InputError(f"stacking supports zero-padded convolutions only, not {name!r}")
+            _widen_conv(module, others)
+        elif isinstance(module, _BATCH_NORMS):
+            _widen_batch_norm(module, others)
+        elif isinstance(module, nn.PReLU):
+            _widen_prelu(module, others)
+        elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            raise InputError(f"cannot stack layer {name!r} ({type(module).__name__}): it is not per channel")
+    for parameter in wide.parameters():
+        parameter.requires_grad_(False)
+    return wide
+
+
+def fold_batch_norm(module: nn.Module) -> nn.Module:
+    """A copy of an eval-mode network with each BatchNorm folded into the convolution before it
+    (weights scaled, bias added): one layer call instead of two, the same function up to rounding
+    (logits within 3e-6 of the unfolded ones on the tiny, demo and EMENet-V presets, measured).
+
+    The pairs are the blocks that hold a convolution `conv` (or a Sequential ending in one) and
+    a BatchNorm `bn` applied to its output, as MobileFaceNet's `ConvBN` and MarbleNet's
+    `ConvBN1d` do; their `bn` becomes an identity. A network with BatchNorm elsewhere is an
+    InputError, never a silently unfolded one.
+    """
+    folded = copy.deepcopy(module).eval()
+    for block in list(folded.modules()):
+        conv, bn = getattr(block, "conv", None), getattr(block, "bn", None)
+        if not isinstance(bn, _BATCH_NORMS):
+            continue
+        holder, key = (conv, len(conv) - 1) if isinstance(conv, nn.Sequential) else (block, "conv")
+        last = conv[-1] if isinstance(conv, nn.Sequential) else conv
+        if not isinstance(last, nn.Conv1d | nn.Conv2d):
+            continue
+        fused = fuse_conv_bn_eval(last, bn)
+        if isinstance(holder, nn.Sequential):
+            holder[key] = fused
+        else:
+            block.conv = fused
+        block.bn = nn.Identity()
+    if any(isinstance(m, _BATCH_NORMS) for m in folded.modules()):
+        raise InputError("fold_batch_norm folds BatchNorm only right after a block's `conv`")
+    return folded
+
+
+class StackedHeads(nn.Module):
+    """The M x n_tasks GRU heads of M members (eval mode) as one recurrence over batched matrices.
+
+    `EMENet.decode` runs M x 3 `nn.GRU`s, each stepping through the sequence on its own; here
+    the input projections of all heads are one batched matrix product, each time step is one
+    for all G = M x n_tasks hidden states, and each task's output layer one more. Same gates and
+    order as `nn.GRU` (r, z, n; n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h).
+    Dropout is off (eval mode); MC dropout needs the members themselves.
+    """
+
+    def __init__(self, models: Sequence[EMENet]) -> None:
+        super().__init__()
+        self.n_members, self.n_tasks = len(models), len(TASKS)
+        self.hidden_size = models[0].config.gru_hidden
+        grus = [[m.heads[t.name].gru for t in TASKS] for m in models]
+        outs = [[m.heads[t.name].out for t in TASKS] for m in models]
+        for row in grus:
+            for gru in row:
+                if gru.num_layers != 1 or gru.bidirectional or not gru.batch_first or not gru.bias:
+                    raise InputError("stacked heads need one-layer, one-way, batch-first GRUs with biases")
+
+        def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([t.detach() for t in tensors])
+
+        # Inputs, every task's gates side by side per member: (M, D, n_tasks * 3H), (M, 1, ...).
+        self.register_buffer("w_ih", stacked([torch.cat([g.weight_ih_l0 for g in row]).T for row in grus]))
+        self.register_buffer("b_ih", stacked([torch.cat([g.bias_ih_l0 for g in row])[None] for row in grus]))
+        # Recurrence, one per (member, task) in that order: (G, H, 3H), (G, 1, 3H).
+        self.register_buffer("w_hh", stacked([g.weight_hh_l0.T for row in grus for g in row]))
+        self.register_buffer("b_hh", stacked([g.bias_hh_l0[None] for row in grus for g in row]))
+        for t, task in enumerate(TASKS):  # outputs per task: (M, H, n_logits), (M, 1, n_logits)
+            self.register_buffer(f"w_out_{task.name}", stacked([row[t].weight.T for row in outs]))
+            self.register_buffer(f"b_out_{task.name}", stacked([row[t].bias[None] for row in outs]))
+
+    def forward(
+        self, features: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Features (M, B, L, D), state (M, n_tasks, B, H) or None (zeros) -> task -> logits
+        (M, B, L, n_logits) and the new state (M, n_tasks, B, H)."""
+        M, B, L, D = features.shape
+        T, H = self.n_tasks, self.hidden_size
+        G = M * T
+        gates_in = torch.baddbmm(self.b_ih, features.reshape(M, B * L, D), self.w_ih)  # (M, B*L, T*3H)
+        # (L, G, B, 3H): each time step's input gates of every head, contiguous.
+        gates_in = gates_in.view(M, B, L, T, 3 * H).permute(2, 0, 3, 1, 4).reshape(L, G, B, 3 * H)
+        h = features.new_zeros(G, B, H) if hidden is None else hidden.reshape(G, B, H)
+        steps = []
+        for step in range(L):
+            gi = gates_in[step]
+            gh = torch.baddbmm(self.b_hh, h, self.w_hh)  # (G, B, 3H)
+            rz = torch.sigmoid(gi[..., : 2 * H] + gh[..., : 2 * H])
+            r, z = rz[..., :H], rz[..., H:]
+            n = torch.tanh(gi[..., 2 * H :] + r * gh[..., 2 * H :])
+            h = (1 - z) * n + z * h
+            steps.append(h)
+        seq = torch.relu(torch.stack(steps, dim=2)).view(M, T, B * L, H)  # (M, T, B*L, H)
+        logits = {
+            task.name: torch.baddbmm(getattr(self, f"b_out_{task.name}"), seq[:, t],
+                                     getattr(self, f"w_out_{task.name}")).view(M, B, L, -1)
+            for t, task in enumerate(TASKS)
+        }
+        return logits, h.view(M, T, B, H)
+
+
+CNN_LAYOUTS = ("separate", "grouped")
+
+
+class MemberCNNs(nn.Module):
+    """M CNNs of one architecture on one shared input: (N, C, ...) -> (N, M, F), float32 eval.
+
+    `layout` "grouped": one network on the members' channels side by side (`widen`), the input
+    repeated M times along the channels; "separate": the M networks in turn on the same input.
+    `fold_bn` folds BatchNorm into the convolutions first (`fold_batch_norm`). Images (4-D
+    inputs) run channels-last, as `TorchMember` runs them.
+    """
+
+    def __init__(self, parts: Sequence[nn.Module], layout: str = "separate", fold_bn: bool = False) -> None:
+        super().__init__()
+        if layout not in CNN_LAYOUTS:
+            raise InputError(f"unknown CNN layout {layout!r}; expected one of {', '.join(CNN_LAYOUTS)}")
+        self.layout, self.n_members = layout, len(parts)
+
+        def prepared(network: nn.Module) -> nn.Module:
+            network = fold_batch_norm(network) if fold_bn else copy.deepcopy(network).eval()
+            for parameter in network.parameters():
+                parameter.requires_grad_(False)
+            return network.to(memory_format=torch.channels_last)
+
+        if layout == "grouped":
+            self.networks = nn.ModuleList([prepared(widen(parts))])
+        else:
+            self.networks = nn.ModuleList([prepared(part) for part in parts])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "grouped":
+            x = x.repeat(1, self.n_members, *([1] * (x.dim() - 2)))  # (N, M*C, ...)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.layout == "grouped":
+            return self.networks[0](x).unflatten(1, (self.n_members, -1))  # (N, M, F)
+        return torch.stack([network(x) for network in self.networks], dim=1)  # (N, M, F)
+
+
+HiddenState = torch.Tensor | Sequence[torch.Tensor | None] | None
+
+
+class StackedMembers:
+    """M EMENets of one config as one batched forward, behind `TorchMember`'s NumPy interface.
+
+    Shapes, with M members (the leading axis of everything returned):
+    - logits: task -> (M, B, L, n_logits) float32 NumPy; `logits[t][m]` is what member m's
+      `TorchMember` returns for task t;
+    - hidden: one tensor (M, n_tasks, B, gru_hidden); `hidden[m]` is member m's GRU state. As an
+      argument it may also be None (zeros, the start of a video) or a sequence of M per-member
+      states (None for zeros);
+    - alone logits (`forward_with_alone`): task -> (M, B * L, 1, n_logits).
+
+    The members' weights are copied at construction (later changes to them are not seen) and
+    used in eval mode: BatchNorm with its running statistics, dropout off. With `bf16`, the face
+    CNN runs under bf16 autocast; the audio CNN and the GRU heads always run in fp32. `fold_bn` folds
+    each BatchNorm into its convolution (`fold_batch_norm`): fewer layer calls, outputs equal up
+    to rounding instead of bit for bit. `layout` (`MemberCNNs`): "separate" runs the members'
+    CNNs in turn, "grouped" as one network of grouped convolutions; the heads are always one
+    `StackedHeads`. "separate" is the default: on the 2-core AVX2 machine grouped convolutions
+    ran EMENet-V at 0.55x the members' own speed, and matched "separate" only for the small demo
+    preset once BatchNorm was folded (numbers in the module docstring).
+
+    Measured differences from 5 `TorchMember`s (tiny, demo and EMENet-V, 16 frames): logits
+    1.5e-7 fp32 (either layout), 2.6e-6 with `fold_bn`; probabilities 7.4e-3 with `bf16`.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[EMENet],
+        device: torch.device | str = "cpu",
+        bf16: bool = False,
+        fold_bn: bool = False,
+        layout: str = "separate",
+    ) -> None:
+        if not models:
+            raise InputError("stacking needs at least one member")
+        config = models[0].config
+        for model in models[1:]:
+            if model.config != config:
+                raise InputError(f"members of one stack need one config, got {config.name!r} and {model.config.name!r}")
+        self.config = config
+        self.device = torch.device(device)
+        self.bf16 = bf16
+        self.n_members = len(models)
+        self.layout = layout
+        self.backbone = MemberCNNs([m.backbone for m in models], layout, fold_bn).to(self.device)
+        audio = [m.audio_encoder for m in models]
+        self.audio_encoder = MemberCNNs(audio, layout, fold_bn).to(self.device) if config.audio else None
+        self.heads = StackedHeads(models).to(self.device)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def encode(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames (B, L, 3, S, S) in [0, 1] [+ log-mel (B, L, 64, 64)] -> every member's features
+        (M, B, L, D), float32: `EMENet.encode` of each member, in one pass."""
+        B, L = frames.shape[:2]
+        x = frames.flatten(0, 1) * 2.0 - 1.0  # (B*L, 3, S, S), as EMENet.encode
+        with self._autocast():
+            features = self.backbone(x).float()  # (B*L, M, F)
+        if self.audio_encoder is not None:
+            # fp32 always: 2.5% of EMENet-VA's multiply-adds, and bf16 there doubled the VA
+            # models' probability error.
+            sound = self.audio_encoder(audio.flatten(0, 1))  # (B*L, M, A)
+            features = torch.cat([features, sound], dim=-1)  # (B*L, M, F+A)
+        return features.movedim(1, 0).unflatten(1, (B, L))  # (M, B, L, D)
+
+    def decode(
+        self, features: torch.Tensor, hidden: HiddenState = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Features (M, B, L, D) -> task -> logits (M, B, L, n) and the state (M, n_tasks, B, H)."""
+        return self.heads(features, self._state(hidden, features))
+
+    def _state(self, hidden: HiddenState, features: torch.Tensor) -> torch.Tensor | None:
+        """`hidden` in any accepted form -> (M, n_tasks, B, H) on the device, or None (zeros)."""
+        if hidden is None or isinstance(hidden, torch.Tensor):
+            state = hidden
+        else:
+            if len(hidden) != self.n_members:
+                raise InputError(f"expected GRU states for {self.n_members} members, got {len(hidden)}")
+            if all(h is None for h in hidden):
+                return None
+            zeros = features.new_zeros(len(TASKS), features.shape[1], self.config.gru_hidden)
+            state = torch.stack([zeros if h is None else h.to(self.device) for h in hidden])
+        expected = (self.n_members, len(TASKS), features.shape[1], self.config.gru_hidden)
+        if state is not None and tuple(state.shape) != expected:
+            raise InputError(f"expected a stacked GRU state of shape {expected}, got {tuple(state.shape)}")
+        return None if state is None else state.to(self.device)
+
+    def _check(self, frames: np.ndarray, audio: np.ndarray | None) -> None:
+        cfg = self.config
+        size = cfg.input_size
+        if frames.ndim != 5 or tuple(frames.shape[2:]) != (3, size, size):
+            raise InputError(
+                f"model {cfg.name!r} expects frames of shape (B, L, 3, {size}, {size}), got {tuple(frames.shape)}"
+            )
+        if cfg.audio:
+            expected = (*frames.shape[:2], cfg.n_mels, cfg.audio_frames)
+            if audio is None or tuple(audio.shape) != expected:
+                got = "none" if audio is None else str(tuple(audio.shape))
+                raise InputError(f"audio-visual model {cfg.name!r} needs a spectrogram of shape {expected}, got {got}")
+
+    def _inputs(self, frames: np.ndarray, audio: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._check(frames, audio)
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.device)
+        sound = None
+        if self.config.audio:
+            sound = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+        return x, sound
+
+    @torch.inference_mode()
+    def forward_stateful(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: HiddenState
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        """frames (B, L, 3, S, S) float32 in [0, 1] -> (task -> logits (M, B, L, n), GRU states
+        (M, n_tasks, B, H)); `audio` is ignored by a visual-only config."""
+        logits, hidden = self.decode(self.encode(*self._inputs(frames, audio)), hidden)
+        return numpy_logits(logits), hidden
+
+    @torch.inference_mode()
+    def forward_with_alone(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: HiddenState
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor, dict[str, np.ndarray]]:
+        """As `forward_stateful`, plus every frame's logits as its own length-1 sequence from a
+        zero state, task -> (M, B * L, 1, n): the CNNs run once, only the heads twice."""
+        features = self.encode(*self._inputs(frames, audio))  # (M, B, L, D)
+        logits, hidden = self.decode(features, hidden)
+        alone, _ = self.decode(features.flatten(1, 2)[:, :, None])  # (M, B*L, 1, D)
+        return numpy_logits(logits), hidden, numpy_logits(alone)

@@ -1,0 +1,289 @@
+"""Every speed lever of issue 11 against the plain fp32 path (emodistill.models.speed, media).
+
+Members are random "tiny" EMENets whose BatchNorm statistics come from a pass over random
+frames, so activations have the scale of a trained network's.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from emodistill.core.errors import InputError
+from emodistill.data.faces import Box
+from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, prefetch
+from emodistill.models.emenet import build_model
+from emodistill.models.inference import activate
+from emodistill.models.members import TorchMember
+from emodistill.models.speed import (
+    Levers,
+    StackedHeads,
+    StackedMembers,
+    bf16_fast,
+    cpu_flags,
+    fold_batch_norm,
+    widen,
+)
+from emodistill.tasks import TASKS
+
+# Measured on the 2-core AVX2 machine (tiny, demo and EMENet-V members): stacked vs separate
+# fp32 logits differ by at most 1.5e-7 (the stacked GRU sums in another order; the CNNs agree
+# bit for bit), with folded BatchNorm by 2.6e-6; bf16 probabilities by up to 0.010 on random
+# members (over 20 seeds of 16 frames: median of the maximum 0.0055, 99th percentile 0.0035).
+FP32_TOL = 1e-5
+FOLD_TOL = 1e-4
+BF16_PROB_TOL = 1e-2
+
+
+def calibrated(seed: int, modality: str | None = None, preset: str = "tiny") -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(preset, modality)
+    cfg = model.config
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # a plain average over the calibration pass
+    model.train()
+    with torch.no_grad():
+        audio = torch.randn(4, 8, cfg.n_mels, cfg.audio_frames) if cfg.audio else None
+        model.encode(torch.rand(4, 8, 3, cfg.input_size, cfg.input_size), audio)
+    return model.eval()
+
+
+def inputs(model: nn.Module, B: int, L: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    cfg = model.config
+    rng = np.random.default_rng(seed)
+    frames = rng.random((B, L, 3, cfg.input_size, cfg.input_size), dtype=np.float32)
+    audio = rng.standard_normal((B, L, cfg.n_mels, cfg.audio_frames), dtype=np.float32) if cfg.audio else None
+    return frames, audio
+
+
+def max_difference(stacked: dict[str, np.ndarray], m: int, single: dict[str, np.ndarray]) -> float:
+    assert set(stacked) == set(single) == {t.name for t in TASKS}
+    return max(float(np.abs(stacked[k][m] - single[k]).max()) for k in single)
+
+
+# ------------------------------------------------------------------------ flags and levers
+
+
+def test_cpu_flags_and_bf16_check(tmp_path: Path) -> None:
+    flags = cpu_flags()
+    assert isinstance(flags, list) and all(isinstance(f, str) for f in flags)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert cpu_flags(info) == ["avx2", "avx512_bf16", "avx512f", "fpu"]
+    assert isinstance(cpu_flags(tmp_path / "absent"), list)  # the platform fallback
+    assert not bf16_fast(["avx2", "avx512f", "fma"])
+    assert bf16_fast(["avx512_bf16"]) and bf16_fast(["amx_bf16"]) and bf16_fast(["amx_tile"])
+    assert bf16_fast() == bf16_fast(flags)
+
+
+def test_levers_record_and_auto() -> None:
+    plain = Levers()
+    assert plain.as_dict() == {"batched": False, "bf16": False, "fold_bn": False, "detect_every": 1,
+                               "decode_thread": False}
+    assert Levers.auto(["avx2"]) == Levers(batched=True, bf16=False, fold_bn=True, detect_every=1,
+                                           decode_thread=True)
+    assert Levers.auto(["amx_tile"], detect_every=3).as_dict()["bf16"] is True
+    with pytest.raises(InputError, match="detect_every"):
+        Levers(detect_every=0)
+
+
+# ------------------------------------------------------------------------ stacked members
+
+
+@pytest.mark.parametrize(("modality", "layout"), [("v", "separate"), ("v", "grouped"), ("va", "grouped")])
+def test_stacked_members_match_separate_members(modality: str, layout: str) -> None:
+    models = [calibrated(seed, modality) for seed in range(3)]
+    separate = [TorchMember(m, torch.device("cpu")) for m in models]
+    stacked = StackedMembers(models, layout=layout)
+    first, audio = inputs(models[0], B=2, L=5, seed=0)
+    second, audio2 = inputs(models[0], B=2, L=3, seed=1)
+    # Chunk 1 from zero states (given as M Nones), chunk 2 carrying the stacked state on.
+    logits, hidden, alone = stacked.forward_with_alone(first, audio, [None] * 3)
+    logits2, hidden2 = stacked.forward_stateful(second, audio2, hidden)
+    assert logits["VA"].shape == (3, 2, 5, 40) and alone["AU"].shape == (3, 10, 1, 12)
+    assert hidden.shape == (3, len(TASKS), 2, models[0].config.gru_hidden)
+    for m, member in enumerate(separate):
+        one, state, one_alone = member.forward_with_alone(first, audio, None)
+        one2, state2 = member.forward_stateful(second, audio2, state)
+        assert max_difference(logits, m, one) < FP32_TOL
+        assert max_difference(alone, m, one_alone) < FP32_TOL
+        assert max_difference(logits2, m, one2) < FP32_TOL
+        assert float((hidden2[m] - state2).abs().max()) < FP32_TOL
+    # Per-member states in a list are the same as the stacked tensor.
+    again, _ = stacked.forward_stateful(second, audio2, list(hidden))
+    assert all(np.array_equal(again[k], logits2[k]) for k in logits2)
+
+
+def test_stacked_heads_match_each_members_decode() -> None:
+    models = [calibrated(seed) for seed in range(2)]
+    heads = StackedHeads(models)
+    features = torch.randn(2, 3, 4, models[0].config.head_input_dim)
+    with torch.inference_mode():
+        logits, state = heads(features)
+        for m, model in enumerate(models):
+            one, one_state = model.decode(features[m])
+            assert max(float((logits[k][m] - one[k]).abs().max()) for k in one) < FP32_TOL
+            assert float((state[m] - one_state).abs().max()) < FP32_TOL
+
+
+@pytest.mark.parametrize("layout", ["separate", "grouped"])
+def test_folded_batch_norm_is_within_tolerance(layout: str) -> None:
+    models = [calibrated(seed) for seed in range(2)]
+    frames, _ = inputs(models[0], B=1, L=6, seed=2)
+    plain, _ = StackedMembers(models, layout=layout).forward_stateful(frames, None, None)
+    folded, _ = StackedMembers(models, layout=layout, fold_bn=True).forward_stateful(frames, None, None)
+    assert 0 < max(float(np.abs(plain[k] - folded[k]).max()) for k in plain) < FOLD_TOL
+    backbone = fold_batch_norm(models[0].backbone)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+
+
+def test_bf16_probabilities_are_within_1e_2_of_fp32() -> None:
+    """Runs on any CPU: without native bf16 the arithmetic is emulated (slowly)."""
+    models = [calibrated(seed) for seed in range(2)]
+    frames, _ = inputs(models[0], B=1, L=16, seed=3)
+    fp32, _ = StackedMembers(models).forward_stateful(frames, None, None)
+    bf16, _ = StackedMembers(models, bf16=True).forward_stateful(frames, None, None)
+    for m in range(2):
+        p32 = activate({k: v[m] for k, v in fp32.items()})
+        p16 = activate({k: v[m] for k, v in bf16.items()})
+        worst = max(float(np.abs(p32[k] - p16[k]).max()) for k in p32)
+        assert 0 < worst < BF16_PROB_TOL
+
+
+def test_stacking_refuses_what_it_cannot_stack() -> None:
+    with pytest.raises(InputError, match="one config"):
+        StackedMembers([build_model("tiny"), build_model("demo")])
+    with pytest.raises(InputError, match="not per channel"):
+        widen([nn.Sequential(nn.Linear(4, 4)), nn.Sequential(nn.Linear(4, 4))])
+    with pytest.raises(InputError, match="layout"):
+        StackedMembers([build_model("tiny")], layout="diagonal")
+    stacked = StackedMembers([build_model("tiny")] * 2)
+    frames, _ = inputs(stacked, B=1, L=2, seed=0)
+    with pytest.raises(InputError, match="states for 2 members"):
+        stacked.forward_stateful(frames, None, [None])
+
+
+# ------------------------------------------------------------------------ detection every k frames
+
+
+class Recording:
+    """A detector that remembers what it found on which call."""
+
+    name = "recording"
+
+    def __init__(self, detector) -> None:
+        self.detector, self.found = detector, []
+
+    def detect(self, rgb: np.ndarray) -> Box | None:
+        box = self.detector.detect(rgb)
+        self.found.append(box)
+        return box
+
+
+@pytest.fixture(scope="module")
+def face_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from emodistill.bench import write_face_video
+
+    return write_face_video(tmp_path_factory.mktemp("speed") / "face.mp4", 14, (384, 288))
+
+
+def test_detect_every_k_detects_on_schedule_and_carries_the_box(face_video: Path) -> None:
+    frames = [f.rgb for f in iter_frames(face_video)]
+    every = FaceTracker(smoother=BoxSmoother(alpha=1.0))  # alpha 1: the box is the detection
+    every.detector = Recording(every.detector)
+    reference = [every.track(rgb) for rgb in frames]
+    assert sum(box is not None for box, _ in reference) >= len(frames) - 2  # the video has faces
+    k = 3
+    sparse = FaceTracker(smoother=BoxSmoother(alpha=1.0), detect_every=k)
+    sparse.detector = Recording(sparse.detector)
+    tracked = [sparse.track(rgb) for rgb in frames]
+    assert len(sparse.detector.found) == len(range(0, len(frames), k))
+    for i, (box, crop) in enumerate(tracked):
+        assert box == reference[i - i % k][0]  # the detection on schedule, carried in between
+        if box is not None:
+            assert np.array_equal(crop, sparse.cut(frames[i], box, sparse.crop_size))
+    # With the default smoothing, the boxes are the smoother's over the scheduled detections.
+    smoothed = FaceTracker(detect_every=k)
+    replay = BoxSmoother()
+    expected = {i: replay.update(every.detector.found[i]) for i in range(0, len(frames), k)}
+    assert [smoothed.track(rgb)[0] for rgb in frames] == [expected[i - i % k] for i in range(len(frames))]
+    # k = 1 is the tracker as it always was: a detection on every frame.
+    assert FaceTracker().detect_every == 1 and len(every.detector.found) == len(frames)
+
+
+# ------------------------------------------------------------------------ background decoding
+
+
+def test_threaded_decoding_yields_the_same_frames(face_video: Path) -> None:
+    plain = list(iter_frames(face_video))
+    threaded = list(iter_frames(face_video, thread=True))
+    assert [f.index for f in threaded] == [f.index for f in plain] == list(range(14))
+    assert [f.timestamp for f in threaded] == [f.timestamp for f in plain]
+    assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(plain, threaded, strict=True))
+
+
+def _truncated_video(folder: Path) -> Path:
+    """A video that opens (index first) and breaks while decoding frame 6."""
+    from emodistill.bench import face_frame
+
+    whole = folder / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 256, "yuv420p"
+        for k in range(12):
+            frame = av.VideoFrame.from_ndarray(face_frame(k, 12, (320, 256)), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(whole)) as container:
+        spans = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    cut = folder / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: spans[5][0] + spans[5][1] // 2])
+    return cut
+
+
+def test_threaded_decoding_raises_the_same_error_after_the_same_frames(tmp_path: Path) -> None:
+    cut = _truncated_video(tmp_path)
+    outcomes = []
+    for thread in (False, True):
+        seen = []
+        with pytest.raises(InputError, match=r"cut\.mp4: .*truncated") as caught:
+            seen.extend(f.index for f in iter_frames(cut, thread=thread))
+        outcomes.append((seen, str(caught.value)))
+    assert outcomes[0] == outcomes[1]
+    with pytest.raises(InputError, match=r"absent\.mp4: no such video file"):
+        next(iter_frames(tmp_path / "absent.mp4", thread=True))
+
+
+def test_prefetch_keeps_order_and_stops_on_early_exit() -> None:
+    closed = threading.Event()
+
+    def numbers():
+        try:
+            yield from range(1000)
+        finally:
+            closed.set()
+
+    items = prefetch(numbers(), depth=2)
+    assert [next(items) for _ in range(5)] == [0, 1, 2, 3, 4]
+    items.close()  # the consumer leaves early, the producer is blocked on a full queue
+    assert closed.wait(5.0)
+    assert not any(t.name == "emodistill-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    def failing():
+        yield from (1, 2, 3)
+        raise ValueError("decoder broke at item 3")
+
+    got = []
+    with pytest.raises(ValueError, match="decoder broke at item 3"):
+        got.extend(prefetch(failing()))
+    assert got == [1, 2, 3]
+    assert list(prefetch(iter([]))) == []
+    with pytest.raises(ValueError, match="depth"):
+        next(prefetch(iter([1]), depth=0))
