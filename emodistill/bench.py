@@ -25,13 +25,15 @@ from skimage import data as skdata
 
 from emodistill.core.checkpoints import save_weights, write_json
 from emodistill.core.runtime import set_threads, tune_allocator
+from emodistill.methods.losses import supervision_loss, training_class_weights
 from emodistill.methods.training import member_seed
 from emodistill.models import PRESETS, build_model, count_macs
+from emodistill.models.speed import Levers, bf16_fast
 from emodistill.predict.predictor import Predictor
 from emodistill.predict.sources import discover
 from emodistill.predict.tables import write_csv
 from emodistill.report.writer import markdown_table
-from emodistill.run import Run, RunConfig, export_run
+from emodistill.run import Run, RunConfig, TrainConfig, export_run
 
 # Targets of the issue, for a 2-core CPU: frames/s.
 PIPELINE_TARGET = 30.0  # whole pipeline, a 5-member ensemble of the paper preset (real time)
@@ -111,6 +113,10 @@ def measure(sizes: BenchSizes, tuned: bool, threads: int, log: Callable[[str], N
             runs[preset] = random_run(folder / preset, preset, sizes.members, crops)
         log("whole-pipeline speed")
         results["pipeline"] = pipeline(runs[sizes.presets[0]], video, sizes)
+        log("speed levers against the plain path, side by side")
+        results["levers"] = lever_speedup(runs[sizes.presets[0]], video, sizes)
+        log("training steps of one member, fp32 and bf16")
+        results["training"] = training_speed(sizes.presets[0], sizes)
         log("model-only speed")
         # The peak is measured twice and the better kept: a program busy on a core for a
         # moment lowers one measurement, and a low peak would flatter every ratio.
@@ -154,7 +160,9 @@ def machine_info() -> dict:
     return {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),
-        "vector": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags],
+        "vector": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags],
+        "bf16_fast": bf16_fast(flags),
+        "flags": sorted(flags),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
@@ -362,7 +370,7 @@ def pipeline(run: Run, video: Path, sizes: BenchSizes) -> list[dict]:
     """Frames/s of `emodistill predict` on a video: decode, detect, crop, predict, write CSV."""
     source = discover(video)
     rows = []
-    predictor = Predictor(run.root, members=1, backend="torch", device="cpu", log=lambda _: None)
+    predictor = Predictor(run.root, members=1, backend="torch", device="cpu", log=lambda _: None, levers=Levers())
     seconds = _seconds(lambda: sum(1 for s in predictor.sequences(source) for _ in s.frames))
     rows.append({"stage": "decode + detect + crop", "members": 0, "backend": "-",
                  "frames": source.n_frames, "seconds": round(seconds, 2),
@@ -371,7 +379,7 @@ def pipeline(run: Run, video: Path, sizes: BenchSizes) -> list[dict]:
         for backend in BACKENDS:
             load = time.perf_counter()
             predictor = Predictor(run.root, members=members, backend=backend, device="cpu",
-                                  log=lambda _: None)
+                                  log=lambda _: None, levers=Levers())
             load = time.perf_counter() - load
             _warm_up(predictor)
             with tempfile.TemporaryDirectory() as tmp:
@@ -386,11 +394,75 @@ def pipeline(run: Run, video: Path, sizes: BenchSizes) -> list[dict]:
 
 
 def _warm_up(predictor: Predictor) -> None:
-    """One forward pass per member, so the first timed chunk pays no start-up cost."""
+    """One forward pass of the ensemble, so the first timed chunk pays no start-up cost."""
     size = predictor.input_size
     frames = np.zeros((1, predictor.batch_frames, 3, size, size), np.float32)
-    for member in predictor.members:
-        member.forward_stateful(frames, None, None)
+    predictor.members.forward_stateful(frames, None, None)
+
+
+def lever_speedup(run: Run, video: Path, sizes: BenchSizes) -> dict:
+    """The ensemble's whole pipeline with the speed levers (`Levers.auto()` on this CPU) against
+    the plain fp32 path, timed side by side in interleaved rounds, and how far apart their
+    outputs are (largest difference of any numeric column on frames with a face)."""
+    source = discover(video)
+    levers = Levers.auto()
+    predictors = {name: Predictor(run.root, members=sizes.members, backend="torch", device="cpu",
+                                  log=lambda _: None, levers=chosen)
+                  for name, chosen in (("plain", Levers()), ("levers", levers))}
+    for predictor in predictors.values():
+        _warm_up(predictor)
+    tables = {name: predictor.predict(source) for name, predictor in predictors.items()}
+    seconds = timed_rounds({name: lambda p=p: p.predict(source) for name, p in predictors.items()},
+                           sizes.repeats)
+    plain, fast = (float(np.median(seconds[name])) for name in ("plain", "levers"))
+    found = tables["plain"]["face"].astype(bool) & tables["levers"]["face"].astype(bool)
+    numeric = [c for c in tables["plain"].columns if tables["plain"][c].dtype.kind == "f" and c != "timestamp"]
+    gap = np.abs(tables["plain"].loc[found, numeric].to_numpy(float)
+                 - tables["levers"].loc[found, numeric].to_numpy(float))
+    return {"members": sizes.members, "preset": run.config().preset, "frames": source.n_frames,
+            "levers": levers.as_dict(), "plain_frames_per_s": round(source.n_frames / plain, 1),
+            "levers_frames_per_s": round(source.n_frames / fast, 1), "speedup": _round(plain / fast, 3),
+            "same_faces": bool((tables["plain"]["face"] == tables["levers"]["face"]).all()),
+            "max_abs_difference": float(np.nanmax(gap)) if gap.size else 0.0,
+            "tolerance": 1e-2 if levers.bf16 else 1e-4}
+
+
+def training_speed(preset: str, sizes: BenchSizes) -> list[dict]:
+    """Training steps of one member (forward, supervision loss, backward, Adam) on random clips
+    of the default batch shape, fp32 and bf16 autocast side by side: clips/s and frames/s."""
+    config = TrainConfig()
+    B, L = 3 * config.clips_per_task, min(config.clip_length, sizes.clips[-1][1] * 4)
+    size = PRESETS[preset].input_size
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.random((B, L, 3, size, size), np.float32))
+    labels = {"AU": torch.from_numpy((rng.random((B, L, 12)) < 0.3).astype(np.float32)),
+              "EXPR": torch.from_numpy(rng.integers(0, 7, (B, L))),
+              "VA": torch.from_numpy(rng.uniform(-1, 1, (B, L, 2)).astype(np.float32))}
+    masks = {name: torch.ones(B, L, dtype=torch.bool) for name in labels}
+    weights = training_class_weights({k: v.numpy().reshape(B * L, -1).squeeze() for k, v in labels.items()},
+                                     {k: v.numpy().reshape(-1) for k, v in masks.items()}, True)
+    cases = {}
+    for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
+        torch.manual_seed(0)
+        model = build_model(preset).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(model: torch.nn.Module = model, optimizer: torch.optim.Optimizer = optimizer,
+                 dtype: torch.dtype | None = dtype) -> None:
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = model(frames)
+            loss, _ = supervision_loss({k: v.float() for k, v in logits.items()}, labels, masks, weights,
+                                       {t: 1.0 for t in labels})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        cases[name] = step
+    seconds = timed_rounds(cases, sizes.repeats)
+    fp32 = float(np.median(seconds["fp32"]))
+    return [{"preset": preset, "case": name, "clips": f"{B}x{L}", "bf16_fast": bf16_fast(),
+             "clips_per_s": round(B / float(np.median(s)), 2), "frames_per_s": round(B * L / float(np.median(s)), 1),
+             "vs_fp32": _round(fp32 / float(np.median(s)), 3)} for name, s in seconds.items()]
 
 
 # ---------------------------------------------------------------------------- memory
@@ -480,6 +552,26 @@ def targets(results: dict, sizes: BenchSizes) -> dict:
     }
 
 
+def lever_lines(results: dict) -> list[str]:
+    """The lever comparison and the training speeds as Markdown (absent in older results)."""
+    lines = []
+    if "levers" in results:
+        lev = results["levers"]
+        active = ", ".join(f"{k}={v}" for k, v in lev["levers"].items())
+        lines += [f"Speed levers on this CPU ({active}) against the plain fp32 path, {lev['members']} "
+                  f"{lev['preset']} members, whole pipeline, measured side by side:",
+                  markdown_table(["path", "frames/s", "speed-up", "largest output difference"],
+                                 [["plain fp32", lev["plain_frames_per_s"], 1.0, "-"],
+                                  ["levers", lev["levers_frames_per_s"], lev["speedup"],
+                                   f"{lev['max_abs_difference']:.1e} (tolerance {lev['tolerance']:g})"]])]
+    if "training" in results:
+        lines += ["Training steps of one member (forward, loss, backward, Adam), side by side:",
+                  markdown_table(["preset", "case", "batch BxL", "clips/s", "frames/s", "vs fp32"],
+                                 [[r["preset"], r["case"], r["clips"], r["clips_per_s"], r["frames_per_s"],
+                                   r["vs_fp32"]] for r in results["training"]])]
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The README tables: model-only, whole pipeline, memory, targets."""
     machine = results["machine"]
@@ -515,6 +607,7 @@ def markdown(results: dict) -> str:
         f"Whole pipeline on a {results['pipeline'][0]['frames']}-frame 640x480 video "
         "(decode, detect, crop, predict, write CSV), frames/s:",
         markdown_table(["stage", "members", "backend", "frames/s"], pipeline_rows),
+        *lever_lines(results),
         f"Peak memory, {mem['preset']}, clip {mem['clip']} (MiB, fresh process per case):",
         markdown_table(["case", "peak RSS MiB"], memory_rows),
         "Targets (frames/s):",

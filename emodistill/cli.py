@@ -131,7 +131,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
                     backend=args.backend, device=args.device, progress=not args.quiet,
-                    detector=args.detector)
+                    detector=args.detector, plain=args.plain)
     return 0
 
 
@@ -253,6 +253,8 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="FILE.csv or FILE.parquet")
     p.add_argument("--plot", type=Path, default=None, help="folder for Figure-1 panels and timelines")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--plain", action="store_true",
+                   help="no speed levers: members one by one in fp32, decoding in this thread")
     _add_detector(p)
     _add_common(p, device=True)
 

@@ -55,3 +55,34 @@ class TorchMember:
         logits, hidden = self.model.decode(features, hidden)
         alone, _ = self.model.decode(features.flatten(0, 1)[:, None])
         return numpy_logits(logits), hidden, numpy_logits(alone)
+
+
+class SeparateMembers:
+    """The plain path of an ensemble: each member's forward in turn, their outputs stacked on a
+    leading member axis, as `models.speed.StackedMembers` returns them from one batched forward.
+
+    logits: task -> (M, B, L, n); hidden: a list of M per-member states (None: zeros); alone
+    logits (`forward_with_alone`): task -> (M, B * L, 1, n).
+    """
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        self.n_members = len(members)
+
+    def forward_stateful(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: list | None
+    ) -> tuple[dict[str, np.ndarray], list]:
+        states = hidden if hidden is not None else [None] * self.n_members
+        outputs = [m.forward_stateful(frames, audio, h) for m, h in zip(self.members, states, strict=True)]
+        return _stack([o[0] for o in outputs]), [o[1] for o in outputs]
+
+    def forward_with_alone(
+        self, frames: np.ndarray, audio: np.ndarray | None, hidden: list | None
+    ) -> tuple[dict[str, np.ndarray], list, dict[str, np.ndarray]]:
+        states = hidden if hidden is not None else [None] * self.n_members
+        outputs = [m.forward_with_alone(frames, audio, h) for m, h in zip(self.members, states, strict=True)]
+        return _stack([o[0] for o in outputs]), [o[1] for o in outputs], _stack([o[2] for o in outputs])
+
+
+def _stack(per_member: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.stack([logits[name] for logits in per_member]) for name in per_member[0]}

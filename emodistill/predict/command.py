@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from emodistill.core.errors import InputError
+from emodistill.models.speed import Levers
 from emodistill.predict.columns import FramePrediction
 from emodistill.predict.predictor import Predictor, count
 from emodistill.predict.sources import discover
@@ -52,6 +53,7 @@ def predict_command(
     device: str = "auto",
     progress: bool = True,
     detector: str | None = None,
+    plain: bool = False,
 ) -> Path:
     """`emodistill predict`: write the per-frame table (and figures); returns the table's path."""
     input, model = Path(input), Path(model)
@@ -61,7 +63,7 @@ def predict_command(
         raise InputError(f"{out}: the output must end in .csv or .parquet")
     source = discover(input)
     predictor = Predictor(model, members=_parse_members(members), backend=backend, device=device,
-                          detector=detector)
+                          detector=detector, levers=Levers() if plain else None)
     picker = FigurePicker(source.n_frames)
     frames = faces = 0
 

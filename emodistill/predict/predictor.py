@@ -19,9 +19,11 @@ from emodistill.core.errors import InputError
 from emodistill.core.runtime import resolve_device
 from emodistill.data.audio import SAMPLE_RATE, decode_audio, silence
 from emodistill.data.faces import EyeLocator, make_detector
-from emodistill.data.media import FaceTracker
+from emodistill.data.media import FaceTracker, prefetch
 from emodistill.models import PRESETS
 from emodistill.models.inference import activate
+from emodistill.models.members import SeparateMembers
+from emodistill.models.speed import Levers, StackedMembers
 from emodistill.predict.columns import PARTS, FramePrediction, frame_row, output_columns, python_value, summarise
 from emodistill.predict.sources import (
     AudioTrack,
@@ -58,11 +60,14 @@ class Predictor:
         log: Callable[[str], None] = print,
         detector: str | None = None,
         landmarks: Path | str | None = None,
+        levers: Levers | None = None,
     ):
         """`generation`: teacher, studentK or K (default: the last finished one); `members`:
         use the first N members (default all); `batch_frames`: frames per forward pass;
         `detector`: dlib or haar (default dlib, Haar when dlib is missing); `landmarks`: a dlib
-        shape model file, to align crops by the eyes."""
+        shape model file, to align crops by the eyes; `levers`: the speed levers (default
+        `Levers.auto()`: the ones whose outputs match the plain path within their tolerances;
+        `Levers()` is the plain fp32 path)."""
         self.run, wanted = open_run(run, generation)
         self.config = self.run.config()
         if batch_frames < 1:
@@ -74,8 +79,8 @@ class Predictor:
         self.n_members = self._pick_members(members)
         self.device = resolve_device(device)
         self.input_size = PRESETS[self.config.preset].input_size
-        self.members = self.run.members(self.generation, self.n_members, backend, self.device,
-                                        log=self._say)
+        self.levers = Levers.auto() if levers is None else levers
+        self.members = self._ensemble(backend)
         self.audio = self.config.modality == "va"
         self.ood_tasks, self.ood_threshold = self._ood_setting()
         self.detector = make_detector(detector, log=log)
@@ -89,6 +94,15 @@ class Predictor:
     @property
     def ensemble(self) -> bool:
         return self.n_members > 1
+
+    def _ensemble(self, backend: str) -> SeparateMembers | StackedMembers:
+        """The members as one ensemble: batched (PyTorch with a model lever on) or in turn."""
+        levers = self.levers
+        if backend == "torch" and (levers.batched or levers.fold_bn or levers.bf16):
+            models = [self.run.load_member(self.generation, m, self.device) for m in range(self.n_members)]
+            return StackedMembers(models, self.device, bf16=levers.bf16, fold_bn=levers.fold_bn)
+        return SeparateMembers(self.run.members(self.generation, self.n_members, backend, self.device,
+                                                log=self._say))
 
     def _pick_members(self, members: int | None) -> int:
         available = self.config.members
@@ -138,22 +152,26 @@ class Predictor:
     def sequences(self, source: Source, faces: bool = False) -> Iterator[FrameSequence]:
         """The input as sequences of frames, each cropped at the model's input size."""
         size = self.input_size
-        tracker = FaceTracker(detector=self.detector, crop_size=size, eyes=self.eyes)
+        tracker = FaceTracker(detector=self.detector, crop_size=size, eyes=self.eyes,
+                              detect_every=self.levers.detect_every)
+        # With the decode-thread lever, decoding and face tracking run a few frames ahead of
+        # the models, in a background thread (PyAV, dlib and PyTorch release the GIL).
+        ahead = prefetch if self.levers.decode_thread else iter
         if source.kind == "video":
-            yield FrameSequence(video_frames(source, tracker, faces), True, self._audio_track(source))
+            yield FrameSequence(ahead(video_frames(source, tracker, faces)), True, self._audio_track(source))
         elif source.kind == "frames":
             if self.audio:
                 self._say("frames in memory carry no sound: the audio-visual model hears silence")
-            yield FrameSequence(array_frames(source, tracker, faces), True)
+            yield FrameSequence(ahead(array_frames(source, tracker, faces)), True)
         elif source.kind == "crops":
             if self.audio:
                 self._say("face crop folders carry no sound: the audio-visual model hears silence")
             for folder in source.files:
-                yield FrameSequence(crop_frames(folder, source.path, size, faces), True)
+                yield FrameSequence(ahead(crop_frames(folder, source.path, size, faces)), True)
         else:
             if self.audio:
                 self._say("images carry no sound: the audio-visual model hears silence")
-            yield FrameSequence(image_frames(source, tracker, faces), False)
+            yield FrameSequence(ahead(image_frames(source, tracker, faces)), False)
 
     def _audio_track(self, source: Source) -> AudioTrack | None:
         if not self.audio:
@@ -251,18 +269,14 @@ class Predictor:
                 audio = sequence.audio.windows(np.array([f.number - 1 for f in found]))
             audio = audio.reshape(*shape, *audio.shape[1:])  # (B, L, 64, 64)
         alone = sequence.continuous and self.ood_tasks is not None
-        per_member, per_member_alone = [], []
-        for m, member in enumerate(self.members):
-            if alone:
-                logits, state, alone_logits = member.forward_with_alone(frames, audio, hidden[m])
-                per_member_alone.append(activate({k: v.reshape(len(found), -1) for k, v in alone_logits.items()}))
-            else:
-                logits, state = member.forward_stateful(frames, audio, hidden[m])
-            if sequence.continuous:
-                hidden[m] = state
-            per_member.append(activate({k: v.reshape(len(found), -1) for k, v in logits.items()}))
+        if alone:
+            logits, state, alone_logits = self.members.forward_with_alone(frames, audio, hidden)
+        else:
+            (logits, state), alone_logits = self.members.forward_stateful(frames, audio, hidden), None
+        if sequence.continuous:
+            hidden[:] = list(state)  # per member, carried to the next chunk
 
-        def stacked(probs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-            return {t.name: np.stack([p[t.name] for p in probs]) for t in TASKS}  # (T, N, n)
+        def probs(member_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return activate({k: v.reshape(self.n_members, len(found), -1) for k, v in member_logits.items()})
 
-        return stacked(per_member), stacked(per_member_alone) if alone else None
+        return probs(logits), None if alone_logits is None else probs(alone_logits)  # task -> (T, N, n)
