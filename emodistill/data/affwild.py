@@ -123,7 +123,6 @@ def read_annotations(root: Path, split: str) -> LabelSet:
         raise InputError(f"{folder} does not exist; expected AU_Set, EXPR_Set and VA_Set in it")
     names = "|".join(SPLIT_FOLDERS[split])
     videos: dict[str, dict[str, TaskLabels]] = {}
-    files: list[Path] = []
     notes: list[str] = []
     header_as_data: list[Path] = []
     if not any((folder / task.annotation_dir).is_dir() for task in TASKS):
@@ -143,7 +142,6 @@ def read_annotations(root: Path, split: str) -> LabelSet:
         for path in sorted(split_folders[0].glob("*.txt")):
             labels, header_is_data = read_annotation_file(task, path)
             videos.setdefault(path.stem, {})[task.name] = labels
-            files.append(path)
             if header_is_data:
                 header_as_data.append(path)
     if header_as_data:
@@ -153,7 +151,7 @@ def read_annotations(root: Path, split: str) -> LabelSet:
         )
     frames = {name: np.unique(np.concatenate([labels.frame_index for labels in per_task.values()]))
               for name, per_task in videos.items()}
-    return LabelSet(videos=videos, frames=frames, files=files, source=f"{folder}/*/{names}",
+    return LabelSet(videos=videos, frames=frames, source=f"{folder}/*/{names}",
                     notes=notes)
 
 
@@ -409,6 +407,44 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _split_rows(root: Path, split: str, labels: Path | None) -> tuple[LabelSet, _Rows]:
+    """One split's labels and the rows they make: one per labelled (video, frame) with a crop."""
+    if split not in SPLIT_FOLDERS:
+        raise InputError(f"unknown split {split!r}; expected train or val")
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder; expected a data root with annotations/ "
+                         "(or labels.csv) and cropped_aligned/")
+    label_set = read_labels(root, split, labels)
+    if not label_set.videos:
+        raise InputError(
+            f"the {split} split has no labelled frames: nothing found in {label_set.source}"
+        )
+    crops_dir = root / "cropped_aligned"
+    if not crops_dir.is_dir():
+        raise InputError(f"{crops_dir} does not exist; expected one folder of face crops per video")
+    rows = _frame_rows(label_set, crops_dir)
+    if len(rows.frame_index) == 0:
+        raise InputError(f"the {split} split has no frames: none of the {rows.listed:,} frames "
+                         f"listed in {label_set.source} has a crop in {crops_dir}")
+    return label_set, rows
+
+
+def _frame_cache(crops_dir: Path, rows: _Rows, split: str, size: int, cache_dir: Path,
+                 progress: bool) -> Cached:
+    """The split's crops at `size` as a memory-mapped (N, S, S, 3) uint8 cache, decoded once."""
+    # The rows digest fixes which crops fill which rows, so editing a label never re-decodes.
+    fingerprint = {"rows": rows.digest(), "files": rows.crops}
+
+    def decode(out: np.ndarray) -> None:
+        paths = [crops_dir / name / crop_name(int(i))
+                 for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True)
+                 for i in rows.frame_index[start:stop]]
+        _decode_crops(paths, size, out, progress, f"decoding {split} crops")
+
+    shape = (len(rows.frame_index), size, size, 3)
+    return cached_array(cache_dir, f"{split}-frames-{size}", fingerprint, shape, np.uint8, decode)
+
+
 def load_split(
     root: Path,
     split: str,
@@ -428,39 +464,11 @@ def load_split(
     """
     started = time.perf_counter()
     root = Path(root)
-    if split not in SPLIT_FOLDERS:
-        raise InputError(f"unknown split {split!r}; expected train or val")
-    if not root.is_dir():
-        raise InputError(f"{root} is not a folder; expected a data root with annotations/ "
-                         "(or labels.csv) and cropped_aligned/")
-    label_set = read_labels(root, split, labels)
-    if not label_set.videos:
-        raise InputError(
-            f"the {split} split has no labelled frames: nothing found in {label_set.source}"
-        )
-    crops_dir = root / "cropped_aligned"
-    if not crops_dir.is_dir():
-        raise InputError(f"{crops_dir} does not exist; expected one folder of face crops per video")
-    rows = _frame_rows(label_set, crops_dir)
+    label_set, rows = _split_rows(root, split, labels)
     n = len(rows.frame_index)
-    if n == 0:
-        raise InputError(f"the {split} split has no frames: none of the {rows.listed:,} frames "
-                         f"listed in {label_set.source} has a crop in {crops_dir}")
     label_arrays, masks = _label_arrays(label_set, rows)
-
     cache_dir = default_cache_dir(root) if cache_dir is None else Path(cache_dir)
-    # The rows digest fixes which crops fill which rows, so editing a label never re-decodes.
-    fingerprint = {"rows": rows.digest(), "files": rows.crops}
-
-    def decode(out: np.ndarray) -> None:
-        paths = [crops_dir / name / crop_name(int(i))
-                 for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True)
-                 for i in rows.frame_index[start:stop]]
-        _decode_crops(paths, size, out, progress, f"decoding {split} crops")
-
-    frame_cache = cached_array(
-        cache_dir, f"{split}-frames-{size}", fingerprint, (n, size, size, 3), np.uint8, decode
-    )
+    frame_cache = _frame_cache(root / "cropped_aligned", rows, split, size, cache_dir, progress)
 
     notes = list(label_set.notes)
     raw = _raw_videos(root, rows.video_names)

@@ -60,7 +60,6 @@ class LabelSet:
 
     videos: dict[str, dict[str, TaskLabels]]  # video -> task name -> labels
     frames: dict[str, np.ndarray]  # video -> every listed frame, sorted, with a label or not
-    files: list[Path]  # label files read, for the cache fingerprint
     source: str  # where the labels came from, for messages
     notes: list[str] = field(default_factory=list)  # things the user should know
 
@@ -337,4 +336,4 @@ def read_manifest(path: Path, split: str) -> LabelSet:
     _check_order(path, order, videos, frames, splits, lines)
     task_rows = _task_rows(path, col, cells, lines, order)
     chosen, listed = _videos_of_split(split, videos[order], frames[order], splits[order], task_rows)
-    return LabelSet(videos=chosen, frames=listed, files=[path], source=str(path), notes=notes)
+    return LabelSet(videos=chosen, frames=listed, source=str(path), notes=notes)
