@@ -31,7 +31,7 @@ from emodistill.models import PRESETS, build_model, count_macs
 from emodistill.models.speed import Levers, bf16_fast
 from emodistill.predict.predictor import Predictor
 from emodistill.predict.sources import discover
-from emodistill.predict.tables import write_csv
+from emodistill.predict.tables import largest_difference, write_csv
 from emodistill.report.writer import markdown_table
 from emodistill.run import Run, RunConfig, TrainConfig, export_run
 
@@ -415,15 +415,11 @@ def lever_speedup(run: Run, video: Path, sizes: BenchSizes) -> dict:
     seconds = timed_rounds({name: lambda p=p: p.predict(source) for name, p in predictors.items()},
                            sizes.repeats)
     plain, fast = (float(np.median(seconds[name])) for name in ("plain", "levers"))
-    found = tables["plain"]["face"].astype(bool) & tables["levers"]["face"].astype(bool)
-    numeric = [c for c in tables["plain"].columns if tables["plain"][c].dtype.kind == "f" and c != "timestamp"]
-    gap = np.abs(tables["plain"].loc[found, numeric].to_numpy(float)
-                 - tables["levers"].loc[found, numeric].to_numpy(float))
     return {"members": sizes.members, "preset": run.config().preset, "frames": source.n_frames,
             "levers": levers.as_dict(), "plain_frames_per_s": round(source.n_frames / plain, 1),
             "levers_frames_per_s": round(source.n_frames / fast, 1), "speedup": _round(plain / fast, 3),
             "same_faces": bool((tables["plain"]["face"] == tables["levers"]["face"]).all()),
-            "max_abs_difference": float(np.nanmax(gap)) if gap.size else 0.0,
+            "max_abs_difference": largest_difference(tables["plain"], tables["levers"]),
             "tolerance": 1e-2 if levers.bf16 else 1e-4}
 
 

@@ -289,20 +289,11 @@ def test_prefetch_keeps_order_and_stops_on_early_exit() -> None:
         next(prefetch(iter([1]), depth=0))
 
 
-def _prediction_gap(plain, fast) -> float:
-    """Largest difference between two prediction tables' numeric columns (labels must agree)."""
-    assert list(plain.columns) == list(fast.columns) and len(plain) == len(fast)
-    assert (plain["face"] == fast["face"]).all()
-    numeric = [c for c in plain.columns if plain[c].dtype.kind == "f" and c not in ("timestamp",)]
-    found = plain["face"].astype(bool)
-    gap = np.nanmax(np.abs(plain.loc[found, numeric].to_numpy(float) - fast.loc[found, numeric].to_numpy(float)))
-    return float(gap)
-
-
 @pytest.mark.parametrize("what", ["video", "crops"])
 def test_predict_with_every_output_preserving_lever_equals_the_plain_path(tiny_run: Path, tiny_data: Path,
                                                                          what: str) -> None:
     from emodistill.predict import Predictor
+    from emodistill.predict.tables import largest_difference
 
     source = (sorted((tiny_data / "videos").rglob("*.mp4"))[0] if what == "video"
               else sorted(p for p in (tiny_data / "cropped_aligned").iterdir() if p.is_dir())[0])
@@ -310,5 +301,7 @@ def test_predict_with_every_output_preserving_lever_equals_the_plain_path(tiny_r
     plain = Predictor(tiny_run, levers=Levers(), **quiet).predict(source)
     fast = Predictor(tiny_run, levers=Levers(batched=True, fold_bn=True, decode_thread=True), **quiet).predict(source)
     assert plain["face"].sum() > 0
-    assert _prediction_gap(plain, fast) <= 1e-4  # folded BatchNorm: logits within 2.6e-6 measured
+    assert list(plain.columns) == list(fast.columns) and len(plain) == len(fast)
+    assert (plain["face"] == fast["face"]).all()
+    assert largest_difference(plain, fast) <= 1e-4  # folded BatchNorm: logits within 2.6e-6 measured
     assert (plain.loc[plain["face"] == 1, "expression"] == fast.loc[fast["face"] == 1, "expression"]).all()

@@ -77,3 +77,13 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return _typed(pd.read_csv(path, dtype={"file": "string", "expression": "string"}))
+
+
+def largest_difference(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """The largest difference between two prediction tables of one input, over every numeric
+    column but the timestamp, on the frames where both found a face (0 when none)."""
+    found = a["face"].astype(bool) & b["face"].astype(bool)
+    numeric = [c for c in a.columns if a[c].dtype.kind == "f" and c != "timestamp"]
+    gap = np.abs(a.loc[found, numeric].to_numpy(float) - b.loc[found, numeric].to_numpy(float))
+    return float(np.nanmax(gap)) if gap.size else 0.0
+
