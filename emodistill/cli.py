@@ -59,7 +59,8 @@ def _run_config(args: argparse.Namespace):
     train = TrainConfig.for_modality(
         modality, args.epochs, args.lr_step, lr=args.lr, batches_per_epoch=args.batches_per_epoch,
         clip_length=args.clip_length, clips_per_task=args.clips_per_task, reweight=not args.no_reweight,
-        balance=not args.no_balance, freeze_backbone=args.freeze_backbone)
+        balance=not args.no_balance, freeze_backbone=args.freeze_backbone,
+        tail_blocks=args.tail_blocks)
     return RunConfig(data=str(args.data), preset=args.preset, modality=modality, members=args.members,
                      generations=args.generations, seed=args.seed,
                      backbone_weights=str(args.backbone_weights) if args.backbone_weights else None, train=train)
@@ -210,6 +211,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                help="MobileFaceNet checkpoint (safetensors, or a pytorch_face_landmark state_dict)")
     p.add_argument("--freeze-backbone", action="store_true",
                help="keep the (pretrained) backbone fixed: features once per split, heads trained on them")
+    p.add_argument("--tail-blocks", type=int, default=0,
+               help="with --freeze-backbone: each member learns the backbone's last N blocks itself, from its "
+                    "own random start, on cached maps of the layers below (more diverse members)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")

@@ -1,7 +1,8 @@
 """The main job on the embedded default data: simulate, distil for K generations, evaluate, report.
 
-`make demo` runs the full version (400 simulated identities, a backbone pretrained on their
-landmarks and frozen, 5 members x teacher + 3 student generations); `--quick` is a tiny
+`make demo` runs the full version (400 simulated identities; a backbone pretrained on their
+landmarks, fine-tuned once on their labels and frozen below its last 2 blocks, which every
+member learns itself; 5 members x teacher + 3 student generations); `--quick` is a tiny
 version for the tests.
 """
 
@@ -41,19 +42,21 @@ class DemoPlan:
     pretrain_steps: int  # landmark pretraining of the backbone (0: random backbone)
     finetune_epochs: int  # one shared EMENet fine-tuned end to end after pretraining (0: none)
     finetune_batches: int  # its batches per epoch
+    finetune_frames: int  # distinct frames of each task in one of its batches (clips of 1 frame)
     finetune_reweight: bool  # the shared fine-tuning's losses class-reweighted (the paper's Eq. 2-5)
-    freeze_backbone: bool  # members train their heads on cached features of that backbone
+    freeze_backbone: bool  # members train on cached outputs of that backbone
+    tail_blocks: int  # ... and learn its last blocks themselves, each from its own random start
     reweight: bool  # the members' losses class-reweighted (the paper's default); see the README
 
 
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
-                epochs=6, lr_step=4, batches_per_epoch=40, ood_limit=1500, mc_passes=10,
-                pretrain_steps=500, finetune_epochs=4, finetune_batches=70, finetune_reweight=True,
-                freeze_backbone=True, reweight=False)
+                epochs=4, lr_step=3, batches_per_epoch=32, ood_limit=1500, mc_passes=10,
+                pretrain_steps=300, finetune_epochs=4, finetune_batches=140, finetune_frames=40,
+                finetune_reweight=True, freeze_backbone=True, tail_blocks=2, reweight=False)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
                  epochs=2, lr_step=1, batches_per_epoch=3, ood_limit=64, mc_passes=3,
-                 pretrain_steps=20, finetune_epochs=1, finetune_batches=2, finetune_reweight=True,
-                 freeze_backbone=True, reweight=False)
+                 pretrain_steps=20, finetune_epochs=1, finetune_batches=2, finetune_frames=8, finetune_reweight=True,
+                 freeze_backbone=True, tail_blocks=2, reweight=False)
 
 
 def demo_backbone(
@@ -61,7 +64,8 @@ def demo_backbone(
     log: Callable[[str], None],
 ) -> Path | None:
     """The demo's backbone, made once and kept in the demo folder: pretrained on the training
-    identities' landmarks (face alignment), then fine-tuned end to end once on their labels."""
+    identities' landmarks (face alignment), then fine-tuned end to end once on their labels
+    (on distinct frames: `finetune_backbone`)."""
     if not plan.pretrain_steps:
         return None
     landmarks = out / "backbone-landmarks.safetensors"
@@ -73,7 +77,8 @@ def demo_backbone(
     shared = out / "backbone.safetensors"
     if not backbone_record_path(shared).exists():
         config = TrainConfig(epochs=plan.finetune_epochs, lr_step=max(plan.finetune_epochs - 1, 1),
-                             batches_per_epoch=plan.finetune_batches, reweight=plan.finetune_reweight)
+                             batches_per_epoch=plan.finetune_batches, clip_length=1,
+                             clips_per_task=plan.finetune_frames, reweight=plan.finetune_reweight)
         finetune_backbone(data, landmarks, shared, config, plan.preset, device, seed=seed, progress=progress,
                           log=log)
     return shared
@@ -103,7 +108,8 @@ def run_demo(
         generations=plan.generations, seed=seed,
         backbone_weights=None if backbone is None else str(backbone),
         train=TrainConfig(epochs=plan.epochs, lr_step=plan.lr_step, batches_per_epoch=plan.batches_per_epoch,
-                          freeze_backbone=plan.freeze_backbone, reweight=plan.reweight),
+                          freeze_backbone=plan.freeze_backbone, tail_blocks=plan.tail_blocks,
+                          reweight=plan.reweight),
     )
     run = train_run(out / "run", config, device, progress=progress, log=log)
     report = evaluate_run(run.root, device, ood_limit=plan.ood_limit, mc_passes=plan.mc_passes,

@@ -18,7 +18,7 @@ here and nowhere else:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -59,6 +59,11 @@ class TrainConfig:
     # Train the heads only, on backbone features computed once per split (a pretrained,
     # frozen backbone); False: fine-tune the whole network (the paper's setting).
     freeze_backbone: bool = False
+    # With freeze_backbone: the backbone's last bottleneck blocks (and its output layers) that
+    # every member learns itself from its own random initialisation, on cached maps of the
+    # frozen layers below. The members then differ in their features too, not only in their
+    # heads (0: heads only, on cached features).
+    tail_blocks: int = 0
 
     @classmethod
     def for_modality(cls, modality: str, epochs: int | None = None, lr_step: int | None = None,
@@ -69,6 +74,12 @@ class TrainConfig:
         epochs = epochs or (15 if audio_visual else 10)
         lr_step = lr_step or max(1, round(epochs * (4 / 15 if audio_visual else 3 / 10)))
         return cls(epochs=epochs, lr_step=lr_step, **rest)  # type: ignore[arg-type]
+
+    def per_frame(self) -> TrainConfig:
+        """The same frames-per-batch budget as clips of length 1: L times as many distinct frames
+        in a batch. For still images (a clip would repeat one image L times) and for training a
+        backbone whose temporal heads are thrown away (consecutive frames are near-duplicates)."""
+        return replace(self, clip_length=1, clips_per_task=self.clip_length * self.clips_per_task)
 
 
 @dataclass
@@ -97,6 +108,12 @@ class RunConfig:
             raise InputError(f"--generations must be 0 or more, got {self.generations}")
         if self.backbone_weights and not Path(self.backbone_weights).is_file():
             raise InputError(f"--backbone-weights {self.backbone_weights}: no such file")
+        blocks = len(build_model(self.preset).backbone.blocks)
+        if not 0 <= self.train.tail_blocks <= blocks:
+            raise InputError(f"--tail-blocks must be between 0 and {blocks} (the backbone's bottleneck blocks), "
+                             f"got {self.train.tail_blocks}")
+        if self.train.tail_blocks and not self.train.freeze_backbone:
+            raise InputError("--tail-blocks needs --freeze-backbone: without it every member learns the whole backbone")
         if self.train.freeze_backbone and self.modality == "va":
             raise InputError("--freeze-backbone is for visual models only (--modality v); "
                              "the audio encoder has no pretraining to keep")

@@ -72,6 +72,58 @@ def test_class_prior_is_the_training_frequencies(tiny_data: Path) -> None:
         EXPR.label_frequencies(np.zeros(0, int))
 
 
+def _constant_loss(task, bias: torch.Tensor, targets: torch.Tensor, weights: np.ndarray | None) -> torch.Tensor:
+    logits = bias.expand(len(targets), -1)
+    weight = None if weights is None else torch.as_tensor(weights, dtype=bias.dtype)
+    return task.supervision_loss(logits, targets, weight)
+
+
+@pytest.mark.parametrize("reweighted", [False, True])
+def test_start_logits_are_the_best_constant_under_the_loss(tiny_data: Path, reweighted: bool) -> None:
+    from emodistill.methods.losses import training_class_weights
+
+    train, _ = load_split(tiny_data, "train", size=32, progress=False)
+    weights = training_class_weights(train.labels, train.masks, reweighted)
+    for task in (AU, EXPR):
+        mask = train.masks[task.name]
+        labels = torch.as_tensor(train.labels[task.name][mask]).double()
+        w = weights.for_task(task, torch.zeros(())).numpy()
+        start = torch.as_tensor(task.start_logits(task.label_frequencies(labels.numpy()), w, distilled=False))
+        best = _constant_loss(task, start, labels, w)
+        # No nudge of the start lowers the loss: it is the constant optimum.
+        for _ in range(20):
+            nudged = start + 0.05 * torch.randn(start.shape, dtype=start.dtype)
+            assert _constant_loss(task, nudged, labels, w) >= best - 1e-9, task.name
+        if not reweighted:  # without weights the start predicts the label frequencies
+            probs = task.activate(start).numpy()
+            assert probs == pytest.approx(np.clip(task.label_frequencies(labels.numpy()), 1e-4, 1), abs=1e-3)
+    assert TASKS[2].start_logits(np.full(40, 0.05), None, distilled=False) is None  # 1 - CCC: no constant optimum
+
+
+def test_members_start_at_the_training_prior(tiny_data: Path) -> None:
+    from emodistill.methods.losses import ClassWeights
+    from emodistill.methods.training import start_at_prior
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    train, _ = load_split(tiny_data, "train", size=32, progress=False)
+    for head in model.heads.values():
+        torch.nn.init.zeros_(head.out.weight)  # the output is then the bias alone
+    va_bias = model.heads["VA"].out.bias.clone()
+    start_at_prior(model, train, train.tasks_present, ClassWeights.uniform())
+    val, _ = load_split(tiny_data, "val", size=32, progress=False)
+    logits = predict_split(model, val, CPU, length=8)
+    prior = class_prior(train, len(val), train.tasks_present)
+    for task in (AU, EXPR):
+        got = task.activate(torch.as_tensor(logits[task.name][0])).numpy()
+        assert got == pytest.approx(np.maximum(prior[task.name][0], 1e-4), abs=2e-3), task.name
+    assert torch.equal(model.heads["VA"].out.bias, va_bias)
+    # A student starts at the mean of its soft labels.
+    soft = {"AU": np.full((len(train), 12), 0.2, np.float32)}
+    start_at_prior(model, train, ("AU",), ClassWeights.uniform(), soft)
+    assert torch.sigmoid(model.heads["AU"].out.bias).detach().numpy() == pytest.approx(np.full(12, 0.2), abs=1e-6)
+
+
 def test_landmarks_are_in_truth_and_follow_the_face(tiny_data: Path) -> None:
     val, _ = load_split(tiny_data, "val", size=48, progress=False)
     points, mask, source = split_landmarks(tiny_data, val)
@@ -121,6 +173,56 @@ def test_frozen_feature_path_equals_the_full_forward(tiny_data: Path) -> None:
     cached = predict_features(model, encode_split(model, val, CPU, batch=17), val, CPU, length=8, batch_clips=4)
     for task in TASKS:
         assert np.abs(full[task.name] - cached[task.name]).max() < 1e-5, task.name
+
+
+@pytest.mark.parametrize("tail_blocks", [1, 3])
+def test_cached_maps_and_a_tail_equal_the_full_forward(tiny_data: Path, tail_blocks: int) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    val, _ = load_split(tiny_data, "val", size=32, progress=False)
+    maps = encode_split(model, val, CPU, batch=17, tail_blocks=tail_blocks)
+    assert maps.ndim == 4  # (N, C, s, s): the input of the last blocks
+    full = predict_split(model, val, CPU, length=8, batch_clips=4)
+    cached = predict_features(model, maps, val, CPU, length=8, batch_clips=4, tail_blocks=tail_blocks)
+    for task in TASKS:
+        assert np.abs(full[task.name] - cached[task.name]).max() < 1e-5, task.name
+
+
+def test_tail_blocks_members_share_the_frozen_layers_and_learn_their_own_tail(tiny_data: Path,
+                                                                              tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    backbone = tmp_path / "backbone.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    save_file(build_model("tiny").backbone.state_dict(), str(backbone))
+    config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=1, backbone_weights=str(backbone),
+                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8, freeze_backbone=True,
+                                         tail_blocks=2))
+    logs: list[str] = []
+    run = train_run(tmp_path / "run", config, CPU, progress=False, log=logs.append)
+    assert any("members train the backbone's last 2 blocks" in line for line in logs)
+    pretrained = load_file(str(backbone))
+    tail = {name for name, _ in build_model("tiny").backbone.named_parameters()
+            if name.startswith(("pointwise", "gdc", f"blocks.{len(build_model('tiny').backbone.blocks) - 1}."))}
+    members = [run.load_member(g, m).backbone.state_dict() for g in (0, 1) for m in (0, 1)]
+    for state in members:
+        for name, value in pretrained.items():
+            if name.split(".")[0] == "stem":
+                assert torch.equal(state[name], value), name  # below the tail: frozen, bit for bit
+    # Each member learned its own tail from its own random start.
+    for name in tail:
+        assert not torch.equal(members[0][name], members[1][name]), name
+        assert not torch.equal(members[0][name], pretrained[name]), name
+    assert json.loads((run.root / "backbone.json").read_text())["tail_blocks"] == 2
+
+
+def test_tail_blocks_are_refused_without_freezing(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                 "--tail-blocks", "2", "--quiet", "--device", "cpu"])
+    assert code == 2 and "--tail-blocks needs --freeze-backbone" in capsys.readouterr().err
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                 "--freeze-backbone", "--tail-blocks", "99", "--quiet", "--device", "cpu"])
+    assert code == 2 and "--tail-blocks must be between 0 and" in capsys.readouterr().err
 
 
 def _still_image_data(source: Path, out: Path) -> Path:

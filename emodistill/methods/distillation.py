@@ -108,12 +108,14 @@ def ensemble_probs(
 ) -> list[dict[str, np.ndarray]]:
     """Each member's probabilities on every frame of `split`: a list of task -> (N, n_logits).
 
-    With `features` (the frozen backbone's, per frame of `split`) only the heads run.
+    With `features` (the frozen backbone's, per frame of `split`) only the members' tails and
+    heads run.
     """
     use_audio = config.modality == "va"
     length, batch = config.train.clip_length, config.train.eval_batch_clips
     if features is not None:
-        return [activate(predict_features(m, features, split, device, length, batch)) for m in models]
+        return [activate(predict_features(m, features, split, device, length, batch, config.train.tail_blocks))
+                for m in models]
     return [activate(predict_split(m, split, device, length, batch, use_audio)) for m in models]
 
 
@@ -133,15 +135,18 @@ def frozen_features(
         return None
     started = time.perf_counter()
     model = initial_model(config).to(device)
-    features = FrozenFeatures(encode_split(model, train, device), encode_split(model, val, device))
-    log(f"frozen backbone: features of {len(train):,} training and {len(val):,} validation frames "
-        f"computed once ({time.perf_counter() - started:.1f} s); members train their heads only")
+    blocks = config.train.tail_blocks
+    features = FrozenFeatures(encode_split(model, train, device, tail_blocks=blocks),
+                              encode_split(model, val, device, tail_blocks=blocks), blocks)
+    learnt = f"the backbone's last {blocks} blocks and their heads" if blocks else "their heads only"
+    log(f"frozen backbone: {'maps' if blocks else 'features'} of {len(train):,} training and {len(val):,} "
+        f"validation frames computed once ({time.perf_counter() - started:.1f} s); members train {learnt}")
     return features
 
 
 def backbone_provenance(config: RunConfig) -> dict:
     """Which backbone a run starts from, whether it is frozen, and what it was pretrained on."""
-    entry: dict = {"frozen": config.train.freeze_backbone}
+    entry: dict = {"frozen": config.train.freeze_backbone, "tail_blocks": config.train.tail_blocks}
     if not config.backbone_weights:
         return entry | {"weights": None, "init": "random"}
     path = Path(config.backbone_weights)

@@ -264,9 +264,12 @@ def finetune_backbone(
     its backbone is saved to `out` (with a JSON record naming both stages) for frozen members.
 
     This is the paper's fine-tuning (Sec. 3.2) done once and shared: on a CPU it costs as much
-    as one member, where fine-tuning every member would cost T x (K + 1) times that.
+    as one member, where fine-tuning every member would cost T x (K + 1) times that. It trains on
+    distinct frames (`TrainConfig.per_frame`): only the backbone is kept, and a clip of 16
+    consecutive frames is 16 near-copies of one face.
     """
     started = time.perf_counter()
+    config = config.per_frame()
     size = PRESETS[preset].input_size
     train, _ = load_split(Path(data), "train", size=size, progress=progress)
     val, _ = load_split(Path(data), "val", size=size, progress=progress)

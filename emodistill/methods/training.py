@@ -26,10 +26,13 @@ from emodistill.tasks import TASKS, emotion_metrics
 
 @dataclass(frozen=True)
 class FrozenFeatures:
-    """Per-frame backbone features of both splits, computed once with the frozen backbone."""
+    """What the frozen backbone computes for every frame of both splits, once for all members:
+    its features (N, D), or with `tail_blocks` the maps below its last blocks (N, C, s, s),
+    which every member's own tail turns into features."""
 
-    train: np.ndarray  # (N_train, D) float32
-    val: np.ndarray  # (N_val, D) float32
+    train: np.ndarray  # (N_train, ...) float32
+    val: np.ndarray  # (N_val, ...) float32
+    tail_blocks: int = 0  # backbone blocks each member learns itself (TrainConfig.tail_blocks)
 
 
 @dataclass
@@ -58,7 +61,7 @@ def clip_shape(split: Split, config: TrainConfig) -> tuple[int, int]:
     and a batch holds L times as many distinct images instead.
     """
     if still_images(split):
-        return 1, config.clip_length * config.clips_per_task
+        config = config.per_frame()
     return config.clip_length, config.clips_per_task
 
 
@@ -72,6 +75,32 @@ def default_batches_per_epoch(split: Split, config: TrainConfig, n_tasks: int) -
     labelled = int(np.any(np.stack([m for m in split.masks.values()]), axis=0).sum())
     per_batch = config.clip_length * config.clips_per_task * max(n_tasks, 1)
     return max(1, math.ceil(labelled / per_batch))
+
+
+def start_at_prior(model: torch.nn.Module, train: Split, tasks: tuple[str, ...], class_weights: ClassWeights,
+                   soft_labels: dict[str, np.ndarray] | None = None) -> None:
+    """Set each task's output bias to the best constant prediction under its loss (AU and EXPR:
+    the training label frequencies, shifted by the class weights when reweighted; a student's:
+    from the mean of its soft labels), so a member starts where a model that learned nothing is.
+
+    From a bias of 0 an AU present in 2% of frames starts at P = 0.5, and Adam moves a bias by
+    about lr a step: 40 steps at 1e-3 take it from 0 to -0.04 of the -3.9 it needs.
+    """
+    with torch.no_grad():
+        for task in TASKS:
+            if task.name not in tasks:
+                continue
+            if soft_labels is not None:
+                frequencies = np.asarray(soft_labels[task.name], np.float64).mean(0)
+            else:
+                mask = train.masks[task.name]
+                frequencies = task.label_frequencies(train.labels[task.name][mask])
+            weights = class_weights.for_task(task, torch.zeros(()))
+            logits = task.start_logits(frequencies, None if weights is None else weights.numpy(),
+                                       distilled=soft_labels is not None)
+            if logits is not None:
+                bias = model.heads[task.name].out.bias
+                bias.copy_(torch.as_tensor(logits, dtype=bias.dtype))
 
 
 def augment_clips(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -97,12 +126,13 @@ def validation_scores(
     device: torch.device,
     config: TrainConfig,
     use_audio: bool,
-    features: np.ndarray | None = None,
+    frozen: FrozenFeatures | None = None,
 ) -> dict[str, float]:
     """Emotion metrics of one model on the validation split (tasks with labels there)."""
     model.eval()
-    if features is not None:
-        logits = predict_features(model, features, val, device, config.clip_length, config.eval_batch_clips)
+    if frozen is not None:
+        logits = predict_features(model, frozen.val, val, device, config.clip_length, config.eval_batch_clips,
+                                  frozen.tail_blocks)
     else:
         logits = predict_split(model, val, device, config.clip_length, config.eval_batch_clips, use_audio)
     return emotion_metrics(val.labels, activate(logits), val.masks)
@@ -138,8 +168,8 @@ class Objective:
 
     def logits(self, index: np.ndarray, batch: dict) -> dict[str, torch.Tensor]:
         if self.frozen is not None:
-            features = torch.from_numpy(self.frozen.train[index]).to(self.device)  # (B, L, D)
-            return self.model.decode(features)[0]
+            cached = torch.from_numpy(self.frozen.train[index]).to(self.device)  # (B, L, D) or (B, L, C, s, s)
+            return self.model.decode(self.model.encode_tail(cached, self.frozen.tail_blocks))[0]
         frames = frames_to_input(batch["frames"], self.device)  # (B, L, 3, S, S)
         if self.config.augment:
             frames = augment_clips(frames, self.generator)
@@ -212,6 +242,10 @@ def train_member(
     model.to(device).to(memory_format=torch.channels_last)
     if frozen is not None:
         model.backbone.requires_grad_(False)
+        model.backbone.reset_tail(frozen.tail_blocks)  # each member's own random tail (none: 0 blocks)
+        for layer in model.backbone.tail_layers(frozen.tail_blocks):
+            layer.requires_grad_(True)
+    start_at_prior(model, train, tasks, class_weights, soft_labels)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(config.lr_step, 1), gamma=0.1)
     objective = Objective(model, train, config, class_weights, balancer, device, generator, soft_labels,
@@ -224,7 +258,7 @@ def train_member(
                              f"{description} epoch {epoch}/{config.epochs}", progress)
         lr = optimizer.param_groups[0]["lr"]
         schedule.step()
-        scores = validation_scores(model, val, device, config, use_audio, None if frozen is None else frozen.val)
+        scores = validation_scores(model, val, device, config, use_audio, frozen)
         weights_used = dict(balancer.weights)
         balancer.update(task_scores(scores, val_tasks))
         history.append({"epoch": epoch, "lr": lr, "loss": losses, "task_weights": weights_used,

@@ -107,17 +107,34 @@ class EMENet(nn.Module):
             self._check_inputs(frames, audio, hidden)
         return self.decode(self.encode(frames, audio), hidden)
 
+    def _backbone_input(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (B, L, 3, S, S) in [0, 1] -> (B*L, 3, S, S) in [-1, 1], in the CNN's memory format."""
+        x = frames.flatten(0, 1) * 2.0 - 1.0  # (x - 0.5) / 0.5
+        if self.backbone.stem.conv.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def encode(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
         """Per-frame features (B, L, 512 [+128]): the CNNs, batched over all B*L frames."""
         B, L = frames.shape[0], frames.shape[1]
-        x = frames.flatten(0, 1) * 2.0 - 1.0  # (B*L, 3, S, S), (x - 0.5) / 0.5
-        if self.backbone.stem.conv.weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x).unflatten(0, (B, L))  # (B, L, 512)
+        features = self.backbone(self._backbone_input(frames)).unflatten(0, (B, L))  # (B, L, 512)
         if self.audio_encoder is not None:
             sound = self.audio_encoder(audio.flatten(0, 1)).unflatten(0, (B, L))  # (B, L, 128)
             features = torch.cat([features, sound], dim=-1)  # (B, L, 640)
         return features
+
+    def encode_front(self, frames: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+        """What a frozen backbone caches per frame (visual only): the maps below its last
+        `tail_blocks` blocks (B, L, C, s, s), or the features (B, L, 512) for 0 blocks."""
+        B, L = frames.shape[0], frames.shape[1]
+        return self.backbone.front(self._backbone_input(frames), tail_blocks).unflatten(0, (B, L))
+
+    def encode_tail(self, cached: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+        """Features (B, L, 512) from `encode_front`'s output: `encode` = `encode_tail(encode_front)`."""
+        if not tail_blocks:
+            return cached
+        B, L = cached.shape[0], cached.shape[1]
+        return self.backbone.tail(cached.flatten(0, 1), tail_blocks).unflatten(0, (B, L))
 
     def decode(
         self, features: torch.Tensor, hidden: torch.Tensor | None = None

@@ -71,16 +71,20 @@ def predict_split(
 
 
 @torch.no_grad()
-def encode_split(model: EMENet, split: Split, device: torch.device, batch: int = 256) -> np.ndarray:
-    """Per-frame visual features (N, feature_dim) float32 of `split`, with the model in eval mode.
+def encode_split(
+    model: EMENet, split: Split, device: torch.device, batch: int = 256, tail_blocks: int = 0
+) -> np.ndarray:
+    """What a frozen backbone caches for every frame of `split`, with the model in eval mode:
+    the features (N, feature_dim) float32, or with `tail_blocks` the maps below the backbone's
+    last blocks (N, C, s, s) (`EMENet.encode_front`).
 
-    The CNN sees each frame alone, so these equal the features inside a full forward pass.
+    The CNN sees each frame alone, so these equal what a full forward pass computes inside.
     """
     model.eval()
     chunks = []
     for start in range(0, len(split), batch):
         frames = frames_to_input(np.asarray(split.frames[start : start + batch])[:, None], device)  # (B, 1, ...)
-        chunks.append(model.encode(frames)[:, 0].float().cpu().numpy())
+        chunks.append(model.encode_front(frames, tail_blocks)[:, 0].float().contiguous().cpu().numpy())
     if not chunks:
         return np.zeros((0, model.config.feature_dim), np.float32)
     return np.concatenate(chunks)
@@ -94,11 +98,14 @@ def predict_features(
     device: torch.device,
     length: int = 16,
     batch_clips: int = 32,
+    tail_blocks: int = 0,
 ) -> dict[str, np.ndarray]:
-    """As `predict_split`, from cached per-frame features (N, D): the heads only."""
+    """As `predict_split`, from what `encode_split` cached per frame: the backbone's tail of
+    `tail_blocks` blocks (none by default) and the heads."""
 
     def run_clips(index: np.ndarray) -> dict[str, torch.Tensor]:
-        return model.decode(torch.from_numpy(features[index]).to(device))[0]
+        cached = torch.from_numpy(features[index]).to(device)
+        return model.decode(model.encode_tail(cached, tail_blocks))[0]
 
     return _over_clips(run_clips, split, length, batch_clips)
 

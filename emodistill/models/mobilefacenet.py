@@ -105,3 +105,34 @@ class MobileFaceNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem_dw(self.stem(x)))
         return self.gdc(self.pointwise(x)).flatten(1)  # (N, 512)
+
+    def tail_layers(self, blocks: int) -> list[nn.Module]:
+        """The last `blocks` bottlenecks and the output layers (1x1, GDC); none for 0 blocks."""
+        if not 0 <= blocks <= len(self.blocks):
+            raise ValueError(f"a tail of {blocks} blocks: the network has {len(self.blocks)}")
+        return [*self.blocks[len(self.blocks) - blocks :], self.pointwise, self.gdc] if blocks else []
+
+    def front(self, x: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+        """Everything below the tail of `tail_blocks` blocks: its input maps (N, C, s, s), or the
+        features (N, 512) for a tail of 0 blocks. `tail(front(x, n), n)` is `forward(x)`."""
+        if not tail_blocks:
+            return self(x)
+        x = self.stem_dw(self.stem(x))
+        for block in self.blocks[: len(self.blocks) - tail_blocks]:
+            x = block(x)
+        return x
+
+    def tail(self, maps: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+        """The tail of `tail_blocks` blocks on `front`'s output: features (N, 512)."""
+        for layer in self.tail_layers(tail_blocks):
+            maps = layer(maps)
+        return maps.flatten(1)
+
+    def reset_tail(self, tail_blocks: int) -> None:
+        """A fresh random initialisation of the tail (from torch's generator), the rest kept."""
+        for layer in self.tail_layers(tail_blocks):
+            for m in layer.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d | nn.PReLU):
+                    m.reset_parameters()  # BatchNorm: also its running statistics

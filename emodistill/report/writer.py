@@ -244,7 +244,11 @@ def backbone_line(backbone: dict | None) -> str:
     """One sentence tracing the run to its backbone: random or pretrained, on what, frozen or not."""
     if not backbone:
         return ""
-    frozen = "frozen (heads trained on its cached features)" if backbone.get("frozen") else "fine-tuned"
+    tail = backbone.get("tail_blocks") or 0
+    frozen = "fine-tuned"
+    if backbone.get("frozen"):
+        frozen = (f"frozen below its last {tail} blocks, which every member learns from its own random start"
+                  if tail else "frozen (heads trained on its cached features)")
     if backbone.get("init") != "pretrained":
         return f"Backbone: randomly initialised, {frozen}."
     pretraining = backbone.get("pretraining")

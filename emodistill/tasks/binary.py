@@ -47,6 +47,14 @@ class BinaryTask(Task):
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
 
+    def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> np.ndarray:
+        """Log-odds of w q / (w q + 1 - q), the best constant under BCE with weight w on the
+        positive term (both losses): the rate q itself without reweighting."""
+        q = np.asarray(frequencies, np.float64)
+        w = 1.0 if weights is None else np.asarray(weights, np.float64)
+        p = np.clip(w * q / (w * q + 1 - q), 1e-4, 1 - 1e-4)
+        return np.log(p) - np.log1p(-p)
+
     def log_activate(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., n) -> (..., n, 2): log P(absent), log P(present), stable for large logits."""
         return torch.stack([torch.nn.functional.logsigmoid(-logits),

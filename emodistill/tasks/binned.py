@@ -104,6 +104,11 @@ class BinnedTask(Task):
             targets = va_expectation(targets)  # (n, 40) -> (n, 2)
         return (1 - ccc_torch(targets.to(prediction.dtype), prediction)).sum()
 
+    def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> None:
+        """None: 1 - CCC has no best constant (every constant scores CCC 0), and a bias at the
+        label histogram would saturate the empty bins' softmax and slow the start."""
+        return None
+
     def emotion_scores(self, truth: np.ndarray, probs: np.ndarray) -> tuple[float, ...]:
         """CCC of each dimension's expectation."""
         prediction = va_expectation(probs)  # (n, 2)

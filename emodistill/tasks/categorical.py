@@ -98,6 +98,14 @@ class CategoricalTask(Task):
         per_frame = (torch.special.xlogy(targets, targets) - targets * log_probs).sum(-1)  # (n,)
         return per_frame.mean()
 
+    def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> np.ndarray:
+        """Log of p_c proportional to w_c q_c, the best constant under the class-weighted cross
+        entropy; the frequencies q themselves for the unweighted KL of a student."""
+        p = np.asarray(frequencies, np.float64)
+        if weights is not None and not distilled:
+            p = p * np.asarray(weights, np.float64)
+        return np.log(np.clip(p / p.sum(), 1e-4, 1.0))
+
     def emotion_scores(self, truth: np.ndarray, probs: np.ndarray) -> tuple[float, ...]:
         return (abaw_expr(truth, probs),)
 

@@ -130,6 +130,13 @@ class Task(ABC):
         unless the kind needs another."""
         return self.supervision_loss(logits, targets, weights)
 
+    @abstractmethod
+    def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> np.ndarray | None:
+        """The output bias a member starts from: the logits of the best constant prediction under
+        this kind's loss, given the training targets' mean `frequencies` (n_logits,) and the
+        class `weights` that loss uses (supervision, or `distilled` from soft labels); None
+        where a constant has no best value (keep the initialisation)."""
+
     # --- scores --------------------------------------------------------------------------------
 
     @abstractmethod
