@@ -120,10 +120,32 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
+        """The config stored in run.json; TypeError names a field of the wrong type."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        values["train"] = TrainConfig(**data.get("train", {}))
-        return cls(**values)
+        values["train"] = TrainConfig(**_checked_types(TrainConfig, data.get("train", {}), "train."))
+        return cls(**_checked_types(cls, values, ""))
+
+
+# What a JSON value of each annotated field may be (bool is not an int here, an int is a float).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "int | None": (int, type(None)),
+    "str | None": (str, type(None)),
+}
+
+
+def _checked_types(cls: type, values: dict, prefix: str) -> dict:
+    """`values` unchanged when each one has its dataclass field's type; TypeError otherwise."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{prefix or 'the config'} is {type(values).__name__}, not an object")
+    for f in fields(cls):
+        allowed = _JSON_TYPES.get(str(f.type))
+        if allowed is None or f.name not in values:
+            continue
+        value = values[f.name]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise TypeError(f"{prefix}{f.name} is {value!r}, not {f.type}")
+    return values
 
 
 def generation_name(generation: int) -> str:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,23 @@ def test_missing_backbone_file_is_refused_before_any_work(tiny_data: Path, tmp_p
     err = capsys.readouterr().err
     assert code == 2 and f"--backbone-weights {missing}: no such file" in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: c["train"].update(epochs="3"), "train.epochs"),
+    (lambda c: c.update(members=2.5), "members"),
+    (lambda c: c["train"].update(freeze_backbone=1), "train.freeze_backbone"),
+    (lambda c: c.update(seed=True), "seed"),
+    (lambda c: c.update(train=[1]), "train."),
+])
+def test_run_json_of_the_wrong_types_is_one_clear_error(tmp_path: Path, capsys, edit, field: str) -> None:
+    from emodistill.run import RunConfig
+
+    config = RunConfig(data=str(tmp_path), preset="tiny")
+    stored = json.loads(json.dumps(asdict(config)))
+    assert RunConfig.from_dict(stored) == config  # the right types read back as they were
+    edit(stored)
+    (tmp_path / "run.json").write_text(json.dumps(stored))
+    assert main(["evaluate", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "run.json is not a run config this version can read" in err and field in err and err.count("\n") == 1
