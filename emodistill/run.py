@@ -27,6 +27,7 @@ from emodistill.core.checkpoints import load_weights, read_json, write_json
 from emodistill.core.errors import InputError
 from emodistill.models import PRESETS, build_model
 from emodistill.models.members import Member, TorchMember
+from emodistill.models.mobilefacenet import BLOCKS
 from emodistill.models.onnx import OnnxMember, export_member
 
 RUN_FILE = "run.json"
@@ -108,9 +109,8 @@ class RunConfig:
             raise InputError(f"--generations must be 0 or more, got {self.generations}")
         if self.backbone_weights and not Path(self.backbone_weights).is_file():
             raise InputError(f"--backbone-weights {self.backbone_weights}: no such file")
-        blocks = len(build_model(self.preset).backbone.blocks)
-        if not 0 <= self.train.tail_blocks <= blocks:
-            raise InputError(f"--tail-blocks must be between 0 and {blocks} (the backbone's bottleneck blocks), "
+        if not 0 <= self.train.tail_blocks <= BLOCKS:
+            raise InputError(f"--tail-blocks must be between 0 and {BLOCKS} (the backbone's bottleneck blocks), "
                              f"got {self.train.tail_blocks}")
         if self.train.tail_blocks and not self.train.freeze_backbone:
             raise InputError("--tail-blocks needs --freeze-backbone: without it every member learns the whole backbone")

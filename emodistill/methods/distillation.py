@@ -137,7 +137,7 @@ def frozen_features(
     model = initial_model(config).to(device)
     blocks = config.train.tail_blocks
     features = FrozenFeatures(encode_split(model, train, device, tail_blocks=blocks),
-                              encode_split(model, val, device, tail_blocks=blocks), blocks)
+                              encode_split(model, val, device, tail_blocks=blocks))
     learnt = f"the backbone's last {blocks} blocks and their heads" if blocks else "their heads only"
     log(f"frozen backbone: {'maps' if blocks else 'features'} of {len(train):,} training and {len(val):,} "
         f"validation frames computed once ({time.perf_counter() - started:.1f} s); members train {learnt}")

@@ -65,12 +65,15 @@ class ClassWeights:
         return cls(np.asarray(values["au_pos_weight"], dtype=np.float64),
                    np.asarray(values["expr_weight"], dtype=np.float64))
 
+    def array_for(self, task: Task) -> np.ndarray | None:
+        """This task's weights (None for VA)."""
+        weights = {AU.name: self.au_pos_weight, EXPR.name: self.expr_weight}.get(task.name)
+        return None if weights is None else np.asarray(weights)
+
     def for_task(self, task: Task, like: torch.Tensor) -> torch.Tensor | None:
         """This task's weights as a tensor on `like`'s device and dtype (None for VA)."""
-        weights = {AU.name: self.au_pos_weight, EXPR.name: self.expr_weight}.get(task.name)
-        if weights is None:
-            return None
-        return torch.as_tensor(np.asarray(weights), dtype=like.dtype, device=like.device)
+        weights = self.array_for(task)
+        return None if weights is None else torch.as_tensor(weights, dtype=like.dtype, device=like.device)
 
 
 def class_weights_from_labels(labels: Mapping[str, np.ndarray],

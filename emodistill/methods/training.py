@@ -27,12 +27,11 @@ from emodistill.tasks import TASKS, emotion_metrics
 @dataclass(frozen=True)
 class FrozenFeatures:
     """What the frozen backbone computes for every frame of both splits, once for all members:
-    its features (N, D), or with `tail_blocks` the maps below its last blocks (N, C, s, s),
-    which every member's own tail turns into features."""
+    its features (N, D), or with `TrainConfig.tail_blocks` the maps below its last blocks
+    (N, C, s, s), which every member's own tail turns into features."""
 
     train: np.ndarray  # (N_train, ...) float32
     val: np.ndarray  # (N_val, ...) float32
-    tail_blocks: int = 0  # backbone blocks each member learns itself (TrainConfig.tail_blocks)
 
 
 @dataclass
@@ -95,9 +94,9 @@ def start_at_prior(model: torch.nn.Module, train: Split, tasks: tuple[str, ...],
             else:
                 mask = train.masks[task.name]
                 frequencies = task.label_frequencies(train.labels[task.name][mask])
-            weights = class_weights.for_task(task, torch.zeros(()))
-            logits = task.start_logits(frequencies, None if weights is None else weights.numpy(),
-                                       distilled=soft_labels is not None)
+            weights = class_weights.array_for(task)  # in float32, as the loss sees them
+            weights = None if weights is None else weights.astype(np.float32)
+            logits = task.start_logits(frequencies, weights, distilled=soft_labels is not None)
             if logits is not None:
                 bias = model.heads[task.name].out.bias
                 bias.copy_(torch.as_tensor(logits, dtype=bias.dtype))
@@ -132,7 +131,7 @@ def validation_scores(
     model.eval()
     if frozen is not None:
         logits = predict_features(model, frozen.val, val, device, config.clip_length, config.eval_batch_clips,
-                                  frozen.tail_blocks)
+                                  config.tail_blocks)
     else:
         logits = predict_split(model, val, device, config.clip_length, config.eval_batch_clips, use_audio)
     return emotion_metrics(val.labels, activate(logits), val.masks)
@@ -169,7 +168,7 @@ class Objective:
     def logits(self, index: np.ndarray, batch: dict) -> dict[str, torch.Tensor]:
         if self.frozen is not None:
             cached = torch.from_numpy(self.frozen.train[index]).to(self.device)  # (B, L, D) or (B, L, C, s, s)
-            return self.model.decode(self.model.encode_tail(cached, self.frozen.tail_blocks))[0]
+            return self.model.decode(self.model.encode_tail(cached, self.config.tail_blocks))[0]
         frames = frames_to_input(batch["frames"], self.device)  # (B, L, 3, S, S)
         if self.config.augment:
             frames = augment_clips(frames, self.generator)
@@ -242,8 +241,8 @@ def train_member(
     model.to(device).to(memory_format=torch.channels_last)
     if frozen is not None:
         model.backbone.requires_grad_(False)
-        model.backbone.reset_tail(frozen.tail_blocks)  # each member's own random tail (none: 0 blocks)
-        for layer in model.backbone.tail_layers(frozen.tail_blocks):
+        model.backbone.reset_tail(config.tail_blocks)  # each member's own random tail (none: 0 blocks)
+        for layer in model.backbone.tail_layers(config.tail_blocks):
             layer.requires_grad_(True)
     start_at_prior(model, train, tasks, class_weights, soft_labels)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)

@@ -12,7 +12,7 @@ from torch import nn
 
 from emodistill.core.errors import InputError
 from emodistill.models.marblenet import MarbleNet
-from emodistill.models.mobilefacenet import MobileFaceNet
+from emodistill.models.mobilefacenet import MobileFaceNet, he_initialise
 from emodistill.tasks import TASKS
 
 MODALITIES = ("v", "va")
@@ -81,10 +81,7 @@ class EMENet(nn.Module):
         self.heads = nn.ModuleDict(
             {t.name: TaskHead(config.head_input_dim, config.gru_hidden, t.n_logits, config.dropout) for t in TASKS}
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d | nn.Conv1d):
-                # He initialisation (fan-out), the MobileNet-family default.
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        he_initialise(self)
 
     def forward(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Logits {"AU": (B, L, 12), "EXPR": (B, L, 7), "VA": (B, L, 40)} from a zero GRU state.

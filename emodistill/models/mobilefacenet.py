@@ -19,7 +19,18 @@ BOTTLENECKS: tuple[tuple[int, int, int, int], ...] = (
     (2, 128, 2, 1),
 )
 STEM_CHANNELS = 64
+BLOCKS = sum(repeats for _, _, repeats, _ in BOTTLENECKS)  # bottleneck blocks of every preset
 STRIDE_TWO_LAYERS = 1 + sum(1 for *_, stride in BOTTLENECKS if stride == 2)  # stem + 3 stages
+
+
+def he_initialise(module: nn.Module) -> None:
+    """He initialisation (fan-out) of every convolution in `module`, the MobileNet-family
+    default; BatchNorm and PReLU at PyTorch's defaults (BatchNorm's statistics reset too)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv1d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d | nn.PReLU):
+            m.reset_parameters()
 
 
 def scale_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
@@ -131,8 +142,4 @@ class MobileFaceNet(nn.Module):
     def reset_tail(self, tail_blocks: int) -> None:
         """A fresh random initialisation of the tail (from torch's generator), the rest kept."""
         for layer in self.tail_layers(tail_blocks):
-            for m in layer.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d | nn.PReLU):
-                    m.reset_parameters()  # BatchNorm: also its running statistics
+            he_initialise(layer)
