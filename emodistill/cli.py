@@ -132,7 +132,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
                     backend=args.backend, device=args.device, progress=not args.quiet,
-                    detector=args.detector, plain=args.plain)
+                    detector=args.detector, plain=args.plain, fp32=args.fp32)
     return 0
 
 
@@ -259,6 +259,8 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--plain", action="store_true",
                    help="no speed levers: members one by one in fp32, decoding in this thread")
+    p.add_argument("--fp32", action="store_true",
+                   help="every speed lever but bf16 (on by default where the CPU multiplies bf16 natively)")
     _add_detector(p)
     _add_common(p, device=True)
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from emodistill.bench import (
@@ -39,6 +40,17 @@ def test_generated_frames_show_a_detectable_face_where_it_was_pasted() -> None:
         patch_rows, patch_cols = np.nonzero(np.abs(np.diff(frame[..., 0].astype(int), axis=1)) > 8)
         cx, cy = box.centre
         assert patch_cols.min() <= cx <= patch_cols.max() and patch_rows.min() <= cy <= patch_rows.max()
+
+
+@pytest.mark.parametrize("size", [(320, 240), (200, 150), (100, 180)])
+def test_generated_frames_smaller_than_the_face_patch_fit_it(size: tuple[int, int]) -> None:
+    width, height = size
+    for k in (0, 5, 12):
+        frame = face_frame(k, 25, size)
+        assert frame.shape == (height, width, 3) and frame.dtype == np.uint8
+        # The patch (the only non-gradient part) lies wholly inside the frame, shrunk if needed.
+        rows, cols = np.nonzero(np.abs(np.diff(frame[..., 0].astype(int), axis=1)) > 8)
+        assert len(rows) > 0 and cols.max() - cols.min() <= min(256, width, height)
 
 
 def test_matmul_peak_counts_a_multiply_add_as_two_flops() -> None:

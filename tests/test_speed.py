@@ -28,6 +28,7 @@ from emodistill.models.speed import (
     bf16_fast,
     cpu_flags,
     fold_batch_norm,
+    torch_threads,
     widen,
 )
 from emodistill.tasks import TASKS
@@ -86,12 +87,31 @@ def test_cpu_flags_and_bf16_check(tmp_path: Path) -> None:
 def test_levers_record_and_auto() -> None:
     plain = Levers()
     assert plain.as_dict() == {"batched": False, "bf16": False, "fold_bn": False, "detect_every": 1,
-                               "decode_thread": False}
-    assert Levers.auto(["avx2"]) == Levers(batched=True, bf16=False, fold_bn=True, detect_every=1,
-                                           decode_thread=True)
+                               "decode_thread": False, "model_threads": 0}
+    assert Levers.auto(["avx2"], threads=2) == Levers(batched=True, bf16=False, fold_bn=True, detect_every=1,
+                                                      decode_thread=True)
     assert Levers.auto(["amx_tile"], detect_every=3).as_dict()["bf16"] is True
+    # bf16 members leave one core to the decode-and-detect thread; fp32 ones keep every core.
+    assert Levers.auto(["amx_tile"], threads=2).model_threads == 1
+    assert Levers.auto(["amx_tile"], threads=8).model_threads == 7
+    assert Levers.auto(["amx_tile"], threads=1).model_threads == 0
+    assert Levers.auto(["avx2"], threads=8).model_threads == 0
     with pytest.raises(InputError, match="detect_every"):
         Levers(detect_every=0)
+    with pytest.raises(InputError, match="model_threads"):
+        Levers(model_threads=-1)
+
+
+def test_torch_threads_sets_and_restores_the_setting() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with torch_threads(0):  # 0: as it is
+        assert torch.get_num_threads() == before
 
 
 # ------------------------------------------------------------------------ stacked members
@@ -299,7 +319,10 @@ def test_predict_with_every_output_preserving_lever_equals_the_plain_path(tiny_r
               else sorted(p for p in (tiny_data / "cropped_aligned").iterdir() if p.is_dir())[0])
     quiet = {"device": "cpu", "log": lambda _: None}
     plain = Predictor(tiny_run, levers=Levers(), **quiet).predict(source)
-    fast = Predictor(tiny_run, levers=Levers(batched=True, fold_bn=True, decode_thread=True), **quiet).predict(source)
+    before = torch.get_num_threads()
+    levers = Levers(batched=True, fold_bn=True, decode_thread=True, model_threads=1)
+    fast = Predictor(tiny_run, levers=levers, **quiet).predict(source)
+    assert torch.get_num_threads() == before  # the members' thread count is set around their passes only
     assert plain["face"].sum() > 0
     assert list(plain.columns) == list(fast.columns) and len(plain) == len(fast)
     assert (plain["face"] == fast["face"]).all()

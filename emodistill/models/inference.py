@@ -23,7 +23,9 @@ Forward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
 
 def frames_to_input(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (..., S, S, 3) RGB -> float (..., 3, S, S) in [0, 1] on `device`."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    # Writable as well as contiguous: frames read from a cache's read-only memory map are copied
+    # (a uint8 copy, a quarter of the float one that follows) rather than shared with PyTorch.
+    tensor = torch.from_numpy(np.require(frames, requirements=("C", "W"))).to(device)
     return tensor.movedim(-1, -3).float().div_(255.0)
 
 

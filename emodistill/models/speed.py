@@ -20,6 +20,9 @@ folded 1.12 / 1.21x, grouped 0.50 / 0.59x. Grouped 1x1 convolutions on the 28x28
 third of the dense speed (64 -> 128 channels, 5 members: 113 against 35 ms), and 5 members'
 activations side by side overflow the caches.
 
+Measured on a 2-core Xeon with AMX (native bf16), 5 EMENet-V members, 16 frames, model only:
+fp32 39 frames/s, folded BN 53, bf16 74, bf16 + folded 91 (2.3x); on one thread 19, 24, 39, 52.
+
 Detection every k frames is `FaceTracker(detect_every=k)` and the background decoder is
 `media.prefetch` / `iter_frames(thread=True)` (emodistill.data.media).
 """
@@ -28,7 +31,8 @@ from __future__ import annotations
 
 import copy
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +49,14 @@ from emodistill.tasks import TASKS
 # CPU flags (as /proc/cpuinfo spells them) with which PyTorch's oneDNN kernels multiply bf16 in
 # hardware; without them bf16 is emulated and slower than fp32.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+# How far bf16 autocast may move `predict`'s numeric outputs from fp32. Measured on a Xeon with
+# AMX, the demo's trained teachers and third students on 1,192 validation crops: probabilities
+# up to 0.0150 (99th percentile 0.0098, mean 0.0018), valence and arousal up to 0.0200, the
+# expression unchanged on 99.3% of the frames; random members stay within 7.4e-3. The error is
+# spread over the network: keeping the stem, the last 1 or 3 blocks or the output layers in fp32
+# left it at 0.013-0.015.
+BF16_TOLERANCE = 2.5e-2
 
 
 def cpu_flags(cpuinfo: Path | str = "/proc/cpuinfo") -> list[str]:
@@ -77,23 +89,50 @@ class Levers:
     fold_bn: bool = False  # BatchNorm folded into the convolutions (`fold_batch_norm`)
     detect_every: int = 1  # full face detection every k-th frame, the smoothed box carried between
     decode_thread: bool = False  # video decoding in a background thread (`media.prefetch`)
+    model_threads: int = 0  # PyTorch threads for the members' forward passes (0: as PyTorch is set)
 
     def __post_init__(self) -> None:
         if self.detect_every < 1:
             raise InputError(f"detect_every must be 1 or more, got {self.detect_every}")
+        if self.model_threads < 0:
+            raise InputError(f"model_threads must be 0 (PyTorch's setting) or more, got {self.model_threads}")
 
     def as_dict(self) -> dict[str, bool | int]:
         """The levers as JSON-ready values, for `bench` results and run records."""
         return asdict(self)
 
     @classmethod
-    def auto(cls, flags: Iterable[str] | None = None, detect_every: int = 1) -> Levers:
+    def auto(cls, flags: Iterable[str] | None = None, detect_every: int = 1,
+             threads: int | None = None) -> Levers:
         """Every lever that leaves the outputs within their stated tolerances: batching, folded
         BatchNorm and the decode thread always, bf16 only on a CPU with native bf16
         (`bf16_fast`). Detection every k frames changes the boxes, so it stays at `detect_every`
-        (default 1: every frame)."""
-        return cls(batched=True, bf16=bf16_fast(flags), fold_bn=True, detect_every=detect_every,
-                   decode_thread=True)
+        (default 1: every frame).
+
+        With bf16 the members run on one thread fewer than PyTorch's `threads` (default: its
+        current setting), leaving a core to the decode-and-detect thread: the bf16 members on one
+        core keep up with dlib on the other, while two OpenMP threads and the detector fight
+        over two cores. Measured on a 2-core Xeon with AMX, 5 EMENet-V members, whole pipeline:
+        35.4-35.8 frames/s on one thread against 32.2-32.5 on two. In fp32 the members are the
+        slower stage and lose more than they gain (20.4-20.5 against 24.3-24.5), so they keep
+        every thread."""
+        bf16 = bf16_fast(flags)
+        threads = torch.get_num_threads() if threads is None else threads
+        return cls(batched=True, bf16=bf16, fold_bn=True, detect_every=detect_every,
+                   decode_thread=True, model_threads=threads - 1 if bf16 and threads > 1 else 0)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch on `n` threads inside the block (0: left as it is), its setting restored after."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------ stacked members
@@ -323,7 +362,8 @@ class StackedMembers:
     preset once BatchNorm was folded (numbers in the module docstring).
 
     Measured differences from 5 `TorchMember`s (tiny, demo and EMENet-V, 16 frames): logits
-    1.5e-7 fp32 (either layout), 2.6e-6 with `fold_bn`; probabilities 7.4e-3 with `bf16`.
+    1.5e-7 fp32 (either layout), 2.6e-6 with `fold_bn`; probabilities 7.4e-3 with `bf16` on
+    random members, 0.015 on trained ones (`BF16_TOLERANCE`).
     """
 
     def __init__(

@@ -23,7 +23,7 @@ from emodistill.data.media import FaceTracker, prefetch
 from emodistill.models import PRESETS
 from emodistill.models.inference import activate
 from emodistill.models.members import SeparateMembers
-from emodistill.models.speed import Levers, StackedMembers
+from emodistill.models.speed import Levers, StackedMembers, torch_threads
 from emodistill.predict.columns import PARTS, FramePrediction, frame_row, output_columns, python_value, summarise
 from emodistill.predict.sources import (
     AudioTrack,
@@ -269,10 +269,11 @@ class Predictor:
                 audio = sequence.audio.windows(np.array([f.number - 1 for f in found]))
             audio = audio.reshape(*shape, *audio.shape[1:])  # (B, L, 64, 64)
         alone = sequence.continuous and self.ood_tasks is not None
-        if alone:
-            logits, state, alone_logits = self.members.forward_with_alone(frames, audio, hidden)
-        else:
-            (logits, state), alone_logits = self.members.forward_stateful(frames, audio, hidden), None
+        with torch_threads(self.levers.model_threads):
+            if alone:
+                logits, state, alone_logits = self.members.forward_with_alone(frames, audio, hidden)
+            else:
+                (logits, state), alone_logits = self.members.forward_stateful(frames, audio, hidden), None
         if sequence.continuous:
             hidden[:] = list(state)  # per member, carried to the next chunk
 
