@@ -39,6 +39,7 @@ from emodistill.run import Run, RunConfig, TrainConfig, export_run
 # Targets of the issue, for a 2-core CPU: frames/s.
 PIPELINE_TARGET = 30.0  # whole pipeline, a 5-member ensemble of the paper preset (real time)
 SINGLE_TARGET = 100.0  # model only, one member of the paper preset
+LEVER_TARGET = 1.5  # whole pipeline of the ensemble with the speed levers, against the plain path
 PAPER_PRESET = "emenet-v"
 FPS = 25  # frame rate of the generated video
 BACKENDS = ("torch", "onnx")
@@ -534,12 +535,16 @@ def peak_rss_mb() -> float:
 
 
 def targets(results: dict, sizes: BenchSizes) -> dict:
-    """The issue's two speed targets against the fastest setting measured."""
+    """The issue's speed targets against the fastest setting measured: frames/s of one member and
+    of the ensemble's whole pipeline, and the levers' speed-up of that pipeline (a ratio)."""
     preset = sizes.presets[0]
     single = max((r for r in results["model_only"] if r["preset"] == preset and r["members"] == 1),
                  key=lambda r: r["frames_per_s"])
     whole = max((r for r in results["pipeline"] if r["members"] == sizes.members),
                 key=lambda r: r["frames_per_s"])
+    levers = results["levers"]
+    if levers["levers_frames_per_s"] > whole["frames_per_s"]:
+        whole = {"frames_per_s": levers["levers_frames_per_s"], "backend": "torch with the speed levers"}
     return {
         "single_member_model_only": {
             "preset": preset, "target": SINGLE_TARGET, "reached": single["frames_per_s"],
@@ -550,6 +555,10 @@ def targets(results: dict, sizes: BenchSizes) -> dict:
             "preset": preset, "members": sizes.members, "target": PIPELINE_TARGET,
             "reached": whole["frames_per_s"], "met": whole["frames_per_s"] >= PIPELINE_TARGET,
             "how": whole["backend"]},
+        "ensemble_speed_up_with_levers": {
+            "preset": preset, "members": sizes.members, "target": LEVER_TARGET,
+            "reached": levers["speedup"], "met": levers["speedup"] >= LEVER_TARGET,
+            "how": ", ".join(k for k, v in levers["levers"].items() if v and k != "detect_every")},
     }
 
 
@@ -611,7 +620,7 @@ def markdown(results: dict) -> str:
         *lever_lines(results),
         f"Peak memory, {mem['preset']}, clip {mem['clip']} (MiB, fresh process per case):",
         markdown_table(["case", "peak RSS MiB"], memory_rows),
-        "Targets (frames/s):",
+        "Targets (frames/s; the speed-up is a ratio):",
         markdown_table(["target", "wanted", "reached", "with", "met"], target_rows),
     ]
     return "\n\n".join(parts) + "\n"

@@ -109,6 +109,11 @@ def test_quick_bench_writes_results_and_tables(tmp_path: Path) -> None:
     peaks = results["memory"]["peak_rss_mb"]
     assert len(peaks) == 5 and all(v > 0 for v in peaks.values())
     assert all(v >= peaks["baseline (imports only)"] for v in peaks.values())
-    assert set(results["targets"]) == {"single_member_model_only", "ensemble_whole_pipeline"}
+    assert set(results["targets"]) == {"single_member_model_only", "ensemble_whole_pipeline",
+                                       "ensemble_speed_up_with_levers"}
+    ratio = results["targets"]["ensemble_speed_up_with_levers"]
+    assert ratio["reached"] == results["levers"]["speedup"] and ratio["met"] == (ratio["reached"] >= 1.5)
+    whole = results["targets"]["ensemble_whole_pipeline"]
+    assert whole["reached"] >= max(r["frames_per_s"] for r in results["pipeline"] if r["members"] == 2)
     table = out.with_suffix(".md").read_text()
     assert "| tiny (32x32) | 1 | 2 | 2x4 |" in table and "| whole pipeline | 2 | onnx |" in table
