@@ -275,6 +275,28 @@ def test_ood_flag_uses_the_reports_threshold(tiny_run: Path, gap_video: Path,
     assert table.loc[table["face"] == 0, "ood_flag"].isna().all()
 
 
+def test_predict_fp32_keeps_every_lever_but_bf16(tiny_run: Path, gap_video: Path, tmp_path: Path,
+                                               monkeypatch, capsys):
+    """On a CPU with native bf16 `predict` runs the members in bf16 and says so; `--fp32` keeps
+    fp32 (bf16 is emulated where the CPU lacks it, so this runs anywhere)."""
+    import emodistill.models.speed as speed
+
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_tile", "avx512f"])
+    bf16 = predict_command(gap_video, tiny_run, out=tmp_path / "bf16.csv", device="cpu", progress=False)
+    assert ", bf16 ->" in capsys.readouterr().out
+    fp32 = predict_command(gap_video, tiny_run, out=tmp_path / "fp32.csv", device="cpu", progress=False,
+                           fp32=True)
+    assert ", bf16" not in capsys.readouterr().out
+    plain = predict_command(gap_video, tiny_run, out=tmp_path / "plain.csv", device="cpu", progress=False,
+                            plain=True)
+    tables = [pd.read_csv(path) for path in (bf16, fp32, plain)]
+    numbers = [c for c in tables[0].columns if c not in ("expression", "ood_flag")]
+    values = [t[numbers].to_numpy(float) for t in tables]
+    assert values[1] == pytest.approx(values[2], abs=1e-4, nan_ok=True)
+    assert values[0] == pytest.approx(values[2], abs=2.5e-2, nan_ok=True)
+    assert np.nanmax(np.abs(values[0] - values[2])) > 0  # bf16 did run
+
+
 def test_predict_command_writes_tables_and_figures(
     tiny_run: Path, gap_video: Path, video_table: pd.DataFrame, tmp_path: Path, monkeypatch, capsys
 ):
