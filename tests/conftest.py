@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fp32_everywhere() -> Iterator[None]:
+    """Every test (and every fixture of any scope) sees a CPU without native bf16, so
+    `Levers.auto()` and `predict`'s default are the same fp32 path on an AVX2 machine and on one
+    with AMX, and the tolerances of tests written for fp32 hold on both. Tests of bf16 itself
+    patch `cpu_flags` again."""
+    import emodistill.models.speed as speed
+
+    real = speed.cpu_flags
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(speed, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": [
+            flag for flag in real(cpuinfo) if flag not in speed.BF16_FLAGS])
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -411,3 +411,26 @@ def test_predict_flags_validation_crops_at_the_false_alarm_rate_evaluate_chose(
     flagged = table.loc[table["face"] == 1, "ood_flag"].astype(bool)
     assert len(flagged) > 100
     assert abs(flagged.mean() - OOD_FALSE_ALARM) <= 0.025, flagged.mean()
+
+
+def test_predict_keeps_fp32_where_bf16_rounding_would_move_the_ood_flag(tiny_run: Path, tmp_path: Path,
+                                                                        monkeypatch):
+    """bf16 rounds each member differently, which reads as epistemic uncertainty: with the tiny
+    run's threshold (about 2.5e-4, under BF16_OOD_FLOOR) bf16 flagged 93% of the validation
+    frames on a CPU with AMX, so `predict` keeps fp32 there and says why."""
+    import emodistill.models.speed as speed
+    from emodistill.evaluation.evaluate import evaluate_run
+    from emodistill.report.writer import write_report
+
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_tile"])
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    said: list[str] = []
+    assert Predictor(run, log=said.append).levers.bf16  # no report, no threshold: bf16
+    report = evaluate_run(run, torch.device("cpu"), ood_limit=200, mc_passes=2, progress=False,
+                          log=lambda s: None)
+    write_report(report, run / "report")
+    predictor = Predictor(run, log=said.append)
+    assert predictor.ood_threshold < speed.BF16_OOD_FLOOR
+    assert not predictor.levers.bf16 and predictor.levers.batched
+    assert any("bf16" in line and "fp32" in line for line in said)
+    assert Predictor(run, log=said.append, levers=speed.Levers(bf16=True)).levers.bf16  # asked for

@@ -72,7 +72,10 @@ def max_difference(stacked: dict[str, np.ndarray], m: int, single: dict[str, np.
 # ------------------------------------------------------------------------ flags and levers
 
 
-def test_cpu_flags_and_bf16_check(tmp_path: Path) -> None:
+def test_cpu_flags_and_bf16_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import emodistill.models.speed as speed
+
+    monkeypatch.setattr(speed, "cpu_flags", cpu_flags)  # this machine's flags, not conftest's fp32 CPU
     flags = cpu_flags()
     assert isinstance(flags, list) and all(isinstance(f, str) for f in flags)
     info = tmp_path / "cpuinfo"

@@ -57,6 +57,12 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
 # spread over the network: keeping the stem, the last 1 or 3 blocks or the output layers in fp32
 # left it at 0.013-0.015.
 BF16_TOLERANCE = 2.5e-2
+# bf16 rounds each member differently, and that reads as disagreement: on the same crops it moved
+# the demo ensembles' OOD scores (epistemic entropy) by up to 2.5e-4 (median 0.5%; thresholds
+# 0.0065-0.012, the same frames flagged), but nearly untrained members, whose threshold is tiny,
+# were flagged on 93% of validation frames instead of 5%. `predict` keeps fp32 when the run's
+# OOD threshold is under this floor, ten times the largest shift measured.
+BF16_OOD_FLOOR = 2.5e-3
 
 
 def cpu_flags(cpuinfo: Path | str = "/proc/cpuinfo") -> list[str]:

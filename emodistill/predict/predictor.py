@@ -23,7 +23,7 @@ from emodistill.data.media import FaceTracker, prefetch
 from emodistill.models import PRESETS
 from emodistill.models.inference import activate
 from emodistill.models.members import SeparateMembers
-from emodistill.models.speed import Levers, StackedMembers, torch_threads
+from emodistill.models.speed import BF16_OOD_FLOOR, Levers, StackedMembers, torch_threads
 from emodistill.predict.columns import PARTS, FramePrediction, frame_row, output_columns, python_value, summarise
 from emodistill.predict.sources import (
     AudioTrack,
@@ -79,10 +79,10 @@ class Predictor:
         self.n_members = self._pick_members(members)
         self.device = resolve_device(device)
         self.input_size = PRESETS[self.config.preset].input_size
-        self.levers = Levers.auto() if levers is None else levers
+        self.ood_tasks, self.ood_threshold = self._ood_setting()
+        self.levers = self._auto_levers() if levers is None else levers
         self.members = self._ensemble(backend)
         self.audio = self.config.modality == "va"
-        self.ood_tasks, self.ood_threshold = self._ood_setting()
         self.detector = make_detector(detector, log=log)
         self.eyes = None if landmarks is None else EyeLocator(Path(landmarks))
 
@@ -103,6 +103,16 @@ class Predictor:
             return StackedMembers(models, self.device, bf16=levers.bf16, fold_bn=levers.fold_bn)
         return SeparateMembers(self.run.members(self.generation, self.n_members, backend, self.device,
                                                 log=self._say))
+
+    def _auto_levers(self) -> Levers:
+        """`Levers.auto()`, without bf16 where its rounding could move the OOD flag: bf16 rounds
+        each member differently, which reads as disagreement, i.e. epistemic uncertainty."""
+        levers = Levers.auto()
+        if levers.bf16 and self.ood_threshold is not None and self.ood_threshold < BF16_OOD_FLOOR:
+            self._say(f"OOD threshold {self.ood_threshold:.2g} is within bf16's rounding of the members' "
+                      "disagreement: the members run in fp32")
+            return Levers.auto(flags=())
+        return levers
 
     def _pick_members(self, members: int | None) -> int:
         available = self.config.members
