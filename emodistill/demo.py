@@ -37,6 +37,8 @@ class DemoPlan:
     epochs: int
     lr_step: int
     batches_per_epoch: int
+    clip_length: int  # the members' clips (L)
+    clips_per_task: int  # ... and of each task in a batch
     ood_limit: int  # OOD images (and as many validation frames)
     mc_passes: int
     pretrain_steps: int  # landmark pretraining of the backbone (0: random backbone)
@@ -50,11 +52,12 @@ class DemoPlan:
 
 
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
-                epochs=4, lr_step=3, batches_per_epoch=32, ood_limit=1500, mc_passes=10,
-                pretrain_steps=300, finetune_epochs=4, finetune_batches=140, finetune_frames=40,
+                epochs=4, lr_step=3, batches_per_epoch=32, clip_length=4, clips_per_task=20,
+                ood_limit=1500, mc_passes=10, pretrain_steps=300, finetune_epochs=4, finetune_batches=140, finetune_frames=40,
                 finetune_reweight=True, freeze_backbone=True, tail_blocks=2, reweight=False)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
-                 epochs=2, lr_step=1, batches_per_epoch=3, ood_limit=64, mc_passes=3,
+                 epochs=2, lr_step=1, batches_per_epoch=3, clip_length=16, clips_per_task=5,
+                 ood_limit=64, mc_passes=3,
                  pretrain_steps=20, finetune_epochs=1, finetune_batches=2, finetune_frames=8, finetune_reweight=True,
                  freeze_backbone=True, tail_blocks=2, reweight=False)
 
@@ -108,6 +111,7 @@ def run_demo(
         generations=plan.generations, seed=seed,
         backbone_weights=None if backbone is None else str(backbone),
         train=TrainConfig(epochs=plan.epochs, lr_step=plan.lr_step, batches_per_epoch=plan.batches_per_epoch,
+                          clip_length=plan.clip_length, clips_per_task=plan.clips_per_task,
                           freeze_backbone=plan.freeze_backbone, tail_blocks=plan.tail_blocks,
                           reweight=plan.reweight),
     )
