@@ -107,6 +107,8 @@ class Predictor:
     def _auto_levers(self) -> Levers:
         """`Levers.auto()`, without bf16 where its rounding could move the OOD flag: bf16 rounds
         each member differently, which reads as disagreement, i.e. epistemic uncertainty."""
+        if self.device.type != "cpu":
+            return Levers.auto(flags=())  # the CPU's flags say nothing of a GPU; bf16 was measured on CPUs
         levers = Levers.auto()
         if levers.bf16 and self.ood_threshold is not None and self.ood_threshold < BF16_OOD_FLOOR:
             self._say(f"OOD threshold {self.ood_threshold:.2g} is within bf16's rounding of the members' "
