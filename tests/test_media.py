@@ -14,7 +14,7 @@ from skimage import data as skdata
 from emodistill.core.errors import InputError
 from emodistill.data import faces
 from emodistill.data.faces import Box, DlibDetector, HaarDetector, crop_face
-from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, probe_video
+from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, probe_video, read_image, write_jpeg
 
 FPS = 25
 WIDTH, HEIGHT = 480, 360
@@ -244,3 +244,15 @@ def test_missing_cascade_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.delattr(faces.cv2, "data")
     with pytest.raises(InputError, match=r"opencv-python-headless<5"):
         HaarDetector()
+
+
+def test_jpeg_round_trip_keeps_the_colour_order(tmp_path: Path):
+    """`write_jpeg` takes RGB, as `read_image` gives it: a red square comes back red."""
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[8:24, 8:24] = (220, 30, 30)
+    write_jpeg(tmp_path / "red.jpg", rgb, quality=95)
+    back = read_image(tmp_path / "red.jpg")
+    assert back.shape == rgb.shape
+    inside = (slice(11, 21), slice(11, 21))  # away from the edges, which chroma subsampling blurs
+    assert np.abs(back[inside].astype(int) - rgb[inside]).max() <= 12
+    assert back[16, 16, 0] > 180 and back[16, 16, 2] < 70

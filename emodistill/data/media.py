@@ -249,6 +249,14 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3)
 
 
+def write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
+    """An (H, W, 3) uint8 RGB image as a JPEG file of the given quality (1-100)."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {path} as JPEG")
+    Path(path).write_bytes(encoded.tobytes())
+
+
 @dataclass
 class BoxSmoother:
     """Exponential moving average of the face box's centre and size that bridges short misses."""

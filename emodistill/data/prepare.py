@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from emodistill.core.errors import InputError
@@ -30,6 +28,7 @@ from emodistill.data.media import (
     iter_frames,
     probe_video,
     read_image,
+    write_jpeg,
 )
 
 CROPS = "cropped_aligned"  # out/cropped_aligned/<video>/{frame:05d}.jpg, as Aff-wild2
@@ -201,7 +200,7 @@ def _prepare_one(path: Path, out: Path, tracker: FaceTracker, image: bool,
             for frame in _image_frames(path) if image else iter_frames(path):
                 box, crop = tracker.track(frame.rgb)
                 if crop is not None:
-                    _write_jpeg(scratch_crops / f"{frame.index + 1:05d}.jpg", crop)
+                    write_jpeg(scratch_crops / f"{frame.index + 1:05d}.jpg", crop, JPEG_QUALITY)
                     faces += 1
                 rows.writerow(_manifest_row(path.stem, frame, box, timed=not image))
                 frames += 1
@@ -226,14 +225,6 @@ def _manifest_row(stem: str, frame: VideoFrame, box: Box | None, timed: bool) ->
         return [stem, frame.index + 1, timestamp, 0, "", "", "", ""]
     return [stem, frame.index + 1, timestamp, 1,
             round(box.x), round(box.y), round(box.w), round(box.h)]
-
-
-def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode {path}")
-    path.write_bytes(encoded.tobytes())
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -11,9 +11,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 
+from emodistill.data.media import write_jpeg
 from emodistill.data.synth.audio import SAMPLE_RATE
 from emodistill.tasks import TASKS, Task
 
@@ -56,10 +56,7 @@ def write_truth(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def write_crop(path: Path, image: np.ndarray) -> None:
     """A BGR crop as a JPEG of Aff-wild2's quality."""
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode {path} as JPEG")
-    path.write_bytes(encoded.tobytes())
+    write_jpeg(path, image[..., ::-1], JPEG_QUALITY)  # the RGB view: the same bytes as the BGR
 
 
 class Mp4Writer:
