@@ -99,6 +99,7 @@ def test_levers_record_and_auto() -> None:
     assert Levers.auto(["amx_tile"], threads=8).model_threads == 7
     assert Levers.auto(["amx_tile"], threads=1).model_threads == 0
     assert Levers.auto(["avx2"], threads=8).model_threads == 0
+    assert Levers.auto(["amx_tile"], threads=2, bf16=False) == Levers.auto(["avx2"], threads=2)  # --fp32
     with pytest.raises(InputError, match="detect_every"):
         Levers(detect_every=0)
     with pytest.raises(InputError, match="model_threads"):

@@ -109,11 +109,11 @@ class Levers:
 
     @classmethod
     def auto(cls, flags: Iterable[str] | None = None, detect_every: int = 1,
-             threads: int | None = None) -> Levers:
+             threads: int | None = None, bf16: bool = True) -> Levers:
         """Every lever that leaves the outputs within their stated tolerances: batching, folded
         BatchNorm and the decode thread always, bf16 only on a CPU with native bf16
-        (`bf16_fast`). Detection every k frames changes the boxes, so it stays at `detect_every`
-        (default 1: every frame).
+        (`bf16_fast`) and unless `bf16` is False. Detection every k frames changes the boxes, so
+        it stays at `detect_every` (default 1: every frame).
 
         With bf16 the members run on one thread fewer than PyTorch's `threads` (default: its
         current setting), leaving a core to the decode-and-detect thread: the bf16 members on one
@@ -122,7 +122,7 @@ class Levers:
         35.4-35.8 frames/s on one thread against 32.2-32.5 on two. In fp32 the members are the
         slower stage and lose more than they gain (20.4-20.5 against 24.3-24.5), so they keep
         every thread."""
-        bf16 = bf16_fast(flags)
+        bf16 = bf16 and bf16_fast(flags)
         threads = torch.get_num_threads() if threads is None else threads
         return cls(batched=True, bf16=bf16, fold_bn=True, detect_every=detect_every,
                    decode_thread=True, model_threads=threads - 1 if bf16 and threads > 1 else 0)

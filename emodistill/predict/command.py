@@ -59,7 +59,7 @@ def predict_command(
     """`emodistill predict`: write the per-frame table (and figures); returns the table's path.
 
     `plain`: no speed levers at all; `fp32`: every lever but bf16 (outputs within 1e-4 of the
-    plain path; bf16, on by default where the CPU has it, moves probabilities by up to 2e-2)."""
+    plain path; bf16, on by default where the CPU has it, stays within `BF16_TOLERANCE`)."""
     input, model = Path(input), Path(model)
     stem = input.resolve().stem or "input"
     out = Path(out) if out is not None else Path.cwd() / f"{stem}.emotions.csv"
@@ -67,7 +67,7 @@ def predict_command(
         raise InputError(f"{out}: the output must end in .csv or .parquet")
     source = discover(input)
     predictor = Predictor(model, members=_parse_members(members), backend=backend, device=device,
-                          detector=detector, levers=Levers() if plain else Levers.auto(flags=()) if fp32 else None)
+                          detector=detector, levers=Levers() if plain else Levers.auto(bf16=False) if fp32 else None)
     picker = FigurePicker(source.n_frames)
     frames = faces = 0
 
@@ -87,7 +87,7 @@ def predict_command(
         f" ({faces / max(frames, 1):.1%} found by {predictor.detector.name})")
     print(f"{input}: {count(frames, 'frame')}, {faces} with a face{found}, "
           f"{frames / max(seconds, 1e-9):.1f} frames/s with {predictor.name}"
-          f"{', bf16' if predictor.levers.bf16 and backend == 'torch' else ''} -> {out}")
+          f"{', bf16' if predictor.bf16 else ''} -> {out}")
     if plot is not None:
         from emodistill.predict.plots import write_plots
 

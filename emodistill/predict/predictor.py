@@ -92,6 +92,11 @@ class Predictor:
         return f"{self.run.root.name}/{generation_name(self.generation)} ({count(self.n_members, 'member')})"
 
     @property
+    def bf16(self) -> bool:
+        """Whether the members really run in bf16 (the lever, on the PyTorch backend)."""
+        return isinstance(self.members, StackedMembers) and self.members.bf16
+
+    @property
     def ensemble(self) -> bool:
         return self.n_members > 1
 
@@ -108,12 +113,12 @@ class Predictor:
         """`Levers.auto()`, without bf16 where its rounding could move the OOD flag: bf16 rounds
         each member differently, which reads as disagreement, i.e. epistemic uncertainty."""
         if self.device.type != "cpu":
-            return Levers.auto(flags=())  # the CPU's flags say nothing of a GPU; bf16 was measured on CPUs
+            return Levers.auto(bf16=False)  # the CPU's flags say nothing of a GPU; bf16 was measured on CPUs
         levers = Levers.auto()
         if levers.bf16 and self.ood_threshold is not None and self.ood_threshold < BF16_OOD_FLOOR:
             self._say(f"OOD threshold {self.ood_threshold:.2g} is within bf16's rounding of the members' "
                       "disagreement: the members run in fp32")
-            return Levers.auto(flags=())
+            return Levers.auto(bf16=False)
         return levers
 
     def _pick_members(self, members: int | None) -> int:
