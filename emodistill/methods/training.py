@@ -102,15 +102,17 @@ def start_at_prior(model: torch.nn.Module, train: Split, tasks: tuple[str, ...],
                 bias.copy_(torch.as_tensor(logits, dtype=bias.dtype))
 
 
-def augment_clips(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per clip: horizontal flip (p 0.5) and brightness/contrast/saturation jitter of 0.3."""
+def augment_clips(frames: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Per clip: horizontal flip (p 0.5; `flip=False` for targets with sides, such as landmarks)
+    and brightness/contrast/saturation jitter of 0.3."""
     b = frames.shape[0]  # frames: (B, L, 3, S, S) in [0, 1]
 
     def factor() -> torch.Tensor:
         return (0.7 + 0.6 * torch.rand(b, generator=generator)).to(frames.device).view(b, 1, 1, 1, 1)
 
-    flip = (torch.rand(b, generator=generator) < 0.5).to(frames.device).view(b, 1, 1, 1, 1)
-    frames = torch.where(flip, frames.flip(-1), frames)
+    if flip:
+        mirrored = (torch.rand(b, generator=generator) < 0.5).to(frames.device).view(b, 1, 1, 1, 1)
+        frames = torch.where(mirrored, frames.flip(-1), frames)
     frames = frames * factor()  # brightness
     grey_mean = frames.mean(dim=(-3, -2, -1), keepdim=True)
     frames = (frames - grey_mean) * factor() + grey_mean  # contrast

@@ -255,13 +255,13 @@ def backbone_line(backbone: dict | None) -> str:
     if isinstance(pretraining, dict) and isinstance(pretraining.get("started_from"), dict):
         landmarks = pretraining["started_from"]
         source = (f"pretrained on landmarks from {landmarks.get('landmarks')} (held-out error "
-                  f"{landmarks.get('held_out_error_before')} -> {landmarks.get('held_out_error_after')} crop "
-                  f"widths), then {pretraining.get('task')} (validation total "
+                  f"{landmarks.get('held_out_error_after')} crop widths, the mean shape's "
+                  f"{landmarks.get('held_out_error_mean_shape')}), then {pretraining.get('task')} (validation total "
                   f"{fmt(pretraining.get('validation_scores', {}).get('total'))})")
     elif isinstance(pretraining, dict):
         source = (f"pretrained on {pretraining.get('task', 'landmarks')} from {pretraining.get('landmarks')}, "
-                  f"held-out landmark error {pretraining.get('held_out_error_before')} -> "
-                  f"{pretraining.get('held_out_error_after')} crop widths")
+                  f"held-out landmark error {pretraining.get('held_out_error_after')} crop widths "
+                  f"(the mean shape's {pretraining.get('held_out_error_mean_shape')})")
     else:
         source = f"pretraining {pretraining}"
     return f"Backbone: `{backbone.get('weights')}` (sha256 {str(backbone.get('sha256'))[:12]}), {source}; {frozen}."
