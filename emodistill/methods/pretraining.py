@@ -231,7 +231,7 @@ def pretrain_backbone(
     model = LandmarkNet(config.preset, points.points.shape[1])
     model.start_at_mean_shape(points.points[points.rows])
     model = model.to(device).to(memory_format=torch.channels_last)
-    before = landmark_error(model, points.val_frames, points.val_points, device)  # the mean shape's
+    mean_shape = landmark_error(model, points.val_frames, points.val_points, device)
     losses: list[float] = []
     calibration = fit_landmarks(model, points, config, device, progress, log, losses)
     recalibrate_batchnorm(model, points.train.frames[calibration], device)
@@ -246,7 +246,7 @@ def pretrain_backbone(
         "points": int(points.points.shape[1]),
         "train_frames": len(points.rows),
         "held_out_frames": n_val,
-        "held_out_error_mean_shape": round(before, 5),
+        "held_out_error_mean_shape": round(mean_shape, 5),
         "held_out_error_after": round(after, 5),
         "error_unit": "mean point-to-point distance in crop widths, validation identities",
         "final_loss": round(float(np.mean(losses[-50:])), 6),
@@ -255,7 +255,8 @@ def pretrain_backbone(
     }
     write_json(backbone_record_path(Path(out)), record)
     log(f"pretrained {config.preset} backbone on {len(points.rows):,} frames of {points.source}: held-out "
-        f"landmark error {after:.4f} crop widths (the mean shape's {before:.4f}) in {record['seconds']:.0f} s -> {out}")
+        f"landmark error {after:.4f} crop widths (the mean shape's {mean_shape:.4f}) in {record['seconds']:.0f} s "
+        f"-> {out}")
     return record
 
 

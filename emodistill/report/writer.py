@@ -240,6 +240,14 @@ FIGURES = {
 }
 
 
+def _landmark_error(record: dict) -> str:
+    """The held-out landmark error of a pretraining record, beside the mean shape's."""
+    error = f"held-out landmark error {record.get('held_out_error_after')} crop widths"
+    if "held_out_error_mean_shape" in record:  # records written before it held the random start's
+        error += f", the mean shape's {record['held_out_error_mean_shape']}"
+    return error
+
+
 def backbone_line(backbone: dict | None) -> str:
     """One sentence tracing the run to its backbone: random or pretrained, on what, frozen or not."""
     if not backbone:
@@ -254,14 +262,12 @@ def backbone_line(backbone: dict | None) -> str:
     pretraining = backbone.get("pretraining")
     if isinstance(pretraining, dict) and isinstance(pretraining.get("started_from"), dict):
         landmarks = pretraining["started_from"]
-        source = (f"pretrained on landmarks from {landmarks.get('landmarks')} (held-out error "
-                  f"{landmarks.get('held_out_error_after')} crop widths, the mean shape's "
-                  f"{landmarks.get('held_out_error_mean_shape')}), then {pretraining.get('task')} (validation total "
+        source = (f"pretrained on landmarks from {landmarks.get('landmarks')} ({_landmark_error(landmarks)}), "
+                  f"then {pretraining.get('task')} (validation total "
                   f"{fmt(pretraining.get('validation_scores', {}).get('total'))})")
     elif isinstance(pretraining, dict):
         source = (f"pretrained on {pretraining.get('task', 'landmarks')} from {pretraining.get('landmarks')}, "
-                  f"held-out landmark error {pretraining.get('held_out_error_after')} crop widths "
-                  f"(the mean shape's {pretraining.get('held_out_error_mean_shape')})")
+                  f"{_landmark_error(pretraining)}")
     else:
         source = f"pretraining {pretraining}"
     return f"Backbone: `{backbone.get('weights')}` (sha256 {str(backbone.get('sha256'))[:12]}), {source}; {frozen}."
