@@ -46,6 +46,7 @@ class DemoPlan:
     finetune_batches: int  # its batches per epoch
     finetune_frames: int  # distinct frames of each task in one of its batches (clips of 1 frame)
     finetune_reweight: bool  # the shared fine-tuning's losses class-reweighted (the paper's Eq. 2-5)
+    finetune_landmarks: float  # weight of the landmark loss kept on during that fine-tuning (0: labels only)
     freeze_backbone: bool  # members train on cached outputs of that backbone
     tail_blocks: int  # ... and learn its last blocks themselves, each from its own random start
     reweight: bool  # the members' losses class-reweighted (the paper's default); see the README
@@ -54,12 +55,13 @@ class DemoPlan:
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
                 epochs=4, lr_step=3, batches_per_epoch=32, clip_length=4, clips_per_task=20,
                 ood_limit=1500, mc_passes=10, pretrain_steps=2400, finetune_epochs=4, finetune_batches=140,
-                finetune_frames=40, finetune_reweight=True, freeze_backbone=True, tail_blocks=2, reweight=False)
+                finetune_frames=40, finetune_reweight=True, finetune_landmarks=10.0,
+                freeze_backbone=True, tail_blocks=2, reweight=False)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
                  epochs=2, lr_step=1, batches_per_epoch=3, clip_length=16, clips_per_task=5,
                  ood_limit=64, mc_passes=3,
                  pretrain_steps=20, finetune_epochs=1, finetune_batches=2, finetune_frames=8, finetune_reweight=True,
-                 freeze_backbone=True, tail_blocks=2, reweight=False)
+                 finetune_landmarks=10.0, freeze_backbone=True, tail_blocks=2, reweight=False)
 
 
 def demo_backbone(
@@ -68,7 +70,7 @@ def demo_backbone(
 ) -> Path | None:
     """The demo's backbone, made once and kept in the demo folder: pretrained on the training
     identities' landmarks (face alignment), then fine-tuned end to end once on their labels
-    (on distinct frames: `finetune_backbone`)."""
+    with the landmark loss kept on (on distinct frames: `finetune_backbone`)."""
     if not plan.pretrain_steps:
         return None
     landmarks = out / "backbone-landmarks.safetensors"
@@ -83,7 +85,7 @@ def demo_backbone(
                              batches_per_epoch=plan.finetune_batches, clip_length=1,
                              clips_per_task=plan.finetune_frames, reweight=plan.finetune_reweight)
         finetune_backbone(data, landmarks, shared, config, plan.preset, device, seed=seed, progress=progress,
-                          log=log)
+                          log=log, landmark_weight=plan.finetune_landmarks)
     return shared
 
 

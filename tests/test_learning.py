@@ -19,7 +19,15 @@ from emodistill.data.synth.face import LANDMARK_NAMES
 from emodistill.evaluation.evaluate import class_prior, evaluate_run, skill
 from emodistill.evaluation.metrics import nll_binary
 from emodistill.methods.backends.local import train_run
-from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
+from emodistill.methods.pretraining import (
+    LandmarkNet,
+    PretrainConfig,
+    backbone_record_path,
+    finetune_backbone,
+    landmark_data,
+    landmark_error,
+    pretrain_backbone,
+)
 from emodistill.methods.training import augment_clips
 from emodistill.models import build_model
 from emodistill.models.inference import encode_split, predict_features, predict_split
@@ -149,10 +157,17 @@ def test_landmark_augmentation_never_mirrors_a_crop() -> None:
     assert not left_brighter(augment_clips(frames, torch.Generator().manual_seed(0))).all()  # the default flips
 
 
-def test_pretrain_lowers_its_landmark_error_on_held_out_identities(tiny_data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "backbone.safetensors"
+@pytest.fixture(scope="module")
+def tiny_landmark_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny backbone pretrained 160 steps on the tiny data's landmarks, and its record."""
+    out = tmp_path_factory.mktemp("landmarks") / "backbone.safetensors"
     record = pretrain_backbone(tiny_data, out, PretrainConfig(preset="tiny", steps=160, batch_size=32),
                                CPU, progress=False, log=_quiet)
+    return out, record
+
+
+def test_pretrain_lowers_its_landmark_error_on_held_out_identities(tiny_landmark_backbone: tuple[Path, dict]) -> None:
+    out, record = tiny_landmark_backbone
     # It starts as the mean training shape and must read the held-out faces better than that
     # shape does (with mirrored crops and unmirrored landmarks it never did).
     assert record["held_out_error_after"] < 0.9 * record["held_out_error_mean_shape"]
@@ -162,6 +177,56 @@ def test_pretrain_lowers_its_landmark_error_on_held_out_identities(tiny_data: Pa
 
     model = build_model("tiny")
     load_backbone_weights(model, out)
+
+
+def test_least_squares_head_reads_a_pretrained_backbone(tiny_data: Path,
+                                                        tiny_landmark_backbone: tuple[Path, dict]) -> None:
+    # The fine-tuning's landmark head starts at the least-squares fit to the pretrained features:
+    # on the training crops it fits, it is at least as good as the mean shape (its constant part).
+    out, _ = tiny_landmark_backbone
+    points = landmark_data(tiny_data, 32, progress=False)
+    model = build_model("tiny")
+    from emodistill.models.weights import load_backbone_weights
+
+    load_backbone_weights(model, out)
+    aligner = LandmarkNet("tiny", points.points.shape[1], backbone=model.backbone)
+    rows = points.rows
+    aligner.start_at_mean_shape(points.points[rows])
+    mean_shape = landmark_error(aligner, points.train.frames[rows], points.points[rows], CPU)
+    aligner.fit_head(points.train.frames[rows], points.points[rows], CPU)
+    fitted = landmark_error(aligner, points.train.frames[rows], points.points[rows], CPU)
+    assert fitted < mean_shape
+    assert aligner.backbone is model.backbone  # the head reads the model's own backbone
+
+
+def test_landmark_loss_during_fine_tuning_keeps_the_alignment(tiny_data: Path, tmp_path: Path,
+                                                              tiny_landmark_backbone: tuple[Path, dict]) -> None:
+    start, _ = tiny_landmark_backbone
+    config = TrainConfig(epochs=2, lr_step=1, batches_per_epoch=20, clip_length=1, clips_per_task=8, lr=3e-3)
+    records = {
+        weight: finetune_backbone(tiny_data, start, tmp_path / f"shared-{weight}.safetensors", config, "tiny", CPU,
+                                  progress=False, log=_quiet, landmark_weight=weight)
+        for weight in (0.0, 30.0)
+    }
+    kept, labels_only = records[30.0], records[0.0]
+    # Both start from the same backbone, so the same least-squares head reads it equally well...
+    assert kept["held_out_landmark_error_before"] == labels_only["held_out_landmark_error_before"]
+    # ... and only the run with the landmark loss on keeps reading the held-out faces as well.
+    assert kept["held_out_landmark_error_after"] < labels_only["held_out_landmark_error_after"]
+    assert kept["landmark_weight"] == 30.0 and labels_only["landmark_batch"] == 0
+    assert "landmark loss kept on" in kept["task"]
+
+
+def test_an_auxiliary_loss_is_refused_on_frozen_features(tiny_data: Path) -> None:
+    from emodistill.methods.losses import training_class_weights
+    from emodistill.methods.training import FrozenFeatures, train_member
+
+    train, _ = load_split(tiny_data, "train", size=32, progress=False)
+    empty = np.zeros((len(train), 64), np.float32)
+    with pytest.raises(ValueError, match="frozen"):
+        train_member(build_model("tiny"), train, train, TrainConfig(epochs=1), training_class_weights(
+            train.labels, train.masks, False), 0, CPU, progress=False, frozen=FrozenFeatures(empty, empty),
+            auxiliary=torch.nn.Linear(1, 1))
 
 
 def test_landmarks_csv_in_ibug_order(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def test_demo_quick_writes_a_sane_report(tmp_path: Path) -> None:
     assert (report_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (report_dir / "report.md").read_text()
     assert "| Tea |" in markdown and "| Stu1 |" in markdown and "| TS |" in markdown
+    # The backbone line traces both stages, and the fine-tuning's kept landmark loss with its error.
+    assert "landmark loss kept on" in markdown and "held-out landmark error after it" in markdown
     assert str(out / "run") in compare_runs([out / "run"])
 
 

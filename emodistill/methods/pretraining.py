@@ -47,12 +47,31 @@ class PretrainConfig:
     report_every: int = 200  # steps between held-out error checks in the log (0: only at the end)
 
 
-class LandmarkNet(nn.Module):
-    """Crops (B, 3, S, S) in [0, 1] -> landmarks (B, K, 2) in 0..1 of the crop."""
+LANDMARK_BETA = 0.01  # smooth L1's switch from squared to absolute error, in crop widths
 
-    def __init__(self, preset: str, points: int) -> None:
+
+def landmark_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The alignment loss: smooth L1 over every coordinate (B, K, 2), in crop widths."""
+    return nn.functional.smooth_l1_loss(predicted, target, beta=LANDMARK_BETA)
+
+
+def crop_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Crops (B, 3, S, S) in [0, 1] -> the backbone's features (B, D), the input scaled as EMENet.encode's."""
+    return backbone((images * 2.0 - 1.0).contiguous(memory_format=torch.channels_last))
+
+
+def predict_landmarks(backbone: nn.Module, head: nn.Linear, images: torch.Tensor) -> torch.Tensor:
+    """Crops (B, 3, S, S) in [0, 1] -> landmarks (B, K, 2) in 0..1 of the crop."""
+    return head(crop_features(backbone, images)).view(len(images), -1, 2) + 0.5  # centred on the crop
+
+
+class LandmarkNet(nn.Module):
+    """Crops (B, 3, S, S) in [0, 1] -> landmarks (B, K, 2) in 0..1 of the crop: a MobileFaceNet
+    (a new one, or `backbone`) and a linear head."""
+
+    def __init__(self, preset: str, points: int, backbone: nn.Module | None = None) -> None:
         super().__init__()
-        self.backbone = build_model(preset, "v").backbone
+        self.backbone = build_model(preset, "v").backbone if backbone is None else backbone
         self.points = points
         self.head = nn.Linear(PRESETS[preset].feature_dim, 2 * points)
 
@@ -64,10 +83,23 @@ class LandmarkNet(nn.Module):
         self.head.weight.zero_()
         self.head.bias.copy_(torch.as_tensor(points.mean(axis=0).reshape(-1) - 0.5, dtype=torch.float32))
 
+    @torch.no_grad()
+    def fit_head(self, frames: np.ndarray, points: np.ndarray, device: torch.device, batch: int = 256) -> None:
+        """The least-squares head for the backbone as it is (eval mode) on crops (N, S, S, 3) and
+        their landmarks (N, K, 2): how a backbone trained on other targets still reads faces."""
+        self.eval()
+        features = torch.cat([
+            crop_features(self.backbone, frames_to_input(np.asarray(frames[start : start + batch]), device))
+            for start in range(0, len(frames), batch)
+        ]).double().cpu()
+        design = torch.cat([features, torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
+        target = torch.as_tensor(points.reshape(len(points), -1) - 0.5, dtype=torch.float64)
+        solution = torch.linalg.lstsq(design, target, driver="gelsd").solution  # (D + 1, 2K)
+        self.head.weight.copy_(solution[:-1].T)
+        self.head.bias.copy_(solution[-1])
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = (images * 2.0 - 1.0).contiguous(memory_format=torch.channels_last)  # as EMENet.encode
-        features = self.backbone(images)  # (B, D)
-        return self.head(features).view(-1, self.points, 2) + 0.5  # centred on the crop
+        return predict_landmarks(self.backbone, self.head, images)
 
 
 SHIFT, ZOOM, TURN = 0.04, 0.06, 0.14  # geometric jitter: crop widths, relative scale, radians
@@ -174,6 +206,26 @@ def landmark_batch(data: LandmarkData, config: PretrainConfig, rng: np.random.Ge
     return images, torch.from_numpy(points).to(device)
 
 
+class LandmarkLoss(nn.Module):
+    """Face alignment kept on while the backbone learns the emotion labels (the `auxiliary` of
+    `train_member`): every call draws a jittered batch of training crops and returns `weight` x
+    the alignment loss of its linear head on the backbone's features. Only the head is its own:
+    the backbone is the model's, passed in, so the optimiser sees each parameter once."""
+
+    name = "landmarks"
+
+    def __init__(self, head: nn.Linear, data: LandmarkData, weight: float, config: PretrainConfig,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.head, self.data, self.weight, self.config, self.device = head, data, weight, config, device
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def forward(self, backbone: nn.Module) -> torch.Tensor:
+        images, target = landmark_batch(self.data, self.config, self.rng, self.generator, self.device)
+        return self.weight * landmark_loss(predict_landmarks(backbone, self.head, images), target)
+
+
 def fit_landmarks(model: LandmarkNet, points: LandmarkData, config: PretrainConfig, device: torch.device,
                   progress: bool, log: Callable[[str], None], losses: list[float]) -> np.ndarray:
     """The optimisation: Adam with cosine decay on smooth L1, the held-out error logged every
@@ -198,7 +250,7 @@ def fit_landmarks(model: LandmarkNet, points: LandmarkData, config: PretrainConf
             log(f"pretraining step {step}/{config.steps}: loss {np.mean(losses[-50:]):.4f}, "
                 f"held-out landmark error {error:.4f} crop widths")
         images, target = landmark_batch(points, config, rng, generator, device)
-        loss = nn.functional.smooth_l1_loss(model(images), target, beta=0.01)
+        loss = landmark_loss(model(images), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -270,6 +322,8 @@ def finetune_backbone(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    landmark_weight: float = 0.0,
+    landmark_batch: int = 40,
 ) -> dict:
     """One EMENet fine-tuned end to end on the training labels from the backbone at `start`;
     its backbone is saved to `out` (with a JSON record naming both stages) for frozen members.
@@ -277,35 +331,59 @@ def finetune_backbone(
     This is the paper's fine-tuning (Sec. 3.2) done once and shared: on a CPU it costs as much
     as one member, where fine-tuning every member would cost T x (K + 1) times that. It trains on
     distinct frames (`TrainConfig.per_frame`): only the backbone is kept, and a clip of 16
-    consecutive frames is 16 near-copies of one face.
+    consecutive frames is 16 near-copies of one face. With `landmark_weight` > 0 the alignment
+    loss stays on beside the labels (`LandmarkLoss`, `landmark_batch` jittered crops a step, its
+    head started at the least-squares fit to the pretrained features). Either way the record
+    holds the held-out landmark error of the fine-tuned backbone under a least-squares head:
+    how much of the alignment it kept.
     """
     started = time.perf_counter()
     config = config.per_frame()
     size = PRESETS[preset].input_size
     train, _ = load_split(Path(data), "train", size=size, progress=progress)
     val, _ = load_split(Path(data), "val", size=size, progress=progress)
+    points = landmark_data(Path(data), size, progress)
     torch.manual_seed(seed)
     model = build_model(preset, "v")
     load_backbone_weights(model, Path(start))
+    model.to(device).to(memory_format=torch.channels_last)
+    aligner = LandmarkNet(preset, points.points.shape[1], backbone=model.backbone).to(device)
+    fitted = np.sort(np.random.default_rng(seed).choice(points.rows, min(CALIBRATION_FRAMES, len(points.rows)),
+                                                         replace=False))
+    aligner.fit_head(points.train.frames[fitted], points.points[fitted], device)
+    error_before = landmark_error(aligner, points.val_frames, points.val_points, device)
+    auxiliary = None
+    if landmark_weight > 0:
+        auxiliary = LandmarkLoss(aligner.head, points, landmark_weight,
+                                 PretrainConfig(preset=preset, batch_size=landmark_batch, seed=seed), device)
     weights = training_class_weights(train.labels, train.masks, config.reweight)
     result = train_member(model, train, val, config, weights, seed, device, description="shared fine-tuning",
-                          progress=progress)
+                          progress=progress, auxiliary=auxiliary)
+    aligner.fit_head(points.train.frames[fitted], points.points[fitted], device)
+    error_after = landmark_error(aligner, points.val_frames, points.val_points, device)
     save_weights(Path(out), model.backbone.cpu())
     start_record = backbone_record_path(Path(start))
     first_stage = read_json(start_record) if start_record.exists() else None
     record = {
         "weights": str(out),
-        "task": "AU/EXPR/VA training labels: one EMENet fine-tuned end to end, after face-alignment pretraining",
+        "task": "AU/EXPR/VA training labels: one EMENet fine-tuned end to end, after face-alignment pretraining"
+                + (f", the landmark loss kept on (weight {landmark_weight:g})" if auxiliary is not None else ""),
         "data": str(data),
         "landmarks": None if first_stage is None else first_stage.get("landmarks"),
         "started_from": str(start) if first_stage is None else first_stage,
         "best_epoch": result.best_epoch,
         "validation_scores": result.scores,
+        "landmark_weight": landmark_weight,
+        "landmark_batch": landmark_batch if auxiliary is not None else 0,
+        "held_out_landmark_error_before": round(error_before, 5),
+        "held_out_landmark_error_after": round(error_after, 5),
+        "error_unit": "mean point-to-point distance in crop widths, validation identities, least-squares head",
         "config": asdict(config),
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(backbone_record_path(Path(out)), record)
-    log(f"fine-tuned the shared backbone end to end on the training labels: validation total "
-        f"{result.scores.get('total', float('nan')):.3f} at epoch {result.best_epoch}, "
-        f"{record['seconds']:.0f} s -> {out}")
+    log(f"fine-tuned the shared backbone end to end on the training labels"
+        f"{' with the landmark loss kept on' if auxiliary is not None else ''}: validation total "
+        f"{result.scores.get('total', float('nan')):.3f} at epoch {result.best_epoch}, held-out landmark error "
+        f"{error_before:.4f} -> {error_after:.4f} crop widths, {record['seconds']:.0f} s -> {out}")
     return record

@@ -166,6 +166,8 @@ class Objective:
     soft_labels: dict[str, np.ndarray] | None
     tasks: tuple[str, ...]
     frozen: FrozenFeatures | None
+    # An extra term for the backbone added to every batch's loss: a module, backbone -> loss, with a `name`
+    auxiliary: torch.nn.Module | None = None
 
     def logits(self, index: np.ndarray, batch: dict) -> dict[str, torch.Tensor]:
         if self.frozen is not None:
@@ -186,9 +188,14 @@ class Objective:
         if self.soft_labels is None:
             labels = {t: torch.as_tensor(v, device=self.device) for t, v in batch["labels"].items()}
             masks = {t: torch.as_tensor(v, device=self.device) for t, v in batch["masks"].items()}
-            return supervision_loss(logits, labels, masks, self.class_weights, weights)
-        targets = {t: torch.as_tensor(self.soft_labels[t][index], device=self.device) for t in self.tasks}
-        return distillation_loss(logits, targets, None, self.class_weights, weights)
+            loss, parts = supervision_loss(logits, labels, masks, self.class_weights, weights)
+        else:
+            targets = {t: torch.as_tensor(self.soft_labels[t][index], device=self.device) for t in self.tasks}
+            loss, parts = distillation_loss(logits, targets, None, self.class_weights, weights)
+        if self.auxiliary is None:
+            return loss, parts
+        extra = self.auxiliary(self.model.backbone)
+        return loss + extra, {**parts, self.auxiliary.name: extra.item()}
 
 
 def train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, sampler: ClipSampler,
@@ -196,6 +203,8 @@ def train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, sampler:
     """One epoch of `n_batches` steps; returns each task's mean loss."""
     objective.model.train()
     losses: dict[str, list[float]] = {t: [] for t in sampler.tasks}
+    if objective.auxiliary is not None:
+        losses[objective.auxiliary.name] = []
     bar = tqdm(sampler.batches(n_batches), total=n_batches, desc=description, disable=not progress,
                leave=False, unit="batch")
     for index in bar:
@@ -222,6 +231,7 @@ def train_member(
     description: str = "member",
     progress: bool = True,
     frozen: FrozenFeatures | None = None,
+    auxiliary: torch.nn.Module | None = None,
 ) -> MemberResult:
     """Train `model` in place and return its best epoch's weights.
 
@@ -229,7 +239,11 @@ def train_member(
     member is a student trained with the distillation losses (Eq. 8-11, 13); otherwise a
     teacher trained on the ground truth with the supervision losses (Eq. 1-7, 12). With
     `frozen` features the backbone stays as it is and only the heads (and audio encoder) learn.
+    An `auxiliary` module (backbone -> loss, with a `name`) adds its loss to every batch
+    and learns its own parameters beside the model's, as the landmark loss of `finetune_backbone`.
     """
+    if auxiliary is not None and frozen is not None:
+        raise ValueError("an auxiliary loss trains the backbone, which frozen features keep fixed")
     start_time = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -247,10 +261,13 @@ def train_member(
         for layer in model.backbone.tail_layers(config.tail_blocks):
             layer.requires_grad_(True)
     start_at_prior(model, train, tasks, class_weights, soft_labels)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    learned = [p for p in model.parameters() if p.requires_grad]
+    if auxiliary is not None:
+        learned += list(auxiliary.to(device).parameters())
+    optimizer = torch.optim.Adam(learned, lr=config.lr)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(config.lr_step, 1), gamma=0.1)
     objective = Objective(model, train, config, class_weights, balancer, device, generator, soft_labels,
-                          tasks, frozen)
+                          tasks, frozen, auxiliary)
 
     best: MemberResult | None = None
     history: list[dict] = []

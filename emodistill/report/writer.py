@@ -262,9 +262,11 @@ def backbone_line(backbone: dict | None) -> str:
     pretraining = backbone.get("pretraining")
     if isinstance(pretraining, dict) and isinstance(pretraining.get("started_from"), dict):
         landmarks = pretraining["started_from"]
+        kept = pretraining.get("held_out_landmark_error_after")  # records before it lack it
+        kept = "" if kept is None else f", held-out landmark error after it {kept} crop widths"
         source = (f"pretrained on landmarks from {landmarks.get('landmarks')} ({_landmark_error(landmarks)}), "
                   f"then {pretraining.get('task')} (validation total "
-                  f"{fmt(pretraining.get('validation_scores', {}).get('total'))})")
+                  f"{fmt(pretraining.get('validation_scores', {}).get('total'))}{kept})")
     elif isinstance(pretraining, dict):
         source = (f"pretrained on {pretraining.get('task', 'landmarks')} from {pretraining.get('landmarks')}, "
                   f"{_landmark_error(pretraining)}")
