@@ -55,7 +55,7 @@ class DemoPlan:
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
                 epochs=4, lr_step=3, batches_per_epoch=32, clip_length=4, clips_per_task=20,
                 ood_limit=1500, mc_passes=10, pretrain_steps=2400, finetune_epochs=4, finetune_batches=140,
-                finetune_frames=40, finetune_reweight=True, finetune_landmarks=10.0,
+                finetune_frames=40, finetune_reweight=True, finetune_landmarks=0.0,
                 freeze_backbone=True, tail_blocks=2, reweight=False)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
                  epochs=2, lr_step=1, batches_per_epoch=3, clip_length=16, clips_per_task=5,
@@ -70,7 +70,7 @@ def demo_backbone(
 ) -> Path | None:
     """The demo's backbone, made once and kept in the demo folder: pretrained on the training
     identities' landmarks (face alignment), then fine-tuned end to end once on their labels
-    with the landmark loss kept on (on distinct frames: `finetune_backbone`)."""
+    (on distinct frames: `finetune_backbone`; with `finetune_landmarks`, the landmark loss kept on)."""
     if not plan.pretrain_steps:
         return None
     landmarks = out / "backbone-landmarks.safetensors"
