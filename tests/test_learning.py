@@ -217,6 +217,22 @@ def test_landmark_loss_during_fine_tuning_keeps_the_alignment(tiny_data: Path, t
     assert "landmark loss kept on" in kept["task"]
 
 
+def test_fine_tuning_without_landmarks_skips_the_alignment_errors(tiny_data: Path, tmp_path: Path,
+                                                                  tiny_landmark_backbone: tuple[Path, dict]) -> None:
+    from emodistill.core.errors import InputError
+
+    labels_only = tmp_path / "data"
+    shutil.copytree(tiny_data, labels_only, ignore=shutil.ignore_patterns("truth", ".emodistill-cache"))
+    start, _ = tiny_landmark_backbone
+    config = TrainConfig(epochs=1, batches_per_epoch=2, clip_length=1, clips_per_task=4)
+    record = finetune_backbone(labels_only, start, tmp_path / "shared.safetensors", config, "tiny", CPU,
+                               progress=False, log=_quiet)
+    assert record["held_out_landmark_error_before"] is None and record["held_out_landmark_error_after"] is None
+    with pytest.raises(InputError, match="landmarks"):  # the landmark loss needs landmarks
+        finetune_backbone(labels_only, start, tmp_path / "other.safetensors", config, "tiny", CPU,
+                          progress=False, log=_quiet, landmark_weight=1.0)
+
+
 def test_an_auxiliary_loss_is_refused_on_frozen_features(tiny_data: Path) -> None:
     from emodistill.methods.losses import training_class_weights
     from emodistill.methods.training import FrozenFeatures, train_member

@@ -312,6 +312,23 @@ def pretrain_backbone(
     return record
 
 
+class HeldOutAlignment:
+    """How well a backbone still reads faces: the held-out landmark error of a least-squares head
+    fitted to its features on training crops, measured at the start (`before`) and on demand."""
+
+    def __init__(self, backbone: nn.Module, data: LandmarkData, preset: str, seed: int,
+                 device: torch.device) -> None:
+        self.data, self.device = data, device
+        self.net = LandmarkNet(preset, data.points.shape[1], backbone=backbone).to(device)
+        size = min(CALIBRATION_FRAMES, len(data.rows))
+        self.rows = np.sort(np.random.default_rng(seed).choice(data.rows, size, replace=False))
+        self.before = self.error()
+
+    def error(self) -> float:
+        self.net.fit_head(self.data.train.frames[self.rows], self.data.points[self.rows], self.device)
+        return landmark_error(self.net, self.data.val_frames, self.data.val_points, self.device)
+
+
 def finetune_backbone(
     data: Path,
     start: Path,
@@ -342,25 +359,26 @@ def finetune_backbone(
     size = PRESETS[preset].input_size
     train, _ = load_split(Path(data), "train", size=size, progress=progress)
     val, _ = load_split(Path(data), "val", size=size, progress=progress)
-    points = landmark_data(Path(data), size, progress)
+    try:
+        points: LandmarkData | None = landmark_data(Path(data), size, progress)
+    except InputError:
+        if landmark_weight > 0:
+            raise
+        points = None  # labels without landmarks: fine-tune, but without the alignment errors
     torch.manual_seed(seed)
     model = build_model(preset, "v")
     load_backbone_weights(model, Path(start))
     model.to(device).to(memory_format=torch.channels_last)
-    aligner = LandmarkNet(preset, points.points.shape[1], backbone=model.backbone).to(device)
-    fitted = np.sort(np.random.default_rng(seed).choice(points.rows, min(CALIBRATION_FRAMES, len(points.rows)),
-                                                         replace=False))
-    aligner.fit_head(points.train.frames[fitted], points.points[fitted], device)
-    error_before = landmark_error(aligner, points.val_frames, points.val_points, device)
+    aligner = None if points is None else HeldOutAlignment(model.backbone, points, preset, seed, device)
     auxiliary = None
-    if landmark_weight > 0:
-        auxiliary = LandmarkLoss(aligner.head, points, landmark_weight,
+    if aligner is not None and landmark_weight > 0:
+        auxiliary = LandmarkLoss(aligner.net.head, aligner.data, landmark_weight,
                                  PretrainConfig(preset=preset, batch_size=landmark_batch, seed=seed), device)
     weights = training_class_weights(train.labels, train.masks, config.reweight)
     result = train_member(model, train, val, config, weights, seed, device, description="shared fine-tuning",
                           progress=progress, auxiliary=auxiliary)
-    aligner.fit_head(points.train.frames[fitted], points.points[fitted], device)
-    error_after = landmark_error(aligner, points.val_frames, points.val_points, device)
+    error_before = None if aligner is None else aligner.before
+    error_after = None if aligner is None else aligner.error()
     save_weights(Path(out), model.backbone.cpu())
     start_record = backbone_record_path(Path(start))
     first_stage = read_json(start_record) if start_record.exists() else None
@@ -375,8 +393,8 @@ def finetune_backbone(
         "validation_scores": result.scores,
         "landmark_weight": landmark_weight,
         "landmark_batch": landmark_batch if auxiliary is not None else 0,
-        "held_out_landmark_error_before": round(error_before, 5),
-        "held_out_landmark_error_after": round(error_after, 5),
+        "held_out_landmark_error_before": None if error_before is None else round(error_before, 5),
+        "held_out_landmark_error_after": None if error_after is None else round(error_after, 5),
         "error_unit": "mean point-to-point distance in crop widths, validation identities, least-squares head",
         "config": asdict(config),
         "seconds": round(time.perf_counter() - started, 1),
@@ -384,6 +402,7 @@ def finetune_backbone(
     write_json(backbone_record_path(Path(out)), record)
     log(f"fine-tuned the shared backbone end to end on the training labels"
         f"{' with the landmark loss kept on' if auxiliary is not None else ''}: validation total "
-        f"{result.scores.get('total', float('nan')):.3f} at epoch {result.best_epoch}, held-out landmark error "
-        f"{error_before:.4f} -> {error_after:.4f} crop widths, {record['seconds']:.0f} s -> {out}")
+        f"{result.scores.get('total', float('nan')):.3f} at epoch {result.best_epoch}"
+        f"{'' if aligner is None else f', held-out landmark error {error_before:.4f} -> {error_after:.4f} crop widths'}"
+        f", {record['seconds']:.0f} s -> {out}")
     return record
