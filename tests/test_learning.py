@@ -217,6 +217,27 @@ def test_landmark_loss_during_fine_tuning_keeps_the_alignment(tiny_data: Path, t
     assert "landmark loss kept on" in kept["task"]
 
 
+def test_landmark_loss_leaves_batchnorm_statistics_alone(tiny_data: Path) -> None:
+    # Its jittered crops train the backbone but must not become the running statistics that the
+    # frozen members read every frame through (they were the last forward of every step).
+    from emodistill.methods.pretraining import LandmarkLoss
+
+    points = landmark_data(tiny_data, 32, progress=False)
+    model = build_model("tiny")
+    loss_fn = LandmarkLoss(torch.nn.Linear(64, 2 * points.points.shape[1]), points, 1.0,
+                           PretrainConfig(preset="tiny", batch_size=8), CPU)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    model.train()
+    loss = loss_fn(model.backbone)
+    loss.backward()
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True))
+    assert all(m.momentum == 0.1 for m in norms)  # restored
+    assert model.backbone.stem.conv.weight.grad is not None and loss_fn.head.weight.grad is not None
+    model.backbone(torch.rand(4, 3, 32, 32))  # an ordinary forward still updates them
+    assert not all(torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True))
+
+
 def test_fine_tuning_without_landmarks_skips_the_alignment_errors(tiny_data: Path, tmp_path: Path,
                                                                   tiny_landmark_backbone: tuple[Path, dict]) -> None:
     from emodistill.core.errors import InputError

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,6 +129,21 @@ def jitter_geometry(
     return out_images, out_points
 
 
+@contextmanager
+def batchnorm_momentum(model: nn.Module, momentum: float | None) -> Iterator[list[nn.Module]]:
+    """Inside, every BatchNorm layer of `model` updates its running statistics with `momentum`
+    (0: not at all, None: a cumulative average); yields the layers, and restores their own after."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = momentum
+    try:
+        yield norms
+    finally:
+        for m, value in zip(norms, saved, strict=True):
+            m.momentum = value
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, frames: np.ndarray, device: torch.device, batch: int = 256) -> None:
     """Replace BatchNorm's running statistics by exact averages over `frames`.
@@ -136,16 +152,12 @@ def recalibrate_batchnorm(model: nn.Module, frames: np.ndarray, device: torch.de
     mode jumped from 0.04 to 2.5 crop widths between two checks), and the frozen backbone
     is used in eval mode, so its statistics must describe the final weights.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    model.train()
-    for start in range(0, len(frames), batch):
-        model(frames_to_input(np.asarray(frames[start : start + batch]), device))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
+    with batchnorm_momentum(model, None) as norms:  # None: a cumulative average over the batches below
+        for m in norms:
+            m.reset_running_stats()
+        model.train()
+        for start in range(0, len(frames), batch):
+            model(frames_to_input(np.asarray(frames[start : start + batch]), device))
     model.eval()
 
 
@@ -210,7 +222,10 @@ class LandmarkLoss(nn.Module):
     """Face alignment kept on while the backbone learns the emotion labels (the `auxiliary` of
     `train_member`): every call draws a jittered batch of training crops and returns `weight` x
     the alignment loss of its linear head on the backbone's features. Only the head is its own:
-    the backbone is the model's, passed in, so the optimiser sees each parameter once."""
+    the backbone is the model's, passed in, so the optimiser sees each parameter once. Its
+    batches leave BatchNorm's running statistics alone: as the last forward of every step they
+    would set them (momentum 0.1) to those of 40 jittered crops, which the frozen members then
+    read every frame through."""
 
     name = "landmarks"
 
@@ -223,7 +238,8 @@ class LandmarkLoss(nn.Module):
 
     def forward(self, backbone: nn.Module) -> torch.Tensor:
         images, target = landmark_batch(self.data, self.config, self.rng, self.generator, self.device)
-        return self.weight * landmark_loss(predict_landmarks(backbone, self.head, images), target)
+        with batchnorm_momentum(backbone, 0.0):  # the frozen members read the labelled crops' statistics
+            return self.weight * landmark_loss(predict_landmarks(backbone, self.head, images), target)
 
 
 def fit_landmarks(model: LandmarkNet, points: LandmarkData, config: PretrainConfig, device: torch.device,
