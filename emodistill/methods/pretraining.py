@@ -193,9 +193,13 @@ class LandmarkData:
     source: str  # where the landmarks came from (truth/ or landmarks.csv)
 
 
-def landmark_data(data: Path, size: int, progress: bool) -> LandmarkData:
-    train, _ = load_split(data, "train", size=size, progress=progress)
-    val, _ = load_split(data, "val", size=size, progress=progress)
+def landmark_data(data: Path, size: int, progress: bool, splits: tuple[Split, Split] | None = None) -> LandmarkData:
+    """The landmarks of `data`'s training and validation frames; `splits` (train, val) are those
+    frames when the caller has already read them."""
+    if splits is None:
+        splits = (load_split(data, "train", size=size, progress=progress)[0],
+                  load_split(data, "val", size=size, progress=progress)[0])
+    train, val = splits
     train_points, train_mask, source = split_landmarks(data, train)
     val_points, val_mask, _ = split_landmarks(data, val)
     rows = np.flatnonzero(train_mask)
@@ -376,7 +380,7 @@ def finetune_backbone(
     train, _ = load_split(Path(data), "train", size=size, progress=progress)
     val, _ = load_split(Path(data), "val", size=size, progress=progress)
     try:
-        points: LandmarkData | None = landmark_data(Path(data), size, progress)
+        points: LandmarkData | None = landmark_data(Path(data), size, progress, splits=(train, val))
     except InputError:
         if landmark_weight > 0:
             raise
