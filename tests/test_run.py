@@ -34,6 +34,8 @@ def test_demo_quick_writes_a_sane_report(tmp_path: Path) -> None:
         assert len(g["nll"]["AU"]) == 12 and g["nll"]["AU_mean"] > 0 and g["nll"]["EXPR"] > 0
         assert set(g["rmse"]) == {"valence", "arousal"} and set(g["ece"]) == {"AU", "EXPR"}
         assert 0.0 <= g["ood_auc"] <= 1.0
+        assert set(g["ood_auc_by_task"]) == {"AU", "EXPR", "VA"}
+        assert all(0.0 <= auc <= 1.0 for auc in g["ood_auc_by_task"].values())
         # The ensemble averages probabilities, so its NLL is at most the members' mean NLL
         # (Jensen); a wrong combination (averaged logits, a lost member) breaks this.
         for key in ("AU_mean", "EXPR"):
@@ -50,6 +52,7 @@ def test_demo_quick_writes_a_sane_report(tmp_path: Path) -> None:
     assert (report_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (report_dir / "report.md").read_text()
     assert "| Tea |" in markdown and "| Stu1 |" in markdown and "| TS |" in markdown
+    assert "| Generation | ROC AUC | threshold (5% false alarms) | AU alone | EXPR alone | VA alone |" in markdown
     # The backbone line traces both stages, and the fine-tuning's kept landmark loss with its error.
     assert "landmark loss kept on" in markdown and "held-out landmark error after it" in markdown
     assert str(out / "run") in compare_runs([out / "run"])

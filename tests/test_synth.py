@@ -160,28 +160,45 @@ def test_truth_is_saved_for_every_frame_and_its_distributions_sum_to_one(data, m
             np.testing.assert_allclose(truth["VA"][:, 20:].sum(1), 1.0, atol=1e-5)
 
 
-def test_same_seed_gives_identical_files_and_another_seed_differs(data, tmp_path):
-    root, _ = data
-    again = generate(tmp_path / "again", videos=VIDEOS, frames=FRAMES, size=SIZE, seed=1, progress=False)
-    other = generate(tmp_path / "other", videos=VIDEOS, frames=FRAMES, size=SIZE, seed=2, progress=False)
-    files = sorted(
+def written_files(root: Path) -> list[Path]:
+    """The data files a simulation wrote (annotations, truth, crops), relative to `root`."""
+    return sorted(
         p.relative_to(root)
         for folder in ("annotations", "truth", "cropped_aligned")
         for p in (root / folder).rglob("*")
         if p.is_file()
     )
-    assert files == sorted(
-        p.relative_to(again.root)
-        for folder in ("annotations", "truth", "cropped_aligned")
-        for p in (again.root / folder).rglob("*")
-        if p.is_file()
-    )
+
+
+def assert_same_files(root: Path, again: Path) -> list[Path]:
+    files = written_files(root)
+    assert files == written_files(again)
     for name in files:
-        assert (root / name).read_bytes() == (again.root / name).read_bytes(), name
+        assert (root / name).read_bytes() == (again / name).read_bytes(), name
+    return files
+
+
+def test_same_seed_gives_identical_files_and_another_seed_differs(data, tmp_path):
+    root, _ = data
+    again = generate(tmp_path / "again", videos=VIDEOS, frames=FRAMES, size=SIZE, seed=1, progress=False)
+    other = generate(tmp_path / "other", videos=VIDEOS, frames=FRAMES, size=SIZE, seed=2, progress=False)
+    files = assert_same_files(root, again.root)
     annotations = [p for p in files if p.parts[0] == "annotations"]
     assert any(
         not (other.root / p).exists() or (other.root / p).read_bytes() != (root / p).read_bytes() for p in annotations
     )
+
+
+def test_rendering_in_worker_processes_writes_the_same_files(data):
+    """Each raw video draws from its own seeded streams, so two processes write what one does."""
+    root, summary = data
+    parallel = generate(root.parent / "parallel", videos=VIDEOS, frames=FRAMES, size=SIZE, seed=1, progress=False,
+                        workers=2)
+    assert_same_files(root, parallel.root)
+    assert parallel.crops == summary.crops
+    assert json.loads((parallel.root / "synth.json").read_text()) == json.loads((root / "synth.json").read_text())
+    with pytest.raises(InputError, match="workers must be at least 1"):
+        generate(root.parent / "none", videos=VIDEOS, frames=FRAMES, size=SIZE, progress=False, workers=0)
 
 
 def test_generate_rejects_too_few_videos_and_a_used_folder(data, tmp_path):

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from scipy.stats import entropy as scipy_entropy
 
-from emodistill.evaluation.uncertainty import decompose, decompose_binary, decompose_task, entropy, ood_score
+from emodistill.evaluation.uncertainty import (
+    decompose,
+    decompose_binary,
+    decompose_task,
+    entropy,
+    ood_score,
+    task_epistemic,
+)
 from emodistill.tasks import AU, EXPR, VA
 
 rng = np.random.default_rng(0)
@@ -84,6 +91,10 @@ def test_ood_score_averages_groups_then_tasks():
     expected = (decompose_task(AU, au)[2].mean(1) + decompose_task(EXPR, expr)[2][:, 0]) / 2
     np.testing.assert_allclose(score, expected)
     np.testing.assert_array_equal(ood_score({"AU": au[:1]}), 0.0)
+    per_task = task_epistemic({"EXPR": expr, "AU": au})
+    assert list(per_task) == ["AU", "EXPR"]  # TASKS order, whatever order they came in
+    np.testing.assert_allclose(per_task["AU"], decompose_task(AU, au)[2].mean(1))
+    np.testing.assert_allclose((per_task["AU"] + per_task["EXPR"]) / 2, score)
 
 
 def test_bad_inputs():

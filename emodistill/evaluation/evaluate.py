@@ -22,7 +22,7 @@ from emodistill.data.ood import OOD_LIMIT, load_ood
 from emodistill.evaluation.baselines import Teachers, baselines
 from emodistill.evaluation.metrics import emotion_metrics, reliability, roc_auc, roc_curve
 from emodistill.evaluation.scores import Probs, mean_scores, uncertainty_scores
-from emodistill.evaluation.uncertainty import decompose_task, ood_score
+from emodistill.evaluation.uncertainty import decompose_task, ood_score, task_epistemic
 from emodistill.methods.distillation import backbone_provenance
 from emodistill.models import PRESETS
 from emodistill.models.inference import activate, ensemble_mean, predict_images, predict_split
@@ -106,14 +106,15 @@ class OODProbe:
     def is_ood(self) -> np.ndarray:
         return np.concatenate([np.zeros(len(self.in_images), bool), np.ones(len(self.ood_images), bool)])
 
-    def scores(self, models: list[torch.nn.Module], device: torch.device, tasks: tuple[str, ...]) -> np.ndarray:
-        """Epistemic uncertainty averaged over tasks, for in-domain then OOD images."""
+    def member_probs(self, models: list[torch.nn.Module], device: torch.device,
+                     tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Task -> the members' probabilities (T, N, n_logits) for in-domain then OOD images."""
         member_probs = []
         for model in models:
             inside = activate(predict_images(model, self.in_images, device, self.in_audio), tasks)
             outside = activate(predict_images(model, self.ood_images, device, self.ood_audio), tasks)
             member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
-        return ood_score(stack_members(member_probs))
+        return stack_members(member_probs)
 
 
 def thinned_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 200) -> dict[str, list[float]]:
@@ -143,9 +144,13 @@ def evaluate_generation(
     entry.update({k: emotion[k] for k in ("ensemble", "single_mean", "single_std")})
     entry.update(mean_scores([uncertainty_scores(val, p) for p in member_probs]))
     entry["ensemble_uncertainty"] = uncertainty_scores(val, ensemble)
-    scores = probe.scores(models, device, tasks)
+    probe_probs = probe.member_probs(models, device, tasks)
+    scores = ood_score(probe_probs)
     fpr, tpr = roc_curve(probe.is_ood, scores)
     entry["ood_auc"] = roc_auc(probe.is_ood, scores)
+    # Diagnostic, not the score: how well each task's epistemic part alone separates the sets.
+    entry["ood_auc_by_task"] = {name: roc_auc(probe.is_ood, epistemic)
+                                for name, epistemic in task_epistemic(probe_probs).items()}
     entry["ood_threshold"] = float(np.quantile(scores[~probe.is_ood], 1.0 - OOD_FALSE_ALARM))
     entry["roc"] = thinned_curve(fpr, tpr)
     entry["reliability"] = reliability_data(val, member_probs)

@@ -54,14 +54,19 @@ def decompose_task(task: Task | str,
     return decompose(spec.distributions(member_probs))  # (T, N, G, K) -> (N, G)
 
 
-def ood_score(member_probs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Out-of-domain score (N,): epistemic uncertainty averaged over each task's groups, then
-    over the tasks given (task name -> (T, N, n_logits))."""
+def task_epistemic(member_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each task's epistemic uncertainty (N,), averaged over its groups (the 12 AUs, valence and
+    arousal), for the tasks given (task name -> (T, N, n_logits)), in TASKS order."""
     names = [t.name for t in TASKS if t.name in member_probs]
     unknown = set(member_probs) - set(names)
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))} in member probabilities")
     if not names:
         raise ValueError("ood_score needs the member probabilities of at least one task")
-    per_task = [decompose_task(name, member_probs[name])[2].mean(-1) for name in names]  # (N,) each
-    return np.mean(per_task, axis=0)
+    return {name: decompose_task(name, member_probs[name])[2].mean(-1) for name in names}
+
+
+def ood_score(member_probs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Out-of-domain score (N,): epistemic uncertainty averaged over each task's groups, then
+    over the tasks given (task name -> (T, N, n_logits)), as the paper does (Sec. 5.2)."""
+    return np.mean(list(task_epistemic(member_probs).values()), axis=0)

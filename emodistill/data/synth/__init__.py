@@ -8,8 +8,13 @@ and those laws are written to truth/, so NLL and entropy can be scored against t
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +53,10 @@ DEFAULT_VIDEOS = 400  # subject videos (identities); with DEFAULT_FRAMES about 1
 DEFAULT_FRAMES = 32  # frames per video (each video varies by up to 20 %)
 FPS = 30
 VALIDATION_SHARE = 0.25
+# Plans of at least this many frames are rendered by one process per CPU (each raw video draws
+# from its own seeded streams, so the files are the same bytes); smaller ones in this process,
+# where starting the workers (each imports the package, about 4 CPU-seconds) would cost more.
+PARALLEL_MIN_FRAMES = 2000
 MIN_VIDEOS = 6  # three tasks in each of two splits
 # Independent random streams of one raw video, seeded [seed, video index, purpose], so that
 # changing how one part draws never changes the others.
@@ -220,19 +229,32 @@ def _check_request(out: Path, videos: int, frames: int, size: int) -> None:
         raise InputError(f"{out} already exists and is not an empty folder; choose a new output folder")
 
 
+def simulation_workers(plan_frames: int, workers: int | None = None) -> int:
+    """Processes that render a plan of `plan_frames` frames: `workers` if given, otherwise one per
+    CPU this process may use, or 1 below PARALLEL_MIN_FRAMES."""
+    if workers is not None:
+        if workers < 1:
+            raise InputError(f"workers must be at least 1, got {workers}")
+        return workers
+    return len(os.sched_getaffinity(0)) if plan_frames >= PARALLEL_MIN_FRAMES else 1
+
+
 def _simulate_all(
-    plan: list[_RawVideo], out: Path, size: int, seed: int, config: AffectConfig, progress: bool
+    plan: list[_RawVideo], out: Path, size: int, seed: int, config: AffectConfig, progress: bool, workers: int
 ) -> dict[str, dict]:
-    """Simulate and write every raw video of the plan; subject name -> its records."""
+    """Simulate and write every raw video of the plan with `workers` processes; subject name ->
+    its records, in the plan's order."""
     records: dict[str, dict] = {}
-    with tqdm(
-        total=sum(r.frames * len(r.subjects) for r in plan),
-        unit="frame",
-        desc="simulating",
-        disable=not progress,
-    ) as bar:
-        for raw in plan:
-            records.update(_simulate(raw, out, size, seed, config))
+    simulate = partial(_simulate, root=out, size=size, seed=seed, config=config)
+    with ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=sum(r.frames * len(r.subjects) for r in plan), unit="frame",
+                                       desc="simulating", disable=not progress))
+        run = map
+        if workers > 1:  # forkserver: no worker inherits a parent's running thread pools (PyTorch's OpenMP)
+            run = stack.enter_context(ProcessPoolExecutor(
+                min(workers, len(plan)), mp_context=multiprocessing.get_context("forkserver"))).map
+        for raw, video in zip(plan, run(simulate, plan), strict=True):
+            records.update(video)
             bar.update(raw.frames * len(raw.subjects))
     return records
 
@@ -290,19 +312,22 @@ def generate(
     seed: int = 0,
     preview: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> SynthSummary:
     """Write a simulated data set in the Aff-wild2 layout under `out` (a new or empty folder).
 
     Layout: annotations/{AU,EXPR,VA}_Set/{Train,Validation}_Set/<video>.txt, cropped_aligned/
     <video>/00001.jpg..., videos/batch1/<video>.mp4 (30 fps, 16 kHz audio), truth/<video>.npz
     (the true per-frame label distributions) and synth.json (parameters, counts, marginals).
+    `workers`: rendering processes (`simulation_workers`); the files do not depend on it.
     """
     started = time.perf_counter()
     out = Path(out)
     _check_request(out, videos, frames, size)
     config = AffectConfig()
     plan = _plan(videos, frames, seed)
-    records = _simulate_all(plan, out, size, seed, config, progress)
+    n_workers = simulation_workers(sum(r.frames * len(r.subjects) for r in plan), workers)
+    records = _simulate_all(plan, out, size, seed, config, progress, n_workers)
     missing = sum(int((~r["found"]).sum()) for r in records.values())
     total = sum(len(r["found"]) for r in records.values())
     summary = SynthSummary(
