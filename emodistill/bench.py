@@ -25,7 +25,7 @@ import torch
 from skimage import data as skdata
 
 from emodistill.core.checkpoints import save_weights, write_json
-from emodistill.core.runtime import set_threads, tune_allocator
+from emodistill.core.runtime import set_threads, tune_allocator, usable_cpus
 from emodistill.methods.losses import supervision_loss, training_class_weights
 from emodistill.methods.training import member_seed
 from emodistill.models import PRESETS, build_model, count_macs
@@ -161,7 +161,7 @@ def machine_info() -> dict:
                 flags = set(value.split())
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": usable_cpus(),
         "vector": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags],
         "bf16_fast": bf16_fast(flags),
         "flags": sorted(flags),

@@ -43,8 +43,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS has one, else all)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows have no affinity call
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def set_threads(n: int | None = None) -> int:
     """Use `n` threads for PyTorch (default: all cores this process may use)."""
-    n = n or len(os.sched_getaffinity(0))
+    n = n or usable_cpus()
     torch.set_num_threads(n)
     return n

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from emodistill.core.errors import InputError
+from emodistill.core.runtime import usable_cpus
 from emodistill.data import audio as audio_features
 from emodistill.data.cache import (
     Cached,
@@ -266,7 +267,7 @@ def _decode_crops(
     paths: list[Path], size: int, out: np.ndarray, progress: bool, what: str
 ) -> None:
     """Decode `paths` into out (N, size, size, 3), one thread per core (OpenCV frees the GIL)."""
-    workers = len(os.sched_getaffinity(0))
+    workers = usable_cpus()
     with ThreadPoolExecutor(workers) as pool, tqdm(
         total=len(paths), desc=what, unit="frame", disable=not progress
     ) as bar:

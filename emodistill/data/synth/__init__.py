@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from emodistill.core.errors import InputError
+from emodistill.core.runtime import usable_cpus
 from emodistill.data.synth.affect import (
     AffectConfig,
     label_truth,
@@ -236,7 +236,7 @@ def simulation_workers(plan_frames: int, workers: int | None = None) -> int:
         if workers < 1:
             raise InputError(f"workers must be at least 1, got {workers}")
         return workers
-    return len(os.sched_getaffinity(0)) if plan_frames >= PARALLEL_MIN_FRAMES else 1
+    return usable_cpus() if plan_frames >= PARALLEL_MIN_FRAMES else 1
 
 
 def _simulate_all(
