@@ -203,17 +203,20 @@ def test_landmark_loss_during_fine_tuning_keeps_the_alignment(tiny_data: Path, t
                                                               tiny_landmark_backbone: tuple[Path, dict]) -> None:
     start, _ = tiny_landmark_backbone
     config = TrainConfig(epochs=2, lr_step=1, batches_per_epoch=20, clip_length=1, clips_per_task=8, lr=3e-3)
+    # Weight 100: on these 8 tiny videos weight 30 was within the spread of three fine-tuning seeds
+    # on an AVX2-only EPYC (held-out error after 0.046-0.053, labels only 0.052-0.054), where
+    # weight 100 kept 0.045-0.046 in all three.
     records = {
         weight: finetune_backbone(tiny_data, start, tmp_path / f"shared-{weight}.safetensors", config, "tiny", CPU,
                                   progress=False, log=_quiet, landmark_weight=weight)
-        for weight in (0.0, 30.0)
+        for weight in (0.0, 100.0)
     }
-    kept, labels_only = records[30.0], records[0.0]
+    kept, labels_only = records[100.0], records[0.0]
     # Both start from the same backbone, so the same least-squares head reads it equally well...
     assert kept["held_out_landmark_error_before"] == labels_only["held_out_landmark_error_before"]
     # ... and only the run with the landmark loss on keeps reading the held-out faces as well.
     assert kept["held_out_landmark_error_after"] < labels_only["held_out_landmark_error_after"]
-    assert kept["landmark_weight"] == 30.0 and labels_only["landmark_batch"] == 0
+    assert kept["landmark_weight"] == 100.0 and labels_only["landmark_batch"] == 0
     assert "landmark loss kept on" in kept["task"]
 
 
