@@ -62,7 +62,7 @@ def task_epistemic(member_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))} in member probabilities")
     if not names:
-        raise ValueError("ood_score needs the member probabilities of at least one task")
+        raise ValueError("epistemic uncertainty needs the member probabilities of at least one task")
     return {name: decompose_task(name, member_probs[name])[2].mean(-1) for name in names}
 
 

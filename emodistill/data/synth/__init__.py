@@ -240,15 +240,17 @@ def simulation_workers(plan_frames: int, workers: int | None = None) -> int:
 
 
 def _simulate_all(
-    plan: list[_RawVideo], out: Path, size: int, seed: int, config: AffectConfig, progress: bool, workers: int
+    plan: list[_RawVideo], out: Path, size: int, seed: int, config: AffectConfig, progress: bool,
+    workers: int | None,
 ) -> dict[str, dict]:
-    """Simulate and write every raw video of the plan with `workers` processes; subject name ->
-    its records, in the plan's order."""
+    """Simulate and write every raw video of the plan (`workers`: see `simulation_workers`);
+    subject name -> its records, in the plan's order."""
     records: dict[str, dict] = {}
     simulate = partial(_simulate, root=out, size=size, seed=seed, config=config)
+    frames = sum(r.frames * len(r.subjects) for r in plan)
+    workers = simulation_workers(frames, workers)
     with ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=sum(r.frames * len(r.subjects) for r in plan), unit="frame",
-                                       desc="simulating", disable=not progress))
+        bar = stack.enter_context(tqdm(total=frames, unit="frame", desc="simulating", disable=not progress))
         run = map
         if workers > 1:  # forkserver: no worker inherits a parent's running thread pools (PyTorch's OpenMP)
             run = stack.enter_context(ProcessPoolExecutor(
@@ -326,8 +328,7 @@ def generate(
     _check_request(out, videos, frames, size)
     config = AffectConfig()
     plan = _plan(videos, frames, seed)
-    n_workers = simulation_workers(sum(r.frames * len(r.subjects) for r in plan), workers)
-    records = _simulate_all(plan, out, size, seed, config, progress, n_workers)
+    records = _simulate_all(plan, out, size, seed, config, progress, workers)
     missing = sum(int((~r["found"]).sum()) for r in records.values())
     total = sum(len(r["found"]) for r in records.values())
     summary = SynthSummary(
