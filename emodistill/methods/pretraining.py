@@ -38,7 +38,7 @@ CALIBRATION_FRAMES = 2048  # training crops whose statistics become BatchNorm's 
 class PretrainConfig:
     """How the backbone is pretrained on landmarks."""
 
-    preset: str = "demo"  # the EMENet preset whose backbone is trained (input size, width)
+    preset: str = "emenet-v"  # the EMENet preset whose backbone is trained (input size, width); as `pretrain --preset`
     steps: int = 1200  # optimiser steps
     batch_size: int = 64  # single crops per step
     lr: float = 2e-3  # Adam's initial learning rate, cosine-decayed to 1 % over the steps
