@@ -60,7 +60,7 @@ def _run_config(args: argparse.Namespace):
         modality, args.epochs, args.lr_step, lr=args.lr, batches_per_epoch=args.batches_per_epoch,
         clip_length=args.clip_length, clips_per_task=args.clips_per_task, reweight=not args.no_reweight,
         balance=not args.no_balance, freeze_backbone=args.freeze_backbone,
-        tail_blocks=args.tail_blocks)
+        tail_blocks=args.tail_blocks, va_bins=args.va_bins)
     return RunConfig(data=str(args.data), preset=args.preset, modality=modality, members=args.members,
                      generations=args.generations, seed=args.seed,
                      backbone_weights=str(args.backbone_weights) if args.backbone_weights else None, train=train)
@@ -207,6 +207,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips-per-task", type=int, default=5)
     p.add_argument("--no-reweight", action="store_true", help="plain BCE/CE (paper Table 1 ablation)")
     p.add_argument("--no-balance", action="store_true", help="fixed equal task weights (paper Table 5 ablation)")
+    p.add_argument("--va-bins", type=float, default=0.0,
+                   help="weight of a cross entropy on the 20 valence/arousal bins (a KL divergence from the "
+                        "teachers' bins for students) added to 1 - CCC; 0: the paper's loss (not its shape)")
     p.add_argument("--backbone-weights", type=Path, default=None,
                help="MobileFaceNet checkpoint (safetensors, or a pytorch_face_landmark state_dict)")
     p.add_argument("--freeze-backbone", action="store_true",

@@ -50,18 +50,19 @@ class DemoPlan:
     freeze_backbone: bool  # members train on cached outputs of that backbone
     tail_blocks: int  # ... and learn its last blocks themselves, each from its own random start
     reweight: bool  # the members' losses class-reweighted (the paper's default); see the README
+    va_bins: float  # the members' weight of a loss on the VA bins beside 1 - CCC (0: the paper's); see the README
 
 
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,
                 epochs=4, lr_step=3, batches_per_epoch=32, clip_length=4, clips_per_task=20,
                 ood_limit=1500, mc_passes=10, pretrain_steps=2400, finetune_epochs=4, finetune_batches=140,
                 finetune_frames=40, finetune_reweight=True, finetune_landmarks=0.0,
-                freeze_backbone=True, tail_blocks=2, reweight=False)
+                freeze_backbone=True, tail_blocks=2, reweight=False, va_bins=1.0)
 QUICK = DemoPlan(videos=10, frames=40, crop_size=48, preset="tiny", members=2, generations=1,
                  epochs=2, lr_step=1, batches_per_epoch=3, clip_length=16, clips_per_task=5,
                  ood_limit=64, mc_passes=3,
                  pretrain_steps=20, finetune_epochs=1, finetune_batches=2, finetune_frames=8, finetune_reweight=True,
-                 finetune_landmarks=10.0, freeze_backbone=True, tail_blocks=2, reweight=False)
+                 finetune_landmarks=10.0, freeze_backbone=True, tail_blocks=2, reweight=False, va_bins=1.0)
 
 
 def demo_backbone(
@@ -115,7 +116,7 @@ def run_demo(
         train=TrainConfig(epochs=plan.epochs, lr_step=plan.lr_step, batches_per_epoch=plan.batches_per_epoch,
                           clip_length=plan.clip_length, clips_per_task=plan.clips_per_task,
                           freeze_backbone=plan.freeze_backbone, tail_blocks=plan.tail_blocks,
-                          reweight=plan.reweight),
+                          reweight=plan.reweight, va_bins=plan.va_bins),
     )
     run = train_run(out / "run", config, device, progress=progress, log=log)
     report = evaluate_run(run.root, device, ood_limit=plan.ood_limit, mc_passes=plan.mc_passes,

@@ -65,6 +65,9 @@ class TrainConfig:
     # frozen layers below. The members then differ in their features too, not only in their
     # heads (0: heads only, on cached features).
     tail_blocks: int = 0
+    # Weight of a loss on the valence/arousal bins' shape beside 1 - CCC (losses.ClassWeights.va_bins);
+    # 0: the paper's loss, which trains only the bins' expectation.
+    va_bins: float = 0.0
 
     @classmethod
     def for_modality(cls, modality: str, epochs: int | None = None, lr_step: int | None = None,
@@ -114,6 +117,8 @@ class RunConfig:
                              f"got {self.train.tail_blocks}")
         if self.train.tail_blocks and not self.train.freeze_backbone:
             raise InputError("--tail-blocks needs --freeze-backbone: without it every member learns the whole backbone")
+        if not self.train.va_bins >= 0:
+            raise InputError(f"--va-bins must be 0 or more, got {self.train.va_bins}")
         if self.train.freeze_backbone and self.modality == "va":
             raise InputError("--freeze-backbone is for visual models only (--modality v); "
                              "the audio encoder has no pretraining to keep")

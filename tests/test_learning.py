@@ -342,6 +342,9 @@ def test_tail_blocks_are_refused_without_freezing(tiny_data: Path, tmp_path: Pat
     code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
                  "--freeze-backbone", "--tail-blocks", "99", "--quiet", "--device", "cpu"])
     assert code == 2 and "--tail-blocks must be between 0 and" in capsys.readouterr().err
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                 "--va-bins", "-1", "--quiet", "--device", "cpu"])
+    assert code == 2 and "--va-bins must be 0 or more, got -1.0" in capsys.readouterr().err
 
 
 def _still_image_data(source: Path, out: Path) -> Path:
@@ -384,7 +387,7 @@ def test_tiny_pretrain_freeze_distil_run_completes(tiny_data: Path, tmp_path: Pa
     run_dir = tmp_path / "run"
     assert main(["train", *args, "--out", str(run_dir), "--members", "2", "--generations", "1",
                  "--epochs", "1", "--batches-per-epoch", "2", "--clip-length", "8",
-                 "--backbone-weights", str(backbone), "--freeze-backbone"]) == 0
+                 "--backbone-weights", str(backbone), "--freeze-backbone", "--va-bins", "0.5"]) == 0
     run = Run(run_dir)
     assert run.finished_generations() == [0, 1]
     # Frozen: every member keeps the pretrained backbone bit for bit.
@@ -400,8 +403,12 @@ def test_tiny_pretrain_freeze_distil_run_completes(tiny_data: Path, tmp_path: Pa
                  "--device", "cpu"]) == 0
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert report["backbone"]["frozen"] is True
+    # The VA bins' loss (not the paper's) is recorded where the weights live and in the report.
+    assert json.loads(run.class_weights_path.read_text())["va_bins"] == 0.5
+    assert report["losses"] == {"reweight": True, "balance": True, "va_bins": 0.5}
     markdown = (run_dir / "report" / "report.md").read_text()
     assert "| Prior" in markdown and "| Oracle" in markdown and "Backbone:" in markdown
+    assert "plus 0.5 x a cross entropy on the bins" in markdown
 
 
 def test_freeze_backbone_refuses_audio_models(tiny_data: Path, tmp_path: Path, capsys) -> None:

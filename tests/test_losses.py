@@ -191,6 +191,53 @@ def test_distillation_from_itself_has_zero_kl_and_ccc_loss():
     assert per_task["VA"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_va_bins_add_cross_entropy_and_kl_to_the_ccc_loss():
+    logits, labels = random_logits(seed=5), random_labels(seed=6)
+    teacher = torch.softmax(random_logits(seed=7)["VA"].unflatten(-1, (2, 20)), -1).flatten(-2).detach()
+    paper, with_bins = ClassWeights.uniform(), ClassWeights.uniform()
+    with_bins.va_bins = 0.5
+    _, plain = supervision_loss(logits, labels, {}, paper, EQUAL)
+    _, binned = supervision_loss(logits, labels, {}, with_bins, EQUAL)
+    values = labels["VA"].reshape(-1, 2)
+    log_probs = torch.log_softmax(logits["VA"].reshape(-1, 2, 20), -1)
+    index = torch.as_tensor(np.clip(np.floor((values.numpy() + 1) * 10), 0, 19)).long()  # the label's bin
+    cross_entropy = sum(F.nll_loss(log_probs[:, d], index[:, d]) for d in range(2))
+    assert binned["VA"] == pytest.approx(plain["VA"] + 0.5 * cross_entropy.item())
+    assert binned["AU"] == plain["AU"] and binned["EXPR"] == plain["EXPR"]  # VA only
+    _, plain = distillation_loss(logits, {"VA": teacher}, None, paper, EQUAL)
+    _, binned = distillation_loss(logits, {"VA": teacher}, None, with_bins, EQUAL)
+    kl = sum(F.kl_div(log_probs[:, d], teacher.reshape(-1, 2, 20)[:, d], reduction="batchmean") for d in range(2))
+    assert binned["VA"] == pytest.approx(plain["VA"] + 0.5 * kl.item())
+    # the old class_weights.json, without the field, reads back as the paper's loss
+    stored = with_bins.as_dict()
+    assert ClassWeights.from_dict(stored).va_bins == 0.5
+    del stored["va_bins"]
+    assert ClassWeights.from_dict(stored).va_bins == 0.0
+
+
+def test_va_bins_learn_the_shape_that_ccc_leaves_free():
+    # Two frames with targets -0.55 and +0.45: 1 - CCC is already 0 for any prediction whose
+    # expectations are exact, whatever the spread of the bins; the bins' loss narrows it.
+    targets = torch.tensor([[-0.55, -0.55], [0.45, 0.45]], dtype=torch.float64)
+    wide = torch.zeros(2, 40, dtype=torch.float64)
+    for row, centre in enumerate((4, 14)):  # mass spread evenly over 3 bins around the label's
+        for d in range(2):
+            wide[row, d * 20 + centre - 1 : d * 20 + centre + 2] = 1.0
+    narrow = torch.where(wide > 0, torch.tensor(-10.0, dtype=torch.float64), torch.tensor(-30.0, dtype=torch.float64))
+    for row, centre in enumerate((4, 14)):
+        narrow[row, [centre, 20 + centre]] = 0.0
+    wide = torch.where(wide > 0, 0.0, -30.0).double()
+    weights = ClassWeights.uniform()
+    weights.va_bins = 1.0
+    losses = {}
+    for name, logits in (("wide", wide), ("narrow", narrow)):
+        paper, _ = supervision_loss({"VA": logits[None]}, {"VA": targets[None]}, {}, ClassWeights.uniform(), EQUAL)
+        both, _ = supervision_loss({"VA": logits[None]}, {"VA": targets[None]}, {}, weights, EQUAL)
+        assert float(paper) == pytest.approx(0.0, abs=1e-6)
+        losses[name] = float(both)
+    assert losses["narrow"] < 0.01 < losses["wide"]
+
+
 def test_kl_with_one_hot_teacher_is_cross_entropy():
     logits = {"EXPR": torch.tensor([[[2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0]]])}
     soft = {"EXPR": torch.tensor([[[1.0, 0, 0, 0, 0, 0, 0]]])}

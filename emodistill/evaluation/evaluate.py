@@ -238,6 +238,8 @@ def evaluate_run(
         f"against {len(probe.in_images)} validation frames")
     report: dict = {"run": str(run.root), "preset": config.preset, "modality": config.modality,
                     "members": config.members, "tasks": list(tasks), "ood_set": probe.name,
+                    "losses": {"reweight": config.train.reweight, "balance": config.train.balance,
+                               "va_bins": config.train.va_bins},
                     "backbone": read_json(run.backbone_path) if run.backbone_path.exists()
                     else backbone_provenance(config),
                     "prior": scored_predictor(val, class_prior(train, len(val), tasks)),

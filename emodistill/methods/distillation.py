@@ -94,7 +94,7 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
 
 def run_class_weights(run: Run, config: RunConfig, train: Split) -> ClassWeights:
     """Class weights from the training labels (Eq. 3), stored with the run."""
-    weights = training_class_weights(train.labels, train.masks, config.train.reweight)
+    weights = training_class_weights(train.labels, train.masks, config.train.reweight, config.train.va_bins)
     write_json(run.class_weights_path, weights.as_dict())
     return weights
 

@@ -22,6 +22,7 @@ from emodistill.tasks import (
     PAPER_AU_POS_WEIGHT,
     PAPER_EXPR_WEIGHT,
     TASKS,
+    VA,
     Task,
     valid_rows,
 )
@@ -39,10 +40,15 @@ MAX_CLASS_WEIGHT = 100.0
 
 @dataclass
 class ClassWeights:
-    """Per-class loss weights: p_c on the AU positive term (Eq. 2-3), EXPR class weights (Eq. 5)."""
+    """Weights inside each task's loss: p_c on the AU positive term (Eq. 2-3), EXPR class
+    weights (Eq. 5), and the weight of a cross entropy on the valence/arousal bins beside 1 - CCC."""
 
     au_pos_weight: np.ndarray  # (12,) #negatives / #positives of each AU
     expr_weight: np.ndarray  # (7,) weight of each expression class in the cross entropy
+    # 0: the paper's VA losses (1 - CCC alone, Eq. 7 and 11). Above 0: plus this times the cross
+    # entropy of the bins against the label's bin, or the KL divergence from a teacher's bins
+    # (`--va-bins`; the VA criterion of the authors' 2020 code), so the bins' shape is learned.
+    va_bins: float = 0.0
 
     @classmethod
     def uniform(cls) -> ClassWeights:
@@ -57,21 +63,22 @@ class ClassWeights:
     def as_dict(self) -> dict[str, list[float]]:
         """Plain lists, for JSON files and checkpoint metadata."""
         return {"au_pos_weight": [float(w) for w in self.au_pos_weight],
-                "expr_weight": [float(w) for w in self.expr_weight]}
+                "expr_weight": [float(w) for w in self.expr_weight], "va_bins": float(self.va_bins)}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, list[float]]) -> ClassWeights:
         """Inverse of `as_dict`."""
         return cls(np.asarray(values["au_pos_weight"], dtype=np.float64),
-                   np.asarray(values["expr_weight"], dtype=np.float64))
+                   np.asarray(values["expr_weight"], dtype=np.float64), float(values.get("va_bins", 0.0)))
 
     def array_for(self, task: Task) -> np.ndarray | None:
-        """This task's weights (None for VA)."""
-        weights = {AU.name: self.au_pos_weight, EXPR.name: self.expr_weight}.get(task.name)
+        """This task's weights; for VA the bins' weight (1,), None when it is 0."""
+        weights = {AU.name: self.au_pos_weight, EXPR.name: self.expr_weight,
+                   VA.name: np.array([self.va_bins]) if self.va_bins > 0 else None}.get(task.name)
         return None if weights is None else np.asarray(weights)
 
     def for_task(self, task: Task, like: torch.Tensor) -> torch.Tensor | None:
-        """This task's weights as a tensor on `like`'s device and dtype (None for VA)."""
+        """This task's weights as a tensor on `like`'s device and dtype (see `array_for`)."""
         weights = self.array_for(task)
         return None if weights is None else torch.as_tensor(weights, dtype=like.dtype, device=like.device)
 
@@ -172,6 +179,9 @@ def distillation_loss(logits: Mapping[str, torch.Tensor], soft_labels: Mapping[s
 
 
 def training_class_weights(labels: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
-                           reweight: bool) -> ClassWeights:
-    """The weights training uses: from the labels (Eq. 3) when reweighting, else all ones."""
-    return class_weights_from_labels(labels, masks) if reweight else ClassWeights.uniform()
+                           reweight: bool, va_bins: float = 0.0) -> ClassWeights:
+    """The weights training uses: the classes' from the labels (Eq. 3) when reweighting, else
+    all ones; the VA bins' weight as given."""
+    weights = class_weights_from_labels(labels, masks) if reweight else ClassWeights.uniform()
+    weights.va_bins = float(va_bins)
+    return weights

@@ -394,7 +394,7 @@ def finetune_backbone(
     if aligner is not None and landmark_weight > 0:
         auxiliary = LandmarkLoss(aligner.net.head, aligner.data, landmark_weight,
                                  PretrainConfig(preset=preset, batch_size=landmark_batch, seed=seed), device)
-    weights = training_class_weights(train.labels, train.masks, config.reweight)
+    weights = training_class_weights(train.labels, train.masks, config.reweight, config.va_bins)
     result = train_member(model, train, val, config, weights, seed, device, description="shared fine-tuning",
                           progress=progress, auxiliary=auxiliary)
     error_before = None if aligner is None else aligner.before

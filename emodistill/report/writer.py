@@ -287,12 +287,27 @@ def backbone_line(backbone: dict | None) -> str:
     return f"Backbone: `{backbone.get('weights')}` (sha256 {str(backbone.get('sha256'))[:12]}), {source}; {frozen}."
 
 
+def losses_line(losses: dict | None) -> str:
+    """How the members were trained, in words; '' for a report from before it was recorded."""
+    if not losses:
+        return ""
+    au_expr = ("class-reweighted BCE/CE (Eq. 2-5)" if losses["reweight"]
+               else "BCE/CE without class reweighting (`--no-reweight`)")
+    va = "1 - CCC (Eq. 7, 11)"
+    if losses.get("va_bins"):
+        va += (f" plus {losses['va_bins']:g} x a cross entropy on the bins (KL divergence from the teachers' "
+               "bins for students; `--va-bins`, not the paper's loss)")
+    balance = "Algorithm 1 task balancing" if losses["balance"] else "equal task weights (`--no-balance`)"
+    return f"Losses: AU/EXPR {au_expr}; VA {va}; {balance}."
+
+
 def render_markdown(report: dict) -> str:
     parts = [
         f"# emodistill report: {report['run']}",
         f"Preset `{report['preset']}`, modality `{report['modality']}`, T = {report['members']} members, "
         f"tasks {', '.join(report['tasks'])}; out-of-domain set: {report['ood_set']}.",
         backbone_line(report.get("backbone")),
+        losses_line(report.get("losses")),
         "## Emotion metrics on the validation split (paper Table 1, Figure 4)",
         emotion_table(report),
         "## In-domain uncertainty of single members (paper Tables 3-4; lower is better)",

@@ -98,11 +98,24 @@ class BinnedTask(Task):
         """Eq. 7 and 11: sum over the dimensions of 1 - CCC between the expectation and the targets.
 
         Targets are (n, 2) values (ground truth) or (n, 40) bin probabilities (a teacher).
+        `weights` (1,), when given, adds that much of a loss on the bins' shape, summed over the
+        dimensions and averaged over the frames: the cross entropy against each value's bin, or
+        the KL divergence from a teacher's bins (None: the paper's 1 - CCC alone).
         """
         prediction = va_expectation(self.activate(logits))  # (n, 2)
-        if targets.shape[-1] != prediction.shape[-1]:
-            targets = va_expectation(targets)  # (n, 40) -> (n, 2)
-        return (1 - ccc_torch(targets.to(prediction.dtype), prediction)).sum()
+        teacher = targets.shape[-1] != prediction.shape[-1]
+        values = va_expectation(targets) if teacher else targets  # (n, 2)
+        loss = (1 - ccc_torch(values.to(prediction.dtype), prediction)).sum()
+        if weights is None:
+            return loss
+        log_probs = self.log_activate(logits)  # (n, 2, 20)
+        if teacher:
+            soft = targets.to(log_probs.dtype).unflatten(-1, (self.n_groups, self.n_classes))
+            bins = (torch.special.xlogy(soft, soft) - soft * log_probs).sum(-1)  # (n, 2)
+        else:
+            index = torch.floor((targets + 1.0) * (VA_BINS / 2.0)).long().clamp(0, VA_BINS - 1)  # va_to_bin
+            bins = -log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (n, 2)
+        return loss + weights[0] * bins.sum(-1).mean()
 
     def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> None:
         """None: 1 - CCC has no best constant (every constant scores CCC 0), and a bias at the
