@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
@@ -88,6 +89,7 @@ def test_nll_binned_uses_the_label_bin():
     prob = np.full((4, VA_BINS), 0.01)
     prob[np.arange(4), va_to_bin(values)] = 0.81  # rows sum to 1
     assert list(va_to_bin(values)) == [0, 10, 19, 19]
+    assert va_to_bin(torch.tensor([-1.0, -0.95, 0.0, 0.99, 1.0])).tolist() == [0, 0, 10, 19, 19]  # the loss's
     assert nll_binned(values, prob) == pytest.approx(-math.log(0.81))
 
 

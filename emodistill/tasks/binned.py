@@ -28,8 +28,10 @@ CCC_EPS = 1e-8
 LINE_COLOURS = ("#c44e52", "#4c72b0")  # of each dimension in a prediction timeline
 
 
-def va_to_bin(values: np.ndarray) -> np.ndarray:
-    """Valence/arousal values in [-1, 1] -> bin indices 0..19 (1.0 goes to bin 19)."""
+def va_to_bin(values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Valence/arousal values in [-1, 1] -> bin indices 0..19 (1.0 goes to bin 19), int64."""
+    if isinstance(values, torch.Tensor):
+        return torch.floor((values + 1.0) * (VA_BINS / 2.0)).long().clamp(0, VA_BINS - 1)
     values = np.asarray(values, dtype=np.float64)
     bins = np.floor((values + 1.0) * (VA_BINS / 2.0)).astype(np.int64)
     return np.clip(bins, 0, VA_BINS - 1)
@@ -113,8 +115,7 @@ class BinnedTask(Task):
             soft = targets.to(log_probs.dtype).unflatten(-1, (self.n_groups, self.n_classes))
             bins = (torch.special.xlogy(soft, soft) - soft * log_probs).sum(-1)  # (n, 2)
         else:
-            index = torch.floor((targets + 1.0) * (VA_BINS / 2.0)).long().clamp(0, VA_BINS - 1)  # va_to_bin
-            bins = -log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (n, 2)
+            bins = -log_probs.gather(-1, va_to_bin(targets).unsqueeze(-1)).squeeze(-1)  # (n, 2)
         return loss + weights[0] * bins.sum(-1).mean()
 
     def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> None:
