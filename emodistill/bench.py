@@ -29,6 +29,7 @@ from emodistill.core.runtime import set_threads, tune_allocator, usable_cpus
 from emodistill.methods.losses import supervision_loss, training_class_weights
 from emodistill.methods.training import member_seed
 from emodistill.models import PRESETS, build_model, count_macs
+from emodistill.models.mobilefacenet import PReLU
 from emodistill.models.speed import BF16_TOLERANCE, Levers, bf16_fast
 from emodistill.predict.predictor import Predictor
 from emodistill.predict.sources import discover
@@ -117,7 +118,7 @@ def measure(sizes: BenchSizes, tuned: bool, threads: int, log: Callable[[str], N
         results["pipeline"] = pipeline(runs[sizes.presets[0]], video, sizes)
         log("speed levers against the plain path, side by side")
         results["levers"] = lever_speedup(runs[sizes.presets[0]], video, sizes)
-        log("training steps of one member, fp32 and bf16")
+        log("training steps of one member: fp32, bf16, torch's PReLU")
         results["training"] = training_speed(sizes.presets[0], sizes)
         log("model-only speed")
         # The peak is measured twice and the better kept: a program busy on a core for a
@@ -429,9 +430,13 @@ def lever_speedup(run: Run, video: Path, sizes: BenchSizes) -> dict:
             "tolerance": BF16_TOLERANCE if levers.bf16 else 1e-4}
 
 
+TORCH_PRELU = "fp32, torch's PReLU backward"
+
+
 def training_speed(preset: str, sizes: BenchSizes) -> list[dict]:
     """Training steps of one member (forward, supervision loss, backward, Adam) on random clips
-    of the default batch shape, fp32 and bf16 autocast side by side: clips/s and frames/s."""
+    of the default batch shape, side by side: fp32, bf16 autocast, and fp32 with torch's own
+    PReLU backward instead of the backbone's (`mobilefacenet.PReLU`); clips/s and frames/s."""
     config = TrainConfig()
     B, L = 3 * config.clips_per_task, min(config.clip_length, sizes.clips[-1][1] * 4)
     size = PRESETS[preset].input_size
@@ -444,9 +449,13 @@ def training_speed(preset: str, sizes: BenchSizes) -> list[dict]:
     weights = training_class_weights({k: v.numpy().reshape(B * L, -1).squeeze() for k, v in labels.items()},
                                      {k: v.numpy().reshape(-1) for k, v in masks.items()}, True)
     cases = {}
-    for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
+    for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16), (TORCH_PRELU, None)):
         torch.manual_seed(0)
         model = build_model(preset).train()
+        if name == TORCH_PRELU:  # the backbone's PReLU layers with torch's own backward pass
+            for layer in model.modules():
+                if isinstance(layer, PReLU):
+                    layer.__class__ = torch.nn.PReLU
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step(model: torch.nn.Module = model, optimizer: torch.optim.Optimizer = optimizer,

@@ -23,7 +23,7 @@ from emodistill.models import (
     load_backbone_weights,
     presets_table,
 )
-from emodistill.models.mobilefacenet import final_map_size, scale_channels
+from emodistill.models.mobilefacenet import PReLU, final_map_size, scale_channels
 from emodistill.tasks import TASKS
 
 B, L = 2, 4
@@ -147,6 +147,58 @@ def test_channels_last_gives_the_same_output(tiny):
     got = converted(frames, audio)
     for t in TASKS:
         torch.testing.assert_close(got[t.name], expected[t.name], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [16, 1])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fast_prelu_gives_torchs_gradients(channels, channels_last):
+    """The backbone's PReLU has its own backward pass: the input's gradient must be torch's bit
+    for bit (zeros and ties included) and the slopes' the same up to summation order."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 16, 5, 5, generator=gen)
+    x[0, :, :2] = 0.0  # PReLU's kink: torch takes the slope there
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(6, 16, 5, 5, generator=gen)
+    ours, torchs = PReLU(channels), nn.PReLU(channels)
+    with torch.no_grad():
+        ours.weight.uniform_(-0.5, 0.5, generator=gen)
+        torchs.weight.copy_(ours.weight)
+    outputs, inputs_ = [], []
+    for layer in (ours, torchs):
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi)
+        out.backward(grad)
+        outputs.append(out)
+        inputs_.append(xi)
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(inputs_[0].grad, inputs_[1].grad)
+    torch.testing.assert_close(ours.weight.grad, torchs.weight.grad, rtol=1e-5, atol=1e-5)
+    assert ours.weight.grad.abs().min() > 0  # every slope saw negative inputs
+
+
+def test_fast_prelu_is_torchs_layer_outside_training():
+    layer = PReLU(4)
+    assert isinstance(layer, nn.PReLU) and list(layer.state_dict()) == ["weight"]
+    x = torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        out = layer(x)
+    assert out.grad_fn is None
+    assert torch.equal(out, nn.functional.prelu(x, layer.weight))
+
+
+def test_heads_dropout_drops_a_share_p_and_rescales():
+    layer = build_model("tiny").heads["AU"].dropout
+    x = torch.ones(200, 4, 64)
+    torch.manual_seed(0)
+    out = layer.train()(x)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - layer.p) < 0.02
+    assert torch.all((out == 0) | (out == 1.0 / (1.0 - layer.p)))
+    assert torch.equal(layer.eval()(x), x)
+    weight = torch.ones(64, requires_grad=True)
+    layer.train()(x * weight).sum().backward()  # the mask passes gradients only where it keeps
+    assert weight.grad.min() > 0 and weight.grad.max() < 200 * 4 * 2
 
 
 def test_each_head_has_its_dropout_module():

@@ -33,6 +33,41 @@ def he_initialise(module: nn.Module) -> None:
             m.reset_parameters()
 
 
+class _PReLUFunction(torch.autograd.Function):
+    """PReLU whose backward pass is a few plain element-wise ops.
+
+    PyTorch's own CPU backward of PReLU took 1.1-5 ms on the demo's maps, about 40 times its
+    forward and a quarter of a pretraining step; this one gives the same gradients (the
+    input's bit for bit) 4-6 times faster (`emodistill bench` times a training step with each).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return nn.functional.prelu(x, weight)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, weight = ctx.saved_tensors
+        per_channel = weight.numel() > 1
+        slope = weight.view((1, -1) + (1,) * (x.dim() - 2)) if per_channel else weight
+        positive = torch.ops.aten.threshold_backward(grad, x, 0.0)  # grad where x > 0, else 0 (ReLU's)
+        negative = grad - positive  # grad where x <= 0, else exactly 0
+        grad_x = torch.addcmul(positive, negative, slope)
+        dims = [d for d in range(x.dim()) if d != 1] if per_channel else list(range(x.dim()))
+        return grad_x, (negative * x).sum(dims).view_as(weight)
+
+
+class PReLU(nn.PReLU):
+    """`nn.PReLU` (same parameters and checkpoints) with a faster backward pass when training."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.dim() >= 2 \
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            return _PReLUFunction.apply(x, self.weight)
+        return super().forward(x)
+
+
 def scale_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
     """Channels times the width multiplier, rounded to the nearest multiple of `divisor`."""
     scaled = max(divisor, int(channels * width_mult + divisor / 2) // divisor * divisor)
@@ -68,7 +103,7 @@ class ConvBN(nn.Module):
         padding = kernel // 2 if padding is None else padding
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
-        self.prelu = nn.PReLU(out_ch) if act else None
+        self.prelu = PReLU(out_ch) if act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
