@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from emodistill.cli import main
+from emodistill.core.checkpoints import save_weights
 from emodistill.data.affwild import load_split
 from emodistill.data.landmarks import read_landmarks_csv, split_landmarks
 from emodistill.data.synth.face import LANDMARK_NAMES
-from emodistill.evaluation.evaluate import class_prior, evaluate_run, skill
+from emodistill.evaluation.evaluate import OODProbe, SharedFront, class_prior, evaluate_run, skill
 from emodistill.evaluation.metrics import nll_binary
 from emodistill.methods.backends.local import train_run
 from emodistill.methods.pretraining import (
@@ -333,6 +334,53 @@ def test_tail_blocks_members_share_the_frozen_layers_and_learn_their_own_tail(ti
         assert not torch.equal(members[0][name], members[1][name]), name
         assert not torch.equal(members[0][name], pretrained[name]), name
     assert json.loads((run.root / "backbone.json").read_text())["tail_blocks"] == 2
+
+
+def _flat_scores(report: dict) -> dict[str, float]:
+    """Every number of the generations' and baselines' scores, by a path-like key."""
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        elif isinstance(value, float | int) and not isinstance(value, bool):
+            flat[prefix] = float(value)
+
+    for entry in report["generations"]:
+        for key in ("ensemble", "single_mean", "nll", "rmse", "ood_auc", "ood_auc_by_task"):
+            walk(f"{entry['name']}/{key}", entry[key])
+    walk("baselines", report["baselines"])
+    return flat
+
+
+def test_evaluation_runs_a_shared_frozen_backbone_once_with_the_same_scores(tiny_data: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    torch.manual_seed(0)
+    backbone = tmp_path / "backbone.safetensors"
+    save_weights(backbone, build_model("tiny").backbone)
+    config = RunConfig(data=str(tiny_data), preset="tiny", members=2, generations=1, backbone_weights=str(backbone),
+                       train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8, freeze_backbone=True,
+                                         tail_blocks=2))
+    run = train_run(tmp_path / "run", config, CPU, progress=False, log=_quiet)
+    logs: list[str] = []
+    shared = evaluate_run(run.root, CPU, ood_limit=32, mc_passes=3, progress=False, log=logs.append)
+    assert any("frozen backbone: computed once" in line for line in logs)
+    monkeypatch.setattr(SharedFront, "covers", lambda self, models: False)  # every member runs whole
+    full = evaluate_run(run.root, CPU, ood_limit=32, mc_passes=3, progress=False, log=_quiet)
+    got, expected = _flat_scores(shared), _flat_scores(full)
+    assert got.keys() == expected.keys() and len(got) > 40
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-4), key
+    monkeypatch.undo()
+    # A member whose frozen part differs is not covered: it runs its whole network.
+    models = run.load_ensemble(0, CPU)
+    val, _ = load_split(tiny_data, "val", size=32, progress=False)
+    front = SharedFront(models[0], 2, val, OODProbe(val, 32, None, 16), CPU)
+    assert front.covers(models)
+    with torch.no_grad():
+        models[1].backbone.stem.bn.running_mean.add_(1e-3)
+    assert not front.covers(models)
 
 
 def test_tail_blocks_are_refused_without_freezing(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -7,6 +7,7 @@ data the Bayes-optimal predictor from `truth/` is scored the same way (Tables 1,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,16 @@ from emodistill.evaluation.scores import Probs, mean_scores, uncertainty_scores
 from emodistill.evaluation.uncertainty import decompose_task, ood_score, task_epistemic
 from emodistill.methods.distillation import backbone_provenance
 from emodistill.models import PRESETS
-from emodistill.models.inference import activate, ensemble_mean, predict_images, predict_split
+from emodistill.models.inference import (
+    activate,
+    encode_images,
+    encode_split,
+    ensemble_mean,
+    predict_encoded_images,
+    predict_features,
+    predict_images,
+    predict_split,
+)
 from emodistill.run import Run, RunConfig, generation_name
 from emodistill.tasks import TASKS
 
@@ -107,14 +117,42 @@ class OODProbe:
         return np.concatenate([np.zeros(len(self.in_images), bool), np.ones(len(self.ood_images), bool)])
 
     def member_probs(self, models: list[torch.nn.Module], device: torch.device,
-                     tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+                     tasks: tuple[str, ...], front: SharedFront | None = None) -> dict[str, np.ndarray]:
         """Task -> the members' probabilities (T, N, n_logits) for in-domain then OOD images."""
         member_probs = []
         for model in models:
-            inside = activate(predict_images(model, self.in_images, device, self.in_audio), tasks)
-            outside = activate(predict_images(model, self.ood_images, device, self.ood_audio), tasks)
+            if front is not None:
+                inside = activate(predict_encoded_images(model, front.probe_in, device, front.tail_blocks), tasks)
+                outside = activate(predict_encoded_images(model, front.probe_out, device, front.tail_blocks), tasks)
+            else:
+                inside = activate(predict_images(model, self.in_images, device, self.in_audio), tasks)
+                outside = activate(predict_images(model, self.ood_images, device, self.ood_audio), tasks)
             member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
         return stack_members(member_probs)
+
+
+class SharedFront:
+    """In a frozen-backbone run every member of every generation computes the same backbone
+    below its own tail (`MobileFaceNet.front`), so evaluation runs that part once, on the
+    validation frames and the OOD probe's images, and each member only its tail and heads:
+    the same outputs as full forward passes, within float rounding."""
+
+    def __init__(self, model: torch.nn.Module, tail_blocks: int, val: Split, probe: OODProbe,
+                 device: torch.device) -> None:
+        self.tail_blocks = tail_blocks
+        self.reference = [t.detach().clone() for t in model.backbone.front_tensors(tail_blocks)]
+        self.val = encode_split(model, val, device, tail_blocks=tail_blocks)
+        self.probe_in = encode_images(model, probe.in_images, device, tail_blocks=tail_blocks)
+        self.probe_out = encode_images(model, probe.ood_images, device, tail_blocks=tail_blocks)
+
+    def covers(self, models: list[torch.nn.Module]) -> bool:
+        """True when each model's front has exactly the reference's weights and statistics."""
+        for model in models:
+            tensors = model.backbone.front_tensors(self.tail_blocks)
+            if len(tensors) != len(self.reference) or not all(
+                    a.shape == b.shape and torch.equal(a, b) for a, b in zip(tensors, self.reference, strict=True)):
+                return False
+        return True
 
 
 def thinned_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 200) -> dict[str, list[float]]:
@@ -130,11 +168,15 @@ def evaluate_generation(
     device: torch.device,
     config: RunConfig,
     tasks: tuple[str, ...],
+    front: SharedFront | None = None,
 ) -> tuple[dict, list[dict[str, np.ndarray]]]:
-    """All scores of one generation, plus its members' logits on the validation split."""
+    """All scores of one generation, plus its members' logits on the validation split; with a
+    `front` that covers the members, only their tails and heads run."""
     use_audio = config.modality == "va"
+    length, batch = config.train.clip_length, config.train.eval_batch_clips
     member_logits = [
-        predict_split(m, val, device, config.train.clip_length, config.train.eval_batch_clips, use_audio)
+        predict_features(m, front.val, val, device, length, batch, front.tail_blocks) if front is not None
+        else predict_split(m, val, device, length, batch, use_audio)
         for m in models
     ]
     member_probs = [activate(logits, tasks) for logits in member_logits]
@@ -144,7 +186,7 @@ def evaluate_generation(
     entry.update({k: emotion[k] for k in ("ensemble", "single_mean", "single_std")})
     entry.update(mean_scores([uncertainty_scores(val, p) for p in member_probs]))
     entry["ensemble_uncertainty"] = uncertainty_scores(val, ensemble)
-    probe_probs = probe.member_probs(models, device, tasks)
+    probe_probs = probe.member_probs(models, device, tasks, front)
     scores = ood_score(probe_probs)
     fpr, tpr = roc_curve(probe.is_ood, scores)
     entry["ood_auc"] = roc_auc(probe.is_ood, scores)
@@ -244,14 +286,22 @@ def evaluate_run(
                     else backbone_provenance(config),
                     "prior": scored_predictor(val, class_prior(train, len(val), tasks)),
                     "generations": []}
+    front: SharedFront | None = None
     for generation in generations:
         models = run.load_ensemble(generation, device)
-        entry, member_logits = evaluate_generation(generation, models, val, probe, device, config, tasks)
+        if front is None and config.train.freeze_backbone:
+            started = time.perf_counter()
+            front = SharedFront(models[0], config.train.tail_blocks, val, probe, device)
+            log(f"frozen backbone: computed once for the {len(val):,} validation frames and "
+                f"{len(probe.is_ood):,} probe images ({time.perf_counter() - started:.1f} s)")
+        shared = front if front is not None and front.covers(models) else None
+        entry, member_logits = evaluate_generation(generation, models, val, probe, device, config, tasks, shared)
         report["generations"].append(entry)
         log(f"{entry['name']}: ensemble total {entry['ensemble'].get('total', float('nan')):.3f}, "
             f"single {entry['single_mean'].get('total', float('nan')):.3f}, OOD AUC {entry['ood_auc']:.3f}")
         if generation == 0:
-            teachers = Teachers(models, member_logits, val, device, config, tasks, mc_passes, seed)
+            teachers = Teachers(models, member_logits, val, device, config, tasks, mc_passes, seed,
+                                None if shared is None else shared.val, config.train.tail_blocks)
             report["baselines"] = {b.NAME: b.score(teachers) for b in baselines()}
     if val.truth is not None:
         report["oracle"] = oracle(val)

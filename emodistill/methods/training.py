@@ -19,7 +19,14 @@ from emodistill.data.dataset import Split
 from emodistill.data.sampler import ClipSampler, gather
 from emodistill.methods.balancing import TaskBalancer
 from emodistill.methods.losses import ClassWeights, distillation_loss, supervision_loss
-from emodistill.models.inference import activate, audio_to_input, frames_to_input, predict_features, predict_split
+from emodistill.models.inference import (
+    activate,
+    audio_to_input,
+    decode_cached,
+    frames_to_input,
+    predict_features,
+    predict_split,
+)
 from emodistill.run import TrainConfig
 from emodistill.tasks import TASKS, emotion_metrics
 
@@ -172,7 +179,7 @@ class Objective:
     def logits(self, index: np.ndarray, batch: dict) -> dict[str, torch.Tensor]:
         if self.frozen is not None:
             cached = torch.from_numpy(self.frozen.train[index]).to(self.device)  # (B, L, D) or (B, L, C, s, s)
-            return self.model.decode(self.model.encode_tail(cached, self.config.tail_blocks))[0]
+            return decode_cached(self.model, cached, self.config.tail_blocks)
         frames = frames_to_input(batch["frames"], self.device)  # (B, L, 3, S, S)
         if self.config.augment:
             frames = augment_clips(frames, self.generator)

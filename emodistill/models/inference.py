@@ -73,10 +73,10 @@ def predict_split(
 
 
 @torch.no_grad()
-def encode_split(
-    model: EMENet, split: Split, device: torch.device, batch: int = 256, tail_blocks: int = 0
+def encode_images(
+    model: EMENet, images: np.ndarray, device: torch.device, batch: int = 256, tail_blocks: int = 0
 ) -> np.ndarray:
-    """What a frozen backbone caches for every frame of `split`, with the model in eval mode:
+    """What a frozen backbone caches for each image (N, S, S, 3), with the model in eval mode:
     the features (N, feature_dim) float32, or with `tail_blocks` the maps below the backbone's
     last blocks (N, C, s, s) (`EMENet.encode_front`).
 
@@ -84,12 +84,26 @@ def encode_split(
     """
     model.eval()
     chunks = []
-    for start in range(0, len(split), batch):
-        frames = frames_to_input(np.asarray(split.frames[start : start + batch])[:, None], device)  # (B, 1, ...)
+    for start in range(0, len(images), batch):
+        frames = frames_to_input(np.asarray(images[start : start + batch])[:, None], device)  # (B, 1, ...)
         chunks.append(model.encode_front(frames, tail_blocks)[:, 0].float().contiguous().cpu().numpy())
     if not chunks:
         return np.zeros((0, model.config.feature_dim), np.float32)
     return np.concatenate(chunks)
+
+
+def encode_split(
+    model: EMENet, split: Split, device: torch.device, batch: int = 256, tail_blocks: int = 0
+) -> np.ndarray:
+    """`encode_images` of every frame of `split`."""
+    return encode_images(model, split.frames, device, batch, tail_blocks)
+
+
+def decode_cached(
+    model: EMENet, cached: torch.Tensor, tail_blocks: int
+) -> dict[str, torch.Tensor]:
+    """Logits from what `encode_images` cached, (B, L, ...): the backbone's tail and the heads."""
+    return model.decode(model.encode_tail(cached, tail_blocks))[0]
 
 
 @torch.no_grad()
@@ -101,15 +115,30 @@ def predict_features(
     length: int = 16,
     batch_clips: int = 32,
     tail_blocks: int = 0,
+    decode: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, np.ndarray]:
     """As `predict_split`, from what `encode_split` cached per frame: the backbone's tail of
-    `tail_blocks` blocks (none by default) and the heads."""
+    `tail_blocks` blocks (none by default) and the heads; `decode` (cached clips (B, L, ...) ->
+    logits) replaces `decode_cached`, as MC dropout's passes do."""
 
     def run_clips(index: np.ndarray) -> dict[str, torch.Tensor]:
         cached = torch.from_numpy(features[index]).to(device)
-        return model.decode(model.encode_tail(cached, tail_blocks))[0]
+        return decode(cached) if decode is not None else decode_cached(model, cached, tail_blocks)
 
     return _over_clips(run_clips, split, length, batch_clips)
+
+
+@torch.no_grad()
+def predict_encoded_images(
+    model: EMENet, cached: np.ndarray, device: torch.device, tail_blocks: int = 0, batch_size: int = 256
+) -> dict[str, np.ndarray]:
+    """As `predict_images`, from what `encode_images` cached for each image."""
+    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
+    for start in range(0, len(cached), batch_size):
+        clip = torch.from_numpy(cached[start : start + batch_size, None]).to(device)  # (B, 1, ...)
+        for name, values in decode_cached(model, clip, tail_blocks).items():
+            chunks[name].append(values[:, 0].float().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
 @torch.no_grad()

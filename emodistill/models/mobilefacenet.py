@@ -174,6 +174,12 @@ class MobileFaceNet(nn.Module):
             maps = layer(maps)
         return maps.flatten(1)
 
+    def front_tensors(self, tail_blocks: int) -> list[torch.Tensor]:
+        """The parameters and buffers that `front(x, tail_blocks)` computes with: two networks
+        whose lists are equal compute the same front."""
+        tail = {id(t) for layer in self.tail_layers(tail_blocks) for t in [*layer.parameters(), *layer.buffers()]}
+        return [t for t in [*self.parameters(), *self.buffers()] if id(t) not in tail]
+
     def reset_tail(self, tail_blocks: int) -> None:
         """A fresh random initialisation of the tail (from torch's generator), the rest kept."""
         for layer in self.tail_layers(tail_blocks):

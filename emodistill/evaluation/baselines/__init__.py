@@ -31,6 +31,10 @@ class Teachers:
     tasks: tuple[str, ...]  # tasks with validation labels
     mc_passes: int
     seed: int
+    # A frozen-backbone run: what the shared backbone below the members' tails computed for
+    # every validation frame (`inference.encode_images`), so a baseline runs only each member's tail
+    val_front: np.ndarray | None = None
+    tail_blocks: int = 0
 
 
 def baselines() -> tuple[ModuleType, ...]:

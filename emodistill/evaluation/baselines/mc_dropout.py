@@ -5,14 +5,14 @@ dict; it never imports a data set."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from emodistill.evaluation.baselines import Teachers
 from emodistill.evaluation.scores import mean_scores, uncertainty_scores
-from emodistill.models.inference import predict_split
+from emodistill.models.inference import predict_features, predict_split
 from emodistill.tasks import task as task_by_name
 
 NAME = "mc_dropout"
@@ -51,6 +51,21 @@ def enable_mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+def _averaged(stochastic_pass: Callable[[], dict[str, torch.Tensor]], passes: int) -> dict[str, torch.Tensor]:
+    """Each task's probabilities averaged over `passes` calls of `stochastic_pass` (-> logits)."""
+    summed: dict[str, torch.Tensor] = {}
+    for _ in range(passes):
+        for name, task_logits in stochastic_pass().items():
+            probs = task_by_name(name).activate(task_logits)
+            summed[name] = summed[name] + probs if name in summed else probs
+    return {name: total / passes for name, total in summed.items()}
+
+
+def _check_passes(passes: int) -> None:
+    if passes < 1:
+        raise ValueError(f"MC dropout needs at least one pass, got {passes}")
+
+
 def mc_dropout_probs(model: nn.Module, frames: torch.Tensor, audio: torch.Tensor | None = None,
                      passes: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
     """Probabilities averaged over `passes` forward passes with dropout on (MC dropout).
@@ -60,39 +75,45 @@ def mc_dropout_probs(model: nn.Module, frames: torch.Tensor, audio: torch.Tensor
     only the heads `passes` times, which gives the same result at a fraction of the cost.
     `seed` drives the dropout masks without touching the caller's random state.
     """
-    if passes < 1:
-        raise ValueError(f"MC dropout needs at least one pass, got {passes}")
+    _check_passes(passes)
     inputs = (frames,) if audio is None else (frames, audio)
-    summed: dict[str, torch.Tensor] = {}
     with _own_random_state(frames.device), torch.no_grad(), enable_mc_dropout(model):
         torch.manual_seed(seed)
         if hasattr(model, "encode") and hasattr(model, "decode"):
             features = model.encode(*inputs)
+            return _averaged(lambda: model.decode(features)[0], passes)
+        return _averaged(lambda: model(*inputs), passes)
 
-            def stochastic_pass() -> dict[str, torch.Tensor]:
-                return model.decode(features)[0]
-        else:
 
-            def stochastic_pass() -> dict[str, torch.Tensor]:
-                return model(*inputs)
-
-        for _ in range(passes):
-            for name, task_logits in stochastic_pass().items():
-                probs = task_by_name(name).activate(task_logits)
-                summed[name] = summed[name] + probs if name in summed else probs
-    return {name: total / passes for name, total in summed.items()}
+def mc_dropout_cached(model: nn.Module, cached: torch.Tensor, tail_blocks: int, passes: int = 10,
+                      seed: int = 0) -> dict[str, torch.Tensor]:
+    """`mc_dropout_probs` of an EMENet from what its frozen backbone cached for the clips
+    (`EMENet.encode_front`, (B, L, ...)): the tail once, the heads `passes` times, the same masks."""
+    _check_passes(passes)
+    with _own_random_state(cached.device), torch.no_grad(), enable_mc_dropout(model):
+        torch.manual_seed(seed)
+        features = model.encode_tail(cached, tail_blocks)
+        return _averaged(lambda: model.decode(features)[0], passes)
 
 
 def score(teachers: Teachers) -> dict:
     """Each teacher member with `mc_passes` dropout passes, scored, averaged over members."""
     config, val = teachers.config, teachers.val
+    length, batch = config.train.clip_length, config.train.eval_batch_clips
     probs = []
     for model in teachers.models:
+        if teachers.val_front is not None:
+            def decode(cached: torch.Tensor, model: torch.nn.Module = model) -> dict:
+                return mc_dropout_cached(model, cached, teachers.tail_blocks, teachers.mc_passes, teachers.seed)
+
+            probs.append(predict_features(model, teachers.val_front, val, teachers.device, length, batch,
+                                          decode=decode))
+            continue
+
         def forward(frames: torch.Tensor, audio: torch.Tensor | None, model: torch.nn.Module = model) -> dict:
             return mc_dropout_probs(model, frames, audio, passes=teachers.mc_passes, seed=teachers.seed)
 
-        probs.append(predict_split(forward, val, teachers.device, config.train.clip_length,
-                                   config.train.eval_batch_clips, config.modality == "va"))
+        probs.append(predict_split(forward, val, teachers.device, length, batch, config.modality == "va"))
     scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in teachers.tasks}) for p in probs])
     return {"label": LABEL, "nll": scores["nll"], "rmse": scores["rmse"], "ece": scores["ece"],
             "passes": teachers.mc_passes}
