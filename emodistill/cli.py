@@ -95,6 +95,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from emodistill.core.runtime import resolve_device
+    from emodistill.methods.pretraining import finetune_backbone, finetune_config
+
+    config = finetune_config(args.epochs, args.batches_per_epoch, args.frames, reweight=not args.no_reweight)
+    finetune_backbone(args.data, args.backbone_weights, args.out, config, args.preset, resolve_device(args.device),
+                      seed=args.seed, progress=not args.quiet)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from emodistill.core.runtime import resolve_device
     from emodistill.evaluation.evaluate import evaluate_run
@@ -238,6 +248,20 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     _add_common(p, device=True)
 
 
+def _finetune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="Aff-wild2-layout folder with AU/EXPR/VA labels")
+    p.add_argument("--backbone-weights", type=Path, required=True,
+                   help="the starting backbone, e.g. from `emodistill pretrain` (safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="backbone .safetensors (a .json record goes beside it)")
+    p.add_argument("--preset", default="emenet-v", help="the preset whose backbone is fine-tuned")
+    p.add_argument("--epochs", type=int, default=4, help="epochs; the learning rate drops 10x for the last")
+    p.add_argument("--batches-per-epoch", type=int, default=None, help="default: one pass over labelled frames")
+    p.add_argument("--frames", type=int, default=40, help="distinct frames of each task in a batch")
+    p.add_argument("--no-reweight", action="store_true", help="plain BCE/CE instead of the paper's reweighting")
+    p.add_argument("--seed", type=int, default=0, help="draws the heads, batches and dropout masks")
+    _add_common(p, device=True)
+
+
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from emodistill.data.ood import OOD_LIMIT
 
@@ -297,6 +321,8 @@ COMMANDS: tuple[tuple[str, Handler, str, Callable[[argparse.ArgumentParser], Non
      _train_arguments),
     ("pretrain", cmd_pretrain, "pretrain the MobileFaceNet backbone on face landmarks (paper Sec. 3.2)",
      _pretrain_arguments),
+    ("finetune", cmd_finetune, "fine-tune one EMENet end to end from a backbone and keep its backbone, for "
+     "--freeze-backbone (the demo's step 3)", _finetune_arguments),
     ("evaluate", cmd_evaluate, "score every generation and write RUN/report/",
      _evaluate_arguments),
     ("compare", cmd_compare, "put several runs' reports side by side",

@@ -19,7 +19,13 @@ import torch
 from emodistill.data.synth import generate
 from emodistill.evaluation.evaluate import evaluate_run
 from emodistill.methods.backends.local import train_run
-from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, finetune_backbone, pretrain_backbone
+from emodistill.methods.pretraining import (
+    PretrainConfig,
+    backbone_record_path,
+    finetune_backbone,
+    finetune_config,
+    pretrain_backbone,
+)
 from emodistill.report.writer import summary_table, write_report
 from emodistill.run import RunConfig, TrainConfig
 
@@ -85,9 +91,8 @@ def demo_backbone(
         return landmarks
     shared = out / "backbone.safetensors"
     if not backbone_record_path(shared).exists():
-        config = TrainConfig(epochs=plan.finetune_epochs, lr_step=max(plan.finetune_epochs - 1, 1),
-                             batches_per_epoch=plan.finetune_batches, clip_length=1,
-                             clips_per_task=plan.finetune_frames, reweight=plan.finetune_reweight)
+        config = finetune_config(plan.finetune_epochs, plan.finetune_batches, plan.finetune_frames,
+                                 plan.finetune_reweight)
         finetune_backbone(data, landmarks, shared, config, plan.preset, device, seed=seed, progress=progress,
                           log=log, landmark_weight=plan.finetune_landmarks)
     return shared

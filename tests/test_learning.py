@@ -32,6 +32,7 @@ from emodistill.methods.pretraining import (
 from emodistill.methods.training import augment_clips
 from emodistill.models import build_model
 from emodistill.models.inference import encode_split, predict_features, predict_split
+from emodistill.models.weights import load_backbone_weights
 from emodistill.run import Run, RunConfig, TrainConfig
 from emodistill.tasks import AU, EXPR, TASKS
 
@@ -457,6 +458,30 @@ def test_tiny_pretrain_freeze_distil_run_completes(tiny_data: Path, tmp_path: Pa
     markdown = (run_dir / "report" / "report.md").read_text()
     assert "| Prior" in markdown and "| Oracle" in markdown and "Backbone:" in markdown
     assert "plus 0.5 x a cross entropy on the bins" in markdown
+
+
+def test_finetune_command_keeps_a_backbone_for_frozen_members(tiny_landmark_backbone: tuple[Path, dict],
+                                                              tiny_data: Path, tmp_path: Path, capsys) -> None:
+    start, _ = tiny_landmark_backbone
+    out = tmp_path / "shared.safetensors"
+    args = ["finetune", "--data", str(tiny_data), "--preset", "tiny", "--epochs", "2", "--batches-per-epoch", "2",
+            "--frames", "4", "--quiet", "--device", "cpu"]
+    assert main([*args, "--backbone-weights", str(start), "--out", str(out), "--seed", "3"]) == 0
+    record = json.loads(backbone_record_path(out).read_text())
+    assert record["seed"] == 3 and record["best_epoch"] in (1, 2)
+    assert record["config"]["clip_length"] == 1 and record["config"]["clips_per_task"] == 4
+    assert record["config"]["lr_step"] == 1 and record["config"]["reweight"] is True
+    assert record["started_from"]["points"] == len(LANDMARK_NAMES)
+    model = build_model("tiny")
+    load_backbone_weights(model, out)  # loadable as --backbone-weights
+    fresh = build_model("tiny")
+    load_backbone_weights(fresh, start)
+    assert not torch.equal(model.backbone.stem.conv.weight, fresh.backbone.stem.conv.weight)  # it learned
+    # A missing start fails in one sentence naming it, before any data is read.
+    missing = tmp_path / "nope.safetensors"
+    assert main([*args, "--backbone-weights", str(missing), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert f"{missing}: backbone checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_freeze_backbone_refuses_audio_models(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -349,6 +349,14 @@ class HeldOutAlignment:
         return landmark_error(self.net, self.data.val_frames, self.data.val_points, self.device)
 
 
+def finetune_config(epochs: int, batches_per_epoch: int | None, frames: int, reweight: bool = True) -> TrainConfig:
+    """The shared fine-tuning's training settings: `epochs` with the learning rate divided by
+    10 for the last, `batches_per_epoch` (None: one pass over the labelled frames) of `frames`
+    distinct frames of each task (clips of one frame)."""
+    return TrainConfig(epochs=epochs, lr_step=max(epochs - 1, 1), batches_per_epoch=batches_per_epoch,
+                       clip_length=1, clips_per_task=frames, reweight=reweight)
+
+
 def finetune_backbone(
     data: Path,
     start: Path,
@@ -376,7 +384,12 @@ def finetune_backbone(
     """
     started = time.perf_counter()
     config = config.per_frame()
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     size = PRESETS[preset].input_size
+    torch.manual_seed(seed)
+    model = build_model(preset, "v")
+    load_backbone_weights(model, Path(start))  # a bad checkpoint fails before the data are read
     train, _ = load_split(Path(data), "train", size=size, progress=progress)
     val, _ = load_split(Path(data), "val", size=size, progress=progress)
     try:
@@ -385,9 +398,6 @@ def finetune_backbone(
         if landmark_weight > 0:
             raise
         points = None  # labels without landmarks: fine-tune, but without the alignment errors
-    torch.manual_seed(seed)
-    model = build_model(preset, "v")
-    load_backbone_weights(model, Path(start))
     model.to(device).to(memory_format=torch.channels_last)
     aligner = None if points is None else HeldOutAlignment(model.backbone, points, preset, seed, device)
     auxiliary = None
@@ -411,6 +421,7 @@ def finetune_backbone(
         "started_from": str(start) if first_stage is None else first_stage,
         "best_epoch": result.best_epoch,
         "validation_scores": result.scores,
+        "seed": seed,
         "landmark_weight": landmark_weight,
         "landmark_batch": landmark_batch if auxiliary is not None else 0,
         "held_out_landmark_error_before": None if error_before is None else round(error_before, 5),
