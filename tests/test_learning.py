@@ -471,6 +471,7 @@ def test_finetune_command_keeps_a_backbone_for_frozen_members(tiny_landmark_back
     assert record["seed"] == 3 and record["best_epoch"] in (1, 2)
     assert record["config"]["clip_length"] == 1 and record["config"]["clips_per_task"] == 4
     assert record["config"]["lr_step"] == 1 and record["config"]["reweight"] is True
+    assert record["config"]["eval_batch_clips"] == 512  # single frames validated 512 at a time
     assert record["started_from"]["points"] == len(LANDMARK_NAMES)
     model = build_model("tiny")
     load_backbone_weights(model, out)  # loadable as --backbone-weights

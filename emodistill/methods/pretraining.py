@@ -352,9 +352,13 @@ class HeldOutAlignment:
 def finetune_config(epochs: int, batches_per_epoch: int | None, frames: int, reweight: bool = True) -> TrainConfig:
     """The shared fine-tuning's training settings: `epochs` with the learning rate divided by
     10 for the last, `batches_per_epoch` (None: one pass over the labelled frames) of `frames`
-    distinct frames of each task (clips of one frame)."""
+    distinct frames of each task (clips of one frame). Validation passes hold as many frames as
+    the default clips do (32 clips of 16), not 32 single frames: the same outputs, bit for bit,
+    in about half the time."""
+    default = TrainConfig()
     return TrainConfig(epochs=epochs, lr_step=max(epochs - 1, 1), batches_per_epoch=batches_per_epoch,
-                       clip_length=1, clips_per_task=frames, reweight=reweight)
+                       clip_length=1, clips_per_task=frames, reweight=reweight,
+                       eval_batch_clips=default.eval_batch_clips * default.clip_length)
 
 
 def finetune_backbone(
