@@ -128,17 +128,28 @@ def predict_features(
     return _over_clips(run_clips, split, length, batch_clips)
 
 
+def _over_images(
+    run_batch: Callable[[slice], dict[str, torch.Tensor]], n: int, batch_size: int
+) -> dict[str, np.ndarray]:
+    """Call `run_batch(rows)` (-> task -> (B, 1, n_logits)) over `n` single images in batches;
+    task -> (N, n_logits) float32."""
+    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
+    for start in range(0, n, batch_size):
+        for name, values in run_batch(slice(start, start + batch_size)).items():
+            chunks[name].append(values[:, 0].float().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
 @torch.no_grad()
 def predict_encoded_images(
     model: EMENet, cached: np.ndarray, device: torch.device, tail_blocks: int = 0, batch_size: int = 256
 ) -> dict[str, np.ndarray]:
     """As `predict_images`, from what `encode_images` cached for each image."""
-    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
-    for start in range(0, len(cached), batch_size):
-        clip = torch.from_numpy(cached[start : start + batch_size, None]).to(device)  # (B, 1, ...)
-        for name, values in decode_cached(model, clip, tail_blocks).items():
-            chunks[name].append(values[:, 0].float().cpu().numpy())
-    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+    def run_batch(rows: slice) -> dict[str, torch.Tensor]:
+        return decode_cached(model, torch.from_numpy(cached[rows, None]).to(device), tail_blocks)  # (B, 1, ...)
+
+    return _over_images(run_batch, len(cached), batch_size)
 
 
 @torch.no_grad()
@@ -150,13 +161,12 @@ def predict_images(
     batch_size: int = 256,
 ) -> dict[str, np.ndarray]:
     """Run `forward` on single images as length-1 sequences; task -> (N, n_logits) float32."""
-    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
-    for start in range(0, len(images), batch_size):
-        frames = frames_to_input(images[start : start + batch_size, None], device)  # (B, 1, 3, S, S)
-        clip_audio = None if audio is None else audio_to_input(audio[start : start + batch_size, None], device)
-        for name, values in forward(frames, clip_audio).items():
-            chunks[name].append(values[:, 0].float().cpu().numpy())
-    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+    def run_batch(rows: slice) -> dict[str, torch.Tensor]:
+        frames = frames_to_input(images[rows, None], device)  # (B, 1, 3, S, S)
+        return forward(frames, None if audio is None else audio_to_input(audio[rows, None], device))
+
+    return _over_images(run_batch, len(images), batch_size)
 
 
 def activate(logits: dict[str, np.ndarray], tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
