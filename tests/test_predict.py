@@ -1,4 +1,5 @@
-"""Tests for `emodistill predict` and `Predictor`: rows, GRU state, inputs, files and figures."""
+"""Tests for `emodistill predict` and `Predictor`: rows, GRU state, inputs, files and figures.
+Real footage (several people, turned videos, landmark files): test_footage.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from test_media import FPS, background, face_frame, write_video
 
 from emodistill.core.errors import InputError
 from emodistill.data.audio import log_mel_per_frame
-from emodistill.data.media import FaceTracker, iter_frames
+from emodistill.data.frontend import LANDMARK_COLUMNS, FrontEnd, iter_frames
 from emodistill.predict.command import predict_command
 from emodistill.predict.predictor import Predictor
 from emodistill.predict.sources import AudioTrack
@@ -27,10 +28,9 @@ from emodistill.tasks import AU, EXPR, TASKS, VA_CENTRES
 
 SIZE = 32  # the tiny preset's input size
 # The test video: 2 blank frames, 10 with the face, 8 blank, 4 with the face again. The tracker
-# bridges 5 missed detections (BoxSmoother.hold), so blank frames 13-17 keep the last box.
+# looks for a face on every frame while it follows none and loses it on the first blank frame.
 N_LEAD, N_FIRST, N_GAP, N_SECOND = 2, 10, 8, 4
-HOLD = 5
-FACE_FLAGS = [0] * N_LEAD + [1] * (N_FIRST + HOLD) + [0] * (N_GAP - HOLD) + [1] * N_SECOND
+FACE_FLAGS = [0] * N_LEAD + [1] * N_FIRST + [0] * N_GAP + [1] * N_SECOND
 N_FRAMES = len(FACE_FLAGS)
 
 
@@ -52,7 +52,7 @@ def expected_columns(ensemble: bool, ood: bool, file: bool = False) -> list[str]
     parts = ("entropy", "aleatoric", "epistemic") if ensemble else ("entropy",)
     return [
         *(["file"] if file else []),
-        "frame", "timestamp", "face", "x", "y", "w", "h",
+        "frame", "timestamp", "face", "face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS,
         *AU.names, *(f"{n}_present" for n in AU.names),
         *(f"EXPR_{n}" for n in EXPR.names), "expression",
         "valence", "arousal", "valence_sd", "arousal_sd",
@@ -61,8 +61,8 @@ def expected_columns(ensemble: bool, ood: bool, file: bool = False) -> list[str]
     ]
 
 
-PREDICTION_COLUMNS = [c for c in expected_columns(True, True)
-                      if c not in ("frame", "timestamp", "face", "x", "y", "w", "h")]
+FACE_COLUMNS = ["face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS]
+PREDICTION_COLUMNS = [c for c in expected_columns(True, True) if c not in ("frame", "timestamp", "face", *FACE_COLUMNS)]
 
 
 def reference_probs(run: Path, crops: np.ndarray, members: int = 2) -> dict[str, np.ndarray]:
@@ -79,8 +79,11 @@ def reference_probs(run: Path, crops: np.ndarray, members: int = 2) -> dict[str,
 
 
 def tracked_crops(video: Path) -> list[np.ndarray | None]:
-    tracker = FaceTracker(crop_size=SIZE)
-    return [tracker.track(frame.rgb)[1] for frame in iter_frames(video)]
+    """The first face's crop of each frame, as the front end cuts it (None: no face)."""
+    front = FrontEnd.build(crop_size=SIZE)
+    front.start()
+    faces = [front.faces(frame.rgb, frame.index + 1) for frame in iter_frames(video)]
+    return [found[0].crop if found else None for found in faces]
 
 
 def test_video_rows_columns_and_value_ranges(video_table: pd.DataFrame):
@@ -90,8 +93,9 @@ def test_video_rows_columns_and_value_ranges(video_table: pd.DataFrame):
     assert table["timestamp"].to_numpy() == pytest.approx(np.arange(N_FRAMES) / FPS)
     assert table["face"].tolist() == FACE_FLAGS
     empty, found = table[table["face"] == 0], table[table["face"] == 1]
-    assert empty[[*PREDICTION_COLUMNS, "x", "y", "w", "h"]].isna().all().all()
-    assert found[PREDICTION_COLUMNS[:-1]].notna().all().all()  # ood_flag: no report yet
+    assert empty[[*PREDICTION_COLUMNS, *FACE_COLUMNS]].isna().all().all()
+    assert found[[*PREDICTION_COLUMNS[:-1], *FACE_COLUMNS]].notna().all().all()  # ood_flag: no report yet
+    assert (found["face_id"] == 1).all()  # the face that comes back near where it left is the same person
     assert table["ood_flag"].isna().all()
     au = found[list(AU.names)].to_numpy(float)
     assert ((au >= 0) & (au <= 1)).all()
@@ -132,7 +136,7 @@ def test_streaming_equals_whole_sequence_and_restarts_after_a_gap(
     crops = tracked_crops(gap_video)
     assert [int(c is not None) for c in crops] == FACE_FLAGS
     # Two stretches with a face, each one sequence from a zero GRU state (chunks of 4 carried on).
-    stretches = [(N_LEAD, N_LEAD + N_FIRST + HOLD), (N_FRAMES - N_SECOND, N_FRAMES)]
+    stretches = [(N_LEAD, N_LEAD + N_FIRST), (N_FRAMES - N_SECOND, N_FRAMES)]
     for start, stop in stretches:
         probs = reference_probs(tiny_run, np.stack(crops[start:stop]))
         rows = video_table.iloc[start:stop]
@@ -160,7 +164,7 @@ def test_single_member_has_entropy_only(tiny_run: Path, gap_video: Path):
     assert list(table.columns) == expected_columns(ensemble=False, ood=False)
     found = table[table["face"] == 1]
     crops = tracked_crops(gap_video)
-    stop = N_LEAD + N_FIRST + HOLD
+    stop = N_LEAD + N_FIRST
     expr = reference_probs(tiny_run, np.stack(crops[N_LEAD:stop]), members=1)["EXPR"][0]
     expected = scipy_entropy(expr, axis=1) / np.log(7)
     got = found["EXPR_entropy"].to_numpy(float)[: stop - N_LEAD]

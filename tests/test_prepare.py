@@ -12,7 +12,7 @@ from test_media import FPS, background, face_frame, iou, write_video
 
 from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_split
-from emodistill.data.faces import Box
+from emodistill.data.frontend import LANDMARK_COLUMNS, Box
 from emodistill.data.prepare import prepare
 
 N_BLANK_FIRST = 3  # background-only frames opening video "alpha": no face, no crop
@@ -50,21 +50,46 @@ def test_prepare_writes_aff_wild2_layout_and_manifest(two_videos, tmp_path):
         assert copy.samefile(path)  # a hard link: same file system here
 
     rows = read_manifest(out)
-    assert list(rows[0]) == ["video", "frame", "timestamp", "face", "x", "y", "w", "h"]
+    assert list(rows[0]) == ["video", "frame", "timestamp", "face", "face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS]
     expected = [("alpha", i) for i in range(1, 9)] + [("beta", i) for i in range(1, 5)]
     assert [(r["video"], int(r["frame"])) for r in rows] == expected
     truths = two_videos["alpha"][1] + two_videos["beta"][1]
     for row, truth in zip(rows, truths, strict=True):
         assert float(row["timestamp"]) == pytest.approx((int(row["frame"]) - 1) / FPS, abs=1e-3)
         if truth is None:
-            assert (row["face"], row["x"], row["w"]) == ("0", "", "")
+            assert (row["face"], row["face_id"], row["x"], row["w"], row["eye_left_x"]) == ("0", "", "", "", "")
         else:
-            assert row["face"] == "1"
+            assert (row["face"], row["face_id"]) == ("1", "1")
             box = Box(*(float(row[k]) for k in "xywh"))
             assert iou(box, truth) > 0.5
+            eye_x, eye_y = float(row["eye_left_x"]), float(row["eye_left_y"])
+            assert truth.x < eye_x < truth.x + truth.w and truth.y < eye_y < truth.y + truth.h
             jpeg = f"{int(row['frame']):05d}.jpg"
             assert (out / "cropped_aligned" / row["video"] / jpeg).is_file()
     assert not (out / ".partial").exists()
+
+
+def test_every_person_gets_a_folder_of_aligned_crops(two_people, tmp_path):
+    out = tmp_path / "prepared"
+    summary = prepare([two_people], out, size=48, progress=False)
+    assert (summary.frames, summary.people) == (60, 2)
+    assert summary.crops >= 2 * 57 and "2 people followed" in str(summary)
+    folders = sorted(p.name for p in (out / "cropped_aligned").iterdir())
+    assert folders == ["two-people_face1", "two-people_face2"]
+    rows = read_manifest(out)
+    for row in rows:  # face 1 is carphone's man, on the left half; face 2 the astronaut
+        assert row["video"] == f"two-people_face{row['face_id']}"
+        assert (float(row["x"]) + float(row["w"]) / 2 < 176) == (row["face_id"] == "1")
+        assert (out / "cropped_aligned" / row["video"] / f"{int(row['frame']):05d}.jpg").is_file()
+    # The crops train as two subjects of one raw video (its sound and frame rate), as
+    # Aff-wild2's _left and _right do.
+    au = ",".join(["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"])
+    (out / "labels.csv").write_text(f"video,frame,split,{au},expr,valence,arousal\n" + "".join(
+        f"two-people_face{face},{frame},train,{','.join('0' * 12)},{face},0.1,0.2\n"
+        for face in (1, 2) for frame in range(1, 11)))
+    split, _ = load_split(out, "train", size=32, progress=False)
+    assert split.video_names == ["two-people_face1", "two-people_face2"]
+    assert split.labels["EXPR"].tolist() == [1] * 10 + [2] * 10
 
 
 def test_rerun_skips_complete_videos(two_videos, tmp_path):
@@ -101,6 +126,10 @@ def test_bad_inputs_fail_before_any_work(two_videos, tmp_path):
     twin.write_bytes(b"")
     with pytest.raises(InputError, match=r"both become cropped_aligned/alpha"):
         prepare([alpha, twin], out, progress=False)
+    second = tmp_path / "alpha_face2.mp4"  # the folder alpha's second person would get
+    second.write_bytes(b"")
+    with pytest.raises(InputError, match=r"could both become cropped_aligned/alpha_face2 \(the folder of a second"):
+        prepare([second, alpha], out, progress=False)
     with pytest.raises(InputError, match="detect_every"):
         prepare([alpha], out, detect_every=0, progress=False)
     assert not out.exists()
@@ -120,7 +149,7 @@ def test_copies_the_video_when_a_hard_link_is_impossible(two_videos, tmp_path, m
     copy = tmp_path / "prepared" / "videos" / "batch1" / "beta.mp4"
     assert not copy.samefile(beta) and copy.read_bytes() == beta.read_bytes()
     assert str(summary).startswith("prepared 1 videos and 0 images (0 already done): 4 frames, "
-                                   "4 with a face (100.0% found by dlib)")
+                                   "4 with a face (100.0% found by mtcnn), 1 person followed, 4 crops")
 
 
 def write_image(path: Path, rgb, extension: str) -> Path:
@@ -153,7 +182,7 @@ def test_prepare_takes_images_folders_and_patterns(image_folder, two_videos, tmp
     summary = prepare(inputs, out, size=48, progress=False, log=notes.append)
     assert (summary.images, summary.videos, summary.frames, summary.faces) == (4, 1, 8, 7)
     assert str(summary).startswith("prepared 1 videos and 4 images (0 already done): 8 frames, "
-                                   "7 with a face (87.5% found by dlib)")
+                                   "7 with a face (87.5% found by mtcnn), 4 people followed, 7 crops")
     assert sum("anna.jpg is given more than once" in n for n in notes) == 1
     assert sum("notes.txt" in n for n in notes) == 1
     for stem in ("anna", "ben", "cara"):

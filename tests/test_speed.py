@@ -1,4 +1,5 @@
-"""Every speed lever of issue 11 against the plain fp32 path (emodistill.models.speed, media).
+"""Every speed lever of issue 11 against the plain fp32 path (emodistill.models.speed, and the
+background thread of emodistill.data.frontend.decode).
 
 Members are random "tiny" EMENets whose BatchNorm statistics come from a pass over random
 frames, so activations have the scale of a trained network's.
@@ -16,8 +17,7 @@ import torch
 from torch import nn
 
 from emodistill.core.errors import InputError
-from emodistill.data.faces import Box
-from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, prefetch
+from emodistill.data.frontend import iter_frames, prefetch
 from emodistill.models.emenet import build_model
 from emodistill.models.inference import activate
 from emodistill.models.members import TorchMember
@@ -89,19 +89,16 @@ def test_cpu_flags_and_bf16_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_levers_record_and_auto() -> None:
     plain = Levers()
-    assert plain.as_dict() == {"batched": False, "bf16": False, "fold_bn": False, "detect_every": 1,
+    assert plain.as_dict() == {"batched": False, "bf16": False, "fold_bn": False,
                                "decode_thread": False, "model_threads": 0}
-    assert Levers.auto(["avx2"], threads=2) == Levers(batched=True, bf16=False, fold_bn=True, detect_every=1,
-                                                      decode_thread=True)
-    assert Levers.auto(["amx_tile"], detect_every=3).as_dict()["bf16"] is True
+    assert Levers.auto(["avx2"], threads=2) == Levers(batched=True, bf16=False, fold_bn=True, decode_thread=True)
+    assert Levers.auto(["amx_tile"]).as_dict()["bf16"] is True
     # bf16 members leave one core to the decode-and-detect thread; fp32 ones keep every core.
     assert Levers.auto(["amx_tile"], threads=2).model_threads == 1
     assert Levers.auto(["amx_tile"], threads=8).model_threads == 7
     assert Levers.auto(["amx_tile"], threads=1).model_threads == 0
     assert Levers.auto(["avx2"], threads=8).model_threads == 0
     assert Levers.auto(["amx_tile"], threads=2, bf16=False) == Levers.auto(["avx2"], threads=2)  # --fp32
-    with pytest.raises(InputError, match="detect_every"):
-        Levers(detect_every=0)
     with pytest.raises(InputError, match="model_threads"):
         Levers(model_threads=-1)
 
@@ -197,49 +194,11 @@ def test_stacking_refuses_what_it_cannot_stack() -> None:
 # ------------------------------------------------------------------------ detection every k frames
 
 
-class Recording:
-    """A detector that remembers what it found on which call."""
-
-    name = "recording"
-
-    def __init__(self, detector) -> None:
-        self.detector, self.found = detector, []
-
-    def detect(self, rgb: np.ndarray) -> Box | None:
-        box = self.detector.detect(rgb)
-        self.found.append(box)
-        return box
-
-
 @pytest.fixture(scope="module")
 def face_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from emodistill.bench import write_face_video
 
     return write_face_video(tmp_path_factory.mktemp("speed") / "face.mp4", 14, (384, 288))
-
-
-def test_detect_every_k_detects_on_schedule_and_carries_the_box(face_video: Path) -> None:
-    frames = [f.rgb for f in iter_frames(face_video)]
-    every = FaceTracker(smoother=BoxSmoother(alpha=1.0))  # alpha 1: the box is the detection
-    every.detector = Recording(every.detector)
-    reference = [every.track(rgb) for rgb in frames]
-    assert sum(box is not None for box, _ in reference) >= len(frames) - 2  # the video has faces
-    k = 3
-    sparse = FaceTracker(smoother=BoxSmoother(alpha=1.0), detect_every=k)
-    sparse.detector = Recording(sparse.detector)
-    tracked = [sparse.track(rgb) for rgb in frames]
-    assert len(sparse.detector.found) == len(range(0, len(frames), k))
-    for i, (box, crop) in enumerate(tracked):
-        assert box == reference[i - i % k][0]  # the detection on schedule, carried in between
-        if box is not None:
-            assert np.array_equal(crop, sparse.cut(frames[i], box, sparse.crop_size))
-    # With the default smoothing, the boxes are the smoother's over the scheduled detections.
-    smoothed = FaceTracker(detect_every=k)
-    replay = BoxSmoother()
-    expected = {i: replay.update(every.detector.found[i]) for i in range(0, len(frames), k)}
-    assert [smoothed.track(rgb)[0] for rgb in frames] == [expected[i - i % k] for i in range(len(frames))]
-    # k = 1 is the tracker as it always was: a detection on every frame.
-    assert FaceTracker().detect_every == 1 and len(every.detector.found) == len(frames)
 
 
 # ------------------------------------------------------------------------ background decoding

@@ -29,6 +29,7 @@ from emodistill.data.cache import (
     file_signature,
 )
 from emodistill.data.dataset import Split
+from emodistill.data.frontend.decode import UNREADABLE_RAW_VIDEO, VIDEO_SUFFIXES, probe_video
 from emodistill.data.manifest import (
     LabelSet,
     TaskLabels,
@@ -37,11 +38,9 @@ from emodistill.data.manifest import (
     raw_video_name,
     read_manifest,
 )
-from emodistill.data.media import UNREADABLE_RAW_VIDEO, probe_video
 from emodistill.tasks import TASKS, Task
 
 SPLIT_FOLDERS = {"train": ("Train_Set", "Training_Set"), "val": ("Validation_Set",)}
-RAW_VIDEO_SUFFIXES = (".mp4", ".avi")
 DEFAULT_FPS = 30.0  # assumed for a video whose raw file is absent
 DECODE_CHUNK = 512  # crops handed to the decoding threads at a time
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -285,7 +284,7 @@ def _raw_videos(root: Path, video_names: list[str]) -> dict[str, Path]:
         return {}
     by_stem: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in RAW_VIDEO_SUFFIXES and path.is_file():
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
             by_stem.setdefault(path.stem, path)
     found = {}
     for name in video_names:

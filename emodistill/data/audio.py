@@ -11,7 +11,7 @@ import av
 import numpy as np
 
 from emodistill.core.errors import InputError
-from emodistill.data.media import UNREADABLE_RAW_VIDEO, open_container
+from emodistill.data.frontend.decode import UNREADABLE_RAW_VIDEO, open_container
 
 SAMPLE_RATE = 16000  # Hz, mono
 N_MELS = 64  # mel bands

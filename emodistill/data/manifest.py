@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -43,6 +44,8 @@ from emodistill.tasks import TASKS, Task
 SPLIT_NAMES = ("train", "val")
 HASH_TRAIN_PERCENT = 80  # share of videos a manifest without a split column puts in train
 SUBJECT_SUFFIXES = ("_left", "_right")  # two subjects of one raw video
+# `prepare` names the people of a video followed together <video>_face1, <video>_face2, ...
+PREPARED_SUBJECT = re.compile(r"_face[0-9]+$")
 
 
 @dataclass
@@ -70,11 +73,12 @@ def label_columns(task: Task) -> tuple[str, ...]:
 
 
 def raw_video_name(video: str) -> str:
-    """`<base>_left` / `<base>_right` -> `<base>`, the raw video both subjects come from."""
+    """`<base>_left` / `<base>_right` (Aff-wild2) and `<base>_face1`, `<base>_face2`, ...
+    (`prepare`) -> `<base>`, the raw video the subjects come from."""
     for suffix in SUBJECT_SUFFIXES:
         if video.endswith(suffix):
             return video[: -len(suffix)]
-    return video
+    return PREPARED_SUBJECT.sub("", video)
 
 
 def hash_split(video: str) -> str:

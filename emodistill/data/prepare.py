@@ -1,8 +1,10 @@
-"""`prepare`: raw videos and images -> the Aff-wild2 layout (face crops, raw video beside them, a
-manifest); an image becomes a video of one frame, `cropped_aligned/<image stem>/00001.jpg`.
+"""`prepare`: raw videos and images -> the Aff-wild2 layout (aligned face crops, raw video beside
+them, a manifest); an image becomes a video of one frame, `cropped_aligned/<image stem>/00001.jpg`.
 
-Each input is written to a scratch folder and moved into place when whole, so an interrupted or
-failed run keeps every finished input and a rerun only does the rest.
+Every face is followed: a video with one person gives `cropped_aligned/<video>/`, one with more
+gives a folder per person, `<video>_face1`, `<video>_face2`, ... (as Aff-wild2 names its
+`_left`/`_right` people). Each input is written to a scratch folder and moved into place when
+whole, so an interrupted or failed run keeps every finished input and a rerun only does the rest.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from emodistill.core.errors import InputError
-from emodistill.data.faces import EyeLocator, make_detector
-from emodistill.data.media import (
-    Box,
-    FaceTracker,
+from emodistill.data.frontend import (
+    DETECT_EVERY,
+    LANDMARK_COLUMNS,
+    VIDEO_SUFFIXES,
+    FaceCrop,
+    FrontEnd,
     VideoFrame,
     is_image_file,
     iter_frames,
@@ -30,16 +35,16 @@ from emodistill.data.media import (
     read_image,
     write_jpeg,
 )
+from emodistill.data.manifest import raw_video_name
 
 CROPS = "cropped_aligned"  # out/cropped_aligned/<video>/{frame:05d}.jpg, as Aff-wild2
 RAW = Path("videos") / "batch1"  # out/videos/batch1/<video file>: audio and frame rate
 TRACKS = "tracks"  # out/tracks/<video>.csv: that video's manifest rows; written last
 SCRATCH = ".partial"  # videos being prepared
 MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ("video", "frame", "timestamp", "face", "x", "y", "w", "h")
+# `video` is the crop folder of the row's face (the input's stem on a row without a face).
+MANIFEST_COLUMNS = ("video", "frame", "timestamp", "face", "face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS)
 JPEG_QUALITY = 95
-# Files of a folder input taken as videos (images are recognised by their content instead).
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 GLOB_CHARACTERS = "*?["
 
 
@@ -47,12 +52,15 @@ GLOB_CHARACTERS = "*?["
 class PrepareSummary:
     """What one `prepare` call did."""
 
-    detector: str = ""  # name of the face detector used
+    detector: str = ""  # where the faces came from: the detector's name, or the landmarks file
     videos: int = 0  # videos prepared by this call
     images: int = 0  # images prepared by this call
     skipped: int = 0  # inputs already complete from an earlier run
     frames: int = 0  # frames decoded (an image is one frame)
-    faces: int = 0  # frames with a face, each written as a JPEG crop
+    faces: int = 0  # frames with at least one face
+    crops: int = 0  # faces written as JPEG crops (more than `faces` when frames hold several)
+    people: int = 0  # persons followed, summed over the inputs (each gets a crop folder)
+    turned: int = 0  # videos turned upright as their display matrix says
     seconds: float = 0.0  # wall time of the call
 
     @property
@@ -68,7 +76,9 @@ class PrepareSummary:
         return (
             f"prepared {self.videos} videos and {self.images} images ({self.skipped} already "
             f"done): {self.frames} frames, {self.faces} with a face "
-            f"({self.detection_rate:.1%} found by {self.detector}), "
+            f"({self.detection_rate:.1%} found by {self.detector}), {self.people} "
+            f"{'person' if self.people == 1 else 'people'} followed, {self.crops} crops"
+            f"{f', {self.turned} video(s) turned as their display matrix says' if self.turned else ''}, "
             f"in {self.seconds:.1f} s ({self.frames_per_second:.1f} frames/s)"
         )
 
@@ -78,14 +88,17 @@ def prepare(
     out: Path,
     size: int = 112,
     progress: bool = True,
-    detect_every: int = 1,
+    detect_every: int = DETECT_EVERY,
     detector: str | None = None,
     landmarks: Path | None = None,
     log: Callable[[str], None] = print,
+    max_faces: int | None = None,
 ) -> PrepareSummary:
-    """Detect, track and crop the face of every video and image into `out`, skipping inputs already
-    done. `inputs` are files, folders or glob patterns; `detector` is dlib or haar (default dlib,
-    Haar when dlib is missing); `landmarks` a dlib shape model file, to align crops by the eyes."""
+    """Find, follow and align every face of every video and image into `out`, skipping inputs
+    already done. `inputs` are files, folders or glob patterns; `detector` is mtcnn, dlib or haar
+    (default mtcnn); `detect_every`: full detection every k-th frame, faces followed in between;
+    `landmarks` a CSV file of the faces' landmarks to use instead of a detector (format:
+    `emodistill.data.frontend.given`); `max_faces`: follow at most this many (the largest)."""
     out = Path(out)
     if size < 1:
         raise InputError(f"the crop size must be a positive number of pixels, got {size}")
@@ -93,12 +106,10 @@ def prepare(
         raise InputError(f"{out}: the output path exists and is not a folder")
     paths = expand_inputs(inputs, log)
     _check_stems(paths)
-    eyes = None if landmarks is None else EyeLocator(Path(landmarks))
-    tracker = FaceTracker(detector=make_detector(detector, log), crop_size=size,
-                          detect_every=detect_every, eyes=eyes)
+    front = FrontEnd.build(detector, size, detect_every, max_faces, landmarks, log)
     for folder in (CROPS, RAW, TRACKS, SCRATCH):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    summary = PrepareSummary(detector=tracker.detector.name)
+    summary = PrepareSummary(detector=front.source)
     start = time.perf_counter()
     try:
         with tqdm(total=len(paths), desc="prepare", unit="input", disable=not progress) as bar:
@@ -108,11 +119,14 @@ def prepare(
                     summary.skipped += 1
                     continue
                 image = is_image_file(path)
-                frames, faces = _prepare_one(path, out, tracker, image, progress)
+                done = _prepare_one(path, out, front, image, progress)
                 summary.images += image
                 summary.videos += not image
-                summary.frames += frames
-                summary.faces += faces
+                summary.frames += done.frames
+                summary.faces += done.faces
+                summary.crops += done.crops
+                summary.people += done.people
+                summary.turned += done.turned
     finally:
         _write_manifest(out)
         shutil.rmtree(out / SCRATCH, ignore_errors=True)
@@ -160,7 +174,8 @@ def _folder_media(folder: Path, log: Callable[[str], None]) -> list[Path]:
 
 
 def _check_stems(paths: list[Path]) -> None:
-    """Fail before any work when two inputs would be written to the same crop folder."""
+    """Fail before any work when two inputs could be written to the same crop folder: the same
+    stem, or one named as a person of the other (`talk_face2` beside `talk`)."""
     seen: dict[str, Path] = {}
     for path in paths:
         if path.stem in seen:
@@ -168,10 +183,15 @@ def _check_stems(paths: list[Path]) -> None:
                 f"{seen[path.stem]} and {path} would both become {CROPS}/{path.stem}; rename one"
             )
         seen[path.stem] = path
+    for stem, path in seen.items():
+        base = raw_video_name(stem)
+        if base != stem and base in seen:
+            raise InputError(f"{seen[base]} and {path} could both become {CROPS}/{stem} (the "
+                             f"folder of a second person in {seen[base].name}); rename one")
 
 
 def _is_complete(out: Path, stem: str) -> bool:
-    return (out / TRACKS / f"{stem}.csv").is_file() and (out / CROPS / stem).is_dir()
+    return (out / TRACKS / f"{stem}.csv").is_file()
 
 
 def _image_frames(path: Path) -> Iterator[VideoFrame]:
@@ -179,52 +199,80 @@ def _image_frames(path: Path) -> Iterator[VideoFrame]:
     yield VideoFrame(0, 0.0, read_image(path))
 
 
-def _prepare_one(path: Path, out: Path, tracker: FaceTracker, image: bool,
-                 progress: bool) -> tuple[int, int]:
-    """Prepare one video or image through the scratch folder; returns (frames, faces)."""
-    n_frames = 1 if image else probe_video(path).n_frames
-    scratch_crops = out / SCRATCH / path.stem
-    scratch_track = out / SCRATCH / f"{path.stem}.csv"
-    shutil.rmtree(scratch_crops, ignore_errors=True)  # left by a run that was killed
-    scratch_crops.mkdir()
-    tracker.reset()
-    frames = faces = 0
+@dataclass
+class _Prepared:
+    """What preparing one input gave."""
+
+    frames: int = 0
+    faces: int = 0  # frames with a face
+    crops: int = 0
+    people: int = 0
+    turned: int = 0  # 1 when the video was turned as its display matrix says
+
+
+def _prepare_one(path: Path, out: Path, front: FrontEnd, image: bool, progress: bool) -> _Prepared:
+    """Prepare one video or image through the scratch folder (a sub-folder per person, named as
+    in the end once the number of people is known)."""
+    info = None if image else probe_video(path)
+    scratch = out / SCRATCH / path.stem
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a run that was killed
+    scratch.mkdir()
+    front.start(path.stem)
+    done = _Prepared(turned=int(bool(info and info.rotation)))
+    rows: list[tuple[VideoFrame, FaceCrop | None]] = []
     try:
-        with (
-            scratch_track.open("w", newline="") as table,
-            tqdm(total=n_frames, desc=path.stem, unit="frame", disable=not progress or image,
-                 leave=False) as bar,
-        ):
-            rows = csv.writer(table, lineterminator="\n")
-            rows.writerow(MANIFEST_COLUMNS)
-            for frame in _image_frames(path) if image else iter_frames(path):
-                box, crop = tracker.track(frame.rgb)
-                if crop is not None:
-                    write_jpeg(scratch_crops / f"{frame.index + 1:05d}.jpg", crop, JPEG_QUALITY)
-                    faces += 1
-                rows.writerow(_manifest_row(path.stem, frame, box, timed=not image))
-                frames += 1
+        with tqdm(total=1 if image else info.n_frames, desc=path.stem, unit="frame",
+                  disable=not progress or image, leave=False) as bar:
+            for frame in _image_frames(path) if image else iter_frames(path, thread=True):
+                faces = front.faces(frame.rgb, frame.index + 1)
+                for face in faces:
+                    person = scratch / str(face.face_id)
+                    person.mkdir(exist_ok=True)
+                    write_jpeg(person / f"{frame.index + 1:05d}.jpg", face.crop, JPEG_QUALITY)
+                rows += [(frame, face) for face in faces] or [(frame, None)]
+                done.frames += 1
+                done.faces += bool(faces)
+                done.crops += len(faces)
                 bar.update()
+        people = sorted(int(p.name) for p in scratch.iterdir())
+        done.people = len(people)
+        folders = {face_id: path.stem if len(people) == 1 else f"{path.stem}_face{face_id}" for face_id in people}
+        with (out / SCRATCH / f"{path.stem}.csv").open("w", newline="") as table:
+            writer = csv.writer(table, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            writer.writerows(_manifest_row(path.stem, frame, face, folders, timed=not image) for frame, face in rows)
         if not image:  # the raw video gives audio and frame rate; an image has neither
             _link_or_copy(path, out / RAW / path.name)
-        crops = out / CROPS / path.stem
-        shutil.rmtree(crops, ignore_errors=True)  # moved in by a run killed before its track
-        scratch_crops.rename(crops)
-        scratch_track.replace(out / TRACKS / f"{path.stem}.csv")  # last: the input is complete
+        _move_crops(out, path.stem, scratch, folders)
+        (out / SCRATCH / f"{path.stem}.csv").replace(out / TRACKS / f"{path.stem}.csv")  # last: complete
     except BaseException:
-        shutil.rmtree(scratch_crops, ignore_errors=True)
-        scratch_track.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        (out / SCRATCH / f"{path.stem}.csv").unlink(missing_ok=True)
         raise
-    return frames, faces
+    return done
 
 
-def _manifest_row(stem: str, frame: VideoFrame, box: Box | None, timed: bool) -> list[str | int]:
+def _move_crops(out: Path, stem: str, scratch: Path, folders: dict[int, str]) -> None:
+    """Move each person's crops into place, replacing what a run killed before its track file
+    had moved in. A video without a face still gets its (empty) folder, as Aff-wild2's do."""
+    for old in [out / CROPS / stem, *(out / CROPS).glob(f"{glob.escape(stem)}_face[0-9]*")]:
+        shutil.rmtree(old, ignore_errors=True)
+    if not folders:
+        (out / CROPS / stem).mkdir()
+    for face_id, name in folders.items():
+        (scratch / str(face_id)).rename(out / CROPS / name)
+    shutil.rmtree(scratch)
+
+
+def _manifest_row(stem: str, frame: VideoFrame, face: FaceCrop | None, folders: dict[int, str],
+                  timed: bool) -> list[str | int | float]:
     """One manifest line; an image (`timed` False) has no timestamp."""
     timestamp = f"{frame.timestamp:.4f}" if timed else ""
-    if box is None:
-        return [stem, frame.index + 1, timestamp, 0, "", "", "", ""]
-    return [stem, frame.index + 1, timestamp, 1,
-            round(box.x), round(box.y), round(box.w), round(box.h)]
+    if face is None:
+        return [stem, frame.index + 1, timestamp, 0, "", "", "", "", "", *[""] * len(LANDMARK_COLUMNS)]
+    box = face.face.box
+    return [folders[face.face_id], frame.index + 1, timestamp, 1, face.face_id, round(box.x), round(box.y),
+            round(box.w), round(box.h), *np.round(face.face.landmarks.ravel(), 1).tolist()]
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -23,8 +23,8 @@ activations side by side overflow the caches.
 Measured on a 2-core Xeon with AMX (native bf16), 5 EMENet-V members, 16 frames, model only:
 fp32 39 frames/s, folded BN 53, bf16 74, bf16 + folded 91 (2.3x); on one thread 19, 24, 39, 52.
 
-Detection every k frames is `FaceTracker(detect_every=k)` and the background decoder is
-`media.prefetch` / `iter_frames(thread=True)` (emodistill.data.media).
+How often faces are detected is the front end's (`FaceTracker(detect_every=k)`, which follows
+faces in between); the background thread is `prefetch` (emodistill.data.frontend.decode).
 """
 
 from __future__ import annotations
@@ -93,13 +93,10 @@ class Levers:
     batched: bool = False  # all members in one forward (`StackedMembers`)
     bf16: bool = False  # bf16 autocast of the face CNNs
     fold_bn: bool = False  # BatchNorm folded into the convolutions (`fold_batch_norm`)
-    detect_every: int = 1  # full face detection every k-th frame, the smoothed box carried between
-    decode_thread: bool = False  # video decoding in a background thread (`media.prefetch`)
+    decode_thread: bool = False  # face finding and alignment in a background thread (`prefetch`)
     model_threads: int = 0  # PyTorch threads for the members' forward passes (0: as PyTorch is set)
 
     def __post_init__(self) -> None:
-        if self.detect_every < 1:
-            raise InputError(f"detect_every must be 1 or more, got {self.detect_every}")
         if self.model_threads < 0:
             raise InputError(f"model_threads must be 0 (PyTorch's setting) or more, got {self.model_threads}")
 
@@ -108,12 +105,11 @@ class Levers:
         return asdict(self)
 
     @classmethod
-    def auto(cls, flags: Iterable[str] | None = None, detect_every: int = 1,
-             threads: int | None = None, bf16: bool = True) -> Levers:
+    def auto(cls, flags: Iterable[str] | None = None, threads: int | None = None,
+             bf16: bool = True) -> Levers:
         """Every lever that leaves the outputs within their stated tolerances: batching, folded
         BatchNorm and the decode thread always, bf16 only on a CPU with native bf16
-        (`bf16_fast`) and unless `bf16` is False. Detection every k frames changes the boxes, so
-        it stays at `detect_every` (default 1: every frame).
+        (`bf16_fast`) and unless `bf16` is False.
 
         With bf16 the members run on one thread fewer than PyTorch's `threads` (default: its
         current setting), leaving a core to the decode-and-detect thread: the bf16 members on one
@@ -124,8 +120,8 @@ class Levers:
         every thread."""
         bf16 = bf16 and bf16_fast(flags)
         threads = torch.get_num_threads() if threads is None else threads
-        return cls(batched=True, bf16=bf16, fold_bn=True, detect_every=detect_every,
-                   decode_thread=True, model_threads=threads - 1 if bf16 and threads > 1 else 0)
+        return cls(batched=True, bf16=bf16, fold_bn=True, decode_thread=True,
+                   model_threads=threads - 1 if bf16 and threads > 1 else 0)
 
 
 @contextmanager

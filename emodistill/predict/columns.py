@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emodistill.data.frontend import LANDMARK_COLUMNS, FaceCrop
 from emodistill.evaluation.uncertainty import decompose_task, ood_score
 from emodistill.predict.sources import Frame
 from emodistill.tasks import TASKS
 
-# Output columns that are not per-task probabilities; the task columns follow `frame..h`.
-FRAME_COLUMNS = ("frame", "timestamp", "face", "x", "y", "w", "h")
-INTEGER_COLUMNS = ("frame", "face", "x", "y", "w", "h")
+# Output columns that are not per-task probabilities (the task columns follow them): where the
+# frame is, whether it has a face, whose it is, its box and its five landmarks in frame pixels.
+FRAME_COLUMNS = ("frame", "timestamp", "face", "face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS)
+INTEGER_COLUMNS = ("frame", "face", "face_id", "x", "y", "w", "h")
 # One uncertainty value per output distribution, in the order of the Figure 1 bars.
 OUTPUT_NAMES: tuple[str, ...] = tuple(name for t in TASKS for name in t.output_names())
 
@@ -77,13 +79,16 @@ def python_value(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def frame_row(frame: Frame, columns: list[str]) -> dict[str, object]:
-    """A row with the frame's own fields filled in and every prediction empty."""
+def frame_row(frame: Frame, face: FaceCrop | None, columns: list[str]) -> dict[str, object]:
+    """The row of one face of a frame (None: the frame's one row without a face), with the
+    frame's and the face's own fields filled in and every prediction empty."""
     row: dict[str, object] = dict.fromkeys(columns)
-    row.update(frame=frame.number, timestamp=frame.timestamp, face=int(frame.box is not None))
+    row.update(frame=frame.number, timestamp=frame.timestamp, face=int(face is not None))
     if "file" in row:
         row["file"] = frame.file
-    if frame.box is not None:
-        row.update(x=round(frame.box.x), y=round(frame.box.y), w=round(frame.box.w),
-                   h=round(frame.box.h))
+    if face is not None:
+        box = face.face.box
+        row.update(face_id=face.face_id, x=round(box.x), y=round(box.y), w=round(box.w), h=round(box.h))
+        if face.face.landmarks is not None:
+            row.update(zip(LANDMARK_COLUMNS, np.round(face.face.landmarks.ravel(), 1).tolist(), strict=True))
     return row

@@ -36,6 +36,8 @@ def _frame_title(row: dict[str, object]) -> str:
         where = str(row["file"])
     elif row.get("timestamp") is not None:
         where += f" ({row['timestamp']:.2f} s)"
+    if row.get("face_id") not in (None, 1):
+        where += f", face {row['face_id']}"
     if row.get("ood_score") is None:
         return where
     verdict = {True: "out of domain", False: "in domain"}.get(row.get("ood_flag"), "no threshold")
@@ -167,16 +169,19 @@ def timeline(data: pd.DataFrame, path: Path, title: str = "",
 
 
 def _figure_name(row: dict[str, object], name: str, sequence: bool) -> str:
-    """figure1-<file> in a folder, figure1-frame000123 in a video, figure1-<name> for an image."""
+    """figure1-<file> in a folder, figure1-frame000123 in a video, figure1-<name> for an image;
+    -face2, -face3, ... after it for the second and later person of a frame."""
+    person = "" if row.get("face_id") in (None, 1) else f"-face{row['face_id']}"
     if row.get("file"):
-        return "figure1-" + Path(str(row["file"])).with_suffix("").as_posix().replace("/", "-")
-    return f"figure1-frame{row['frame']:06d}" if sequence else f"figure1-{name}"
+        return "figure1-" + Path(str(row["file"])).with_suffix("").as_posix().replace("/", "-") + person
+    return (f"figure1-frame{row['frame']:06d}" if sequence else f"figure1-{name}") + person
 
 
 def write_plots(data: pd.DataFrame, faces: list[FramePrediction], out_dir: Path,
                 sequence: bool, ood_threshold: float | None = None, model: str = "",
                 name: str = "") -> list[Path]:
-    """Figure 1 for each prediction in `faces`, and for time series one timeline per video.
+    """Figure 1 for each prediction in `faces`, and for time series one timeline per video and
+    person (face_id).
 
     `model` names the predictor in titles; `name` is the input's name (a video's stem)."""
     out_dir = Path(out_dir)
@@ -189,7 +194,9 @@ def write_plots(data: pd.DataFrame, faces: list[FramePrediction], out_dir: Path,
         videos = data["file"].map(lambda f: Path(f).parent.as_posix())
         groups = list(data.groupby(videos, sort=False))[:MAX_TIMELINES]
     else:
-        groups = [(name, data)]
+        people = data["face_id"].dropna().unique()
+        groups = [(name, data)] if len(people) <= 1 else [
+            (f"{name} face {person}", data[data["face_id"] == person]) for person in sorted(people)[:MAX_TIMELINES]]
     single = len(groups) == 1
     for video, frames in groups:
         stem = "timeline" if single else f"timeline-{str(video).replace('/', '-')}"

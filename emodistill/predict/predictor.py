@@ -1,13 +1,16 @@
-"""`Predictor`: a trained generation of a run -> one row of emotions per frame, each with how
-sure the model is (paper Fig. 1 as a product).
+"""`Predictor`: a trained generation of a run -> one row of emotions per face per frame, each with
+how sure the model is (paper Fig. 1 as a product).
 
-Per frame: AU probabilities, expression, valence/arousal, the normalised entropy of each task
+Per face: AU probabilities, expression, valence/arousal, the normalised entropy of each task
 (split into aleatoric and epistemic parts for an ensemble, Eq. 14) and an out-of-domain flag.
+Each person of a video is a time series of their own: the GRU heads carry one state per face_id.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,7 @@ from emodistill.core.checkpoints import read_json
 from emodistill.core.errors import InputError
 from emodistill.core.runtime import resolve_device
 from emodistill.data.audio import SAMPLE_RATE, decode_audio, silence
-from emodistill.data.faces import EyeLocator, make_detector
-from emodistill.data.media import FaceTracker, prefetch
+from emodistill.data.frontend import DETECT_EVERY, FaceCrop, FrontEnd, prefetch
 from emodistill.models import PRESETS
 from emodistill.models.inference import activate
 from emodistill.models.members import SeparateMembers
@@ -61,13 +63,17 @@ class Predictor:
         detector: str | None = None,
         landmarks: Path | str | None = None,
         levers: Levers | None = None,
+        max_faces: int | None = None,
+        detect_every: int = DETECT_EVERY,
     ):
         """`generation`: teacher, studentK or K (default: the last finished one); `members`:
         use the first N members (default all); `batch_frames`: frames per forward pass;
-        `detector`: dlib or haar (default dlib, Haar when dlib is missing); `landmarks`: a dlib
-        shape model file, to align crops by the eyes; `levers`: the speed levers (default
-        `Levers.auto()`: the ones whose outputs match the plain path within their tolerances;
-        `Levers()` is the plain fp32 path)."""
+        `detector`: mtcnn, dlib or haar (default mtcnn); `landmarks`: a CSV file of the faces'
+        five landmarks per frame, used instead of a detector (format:
+        `emodistill.data.frontend.given`); `max_faces`: follow at most this many faces, the
+        largest; `detect_every`: full face detection every k-th frame, faces followed in
+        between; `levers`: the speed levers (default `Levers.auto()`: the ones whose outputs
+        match the plain path within their tolerances; `Levers()` is the plain fp32 path)."""
         self.run, wanted = open_run(run, generation)
         self.config = self.run.config()
         if batch_frames < 1:
@@ -83,8 +89,7 @@ class Predictor:
         self.levers = self._auto_levers() if levers is None else levers
         self.members = self._ensemble(backend)
         self.audio = self.config.modality == "va"
-        self.detector = make_detector(detector, log=log)
-        self.eyes = None if landmarks is None else EyeLocator(Path(landmarks))
+        self.front = FrontEnd.build(detector, self.input_size, detect_every, max_faces, landmarks, log)
 
     @property
     def name(self) -> str:
@@ -167,28 +172,27 @@ class Predictor:
         return output_columns(self.ensemble, self.ood_tasks is not None, source.has_file_column)
 
     def sequences(self, source: Source, faces: bool = False) -> Iterator[FrameSequence]:
-        """The input as sequences of frames, each cropped at the model's input size."""
-        size = self.input_size
-        tracker = FaceTracker(detector=self.detector, crop_size=size, eyes=self.eyes,
-                              detect_every=self.levers.detect_every)
-        # With the decode-thread lever, decoding and face tracking run a few frames ahead of
-        # the models, in a background thread (PyAV, dlib and PyTorch release the GIL).
+        """The input as sequences of frames, their faces aligned at the model's input size."""
+        # With the decode-thread lever, face finding and alignment run a few frames ahead of
+        # the models, in a background thread (PyAV, OpenCV and PyTorch release the GIL), while
+        # decoding runs a few frames ahead of that in a thread of its own.
         ahead = prefetch if self.levers.decode_thread else iter
+        front = self.front
         if source.kind == "video":
-            yield FrameSequence(ahead(video_frames(source, tracker, faces)), True, self._audio_track(source))
+            yield FrameSequence(ahead(video_frames(source, front, faces)), True, self._audio_track(source))
         elif source.kind == "frames":
             if self.audio:
                 self._say("frames in memory carry no sound: the audio-visual model hears silence")
-            yield FrameSequence(ahead(array_frames(source, tracker, faces)), True)
+            yield FrameSequence(ahead(array_frames(source, front, faces)), True)
         elif source.kind == "crops":
             if self.audio:
                 self._say("face crop folders carry no sound: the audio-visual model hears silence")
             for folder in source.files:
-                yield FrameSequence(ahead(crop_frames(folder, source.path, size, faces)), True)
+                yield FrameSequence(ahead(crop_frames(folder, source.path, self.input_size, faces)), True)
         else:
             if self.audio:
                 self._say("images carry no sound: the audio-visual model hears silence")
-            yield FrameSequence(ahead(image_frames(source, tracker, faces)), False)
+            yield FrameSequence(ahead(image_frames(source, front, faces)), False)
 
     def _audio_track(self, source: Source) -> AudioTrack | None:
         if not self.audio:
@@ -202,7 +206,8 @@ class Predictor:
         self, path: Path | str | Source | np.ndarray | Iterable[np.ndarray], faces: bool = False,
         progress: bool = False,
     ) -> Iterator[FramePrediction]:
-        """Predictions frame by frame, in input order, as they are made (flat memory).
+        """Predictions row by row (each face of each frame, by face_id; one row for a frame
+        without a face), in input order, as they are made (flat memory).
 
         `faces`: keep each face at figure size in `FramePrediction.face`.
         """
@@ -216,9 +221,10 @@ class Predictor:
 
     def predict(self, path: Path | str | np.ndarray | Iterable[np.ndarray], progress: bool = False,
                 fps: float | None = None) -> pd.DataFrame:
-        """A table with one row per frame (see `output_columns`) of a video, image or folder, or of
-        frames in memory: a (T, H, W, 3) uint8 RGB array or an iterable of (H, W, 3) frames,
-        taken as one video (`fps` gives their timestamps)."""
+        """A table with one row per face per frame (see `output_columns`; one row for a frame
+        without a face) of a video, image or folder, or of frames in memory: a (T, H, W, 3) uint8
+        RGB array or an iterable of (H, W, 3) frames, taken as one video (`fps` gives their
+        timestamps)."""
         source = as_source(path, fps)
         rows = [p.row for p in self.predict_frames(source, progress=progress)]
         return table(rows, self.columns(source))
@@ -226,75 +232,115 @@ class Predictor:
     def _predict_sequence(
         self, sequence: FrameSequence, columns: list[str]
     ) -> Iterator[FramePrediction]:
-        """Buffer up to `batch_frames` faces, so the CNN sees a batch and the GRU the whole run."""
+        """Buffer `batch_frames` frames, so the CNN sees each person's faces in a batch and their
+        GRU state the whole video."""
         pending: list[Frame] = []
-        hidden: list[object] = [None] * self.n_members
-        previous: int | None = None
+        states: dict[int, _State] = {}
         for frame in sequence.frames:
-            if sequence.continuous and (frame.crop is None or previous is None
-                                        or frame.number != previous + 1):
-                # A stretch without a face (or a missing crop) breaks the time series: the next
-                # face starts from a zero GRU state, as every training clip does, not a stale one.
-                yield from self._flush(pending, hidden, sequence, columns)
-                hidden = [None] * self.n_members
-            previous = frame.number
-            if sequence.continuous and frame.crop is None:
-                yield FramePrediction(frame_row(frame, columns), None, None)
-                continue
             pending.append(frame)
             if len(pending) == self.batch_frames:
-                yield from self._flush(pending, hidden, sequence, columns)
-        yield from self._flush(pending, hidden, sequence, columns)
+                yield from self._flush(pending, states, sequence, columns)
+                pending = []
+        yield from self._flush(pending, states, sequence, columns)
 
-    def _flush(self, pending: list[Frame], hidden: list[object], sequence: FrameSequence,
+    def _flush(self, pending: list[Frame], states: dict[int, _State], sequence: FrameSequence,
                columns: list[str]) -> Iterator[FramePrediction]:
-        """Predict the faces of `pending`, carry `hidden` on (in place) and empty `pending`."""
-        found = [f for f in pending if f.crop is not None]
-        values: dict[str, np.ndarray] = {}
-        groups: dict[str, np.ndarray] = {}
-        if found:
-            member_probs, alone_probs = self._member_probs(found, hidden, sequence)
-            values, groups = summarise(member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
+        """Predict every face of `pending` and yield its rows in order; `states` (face_id -> GRU
+        state) carried on in place."""
+        results: dict[tuple[int, int], tuple[dict[str, object], dict[str, np.ndarray]]] = {}
+        if sequence.continuous:
+            for run in _runs(pending):
+                self._predict_run(run, states, sequence, results)
+        else:  # independent pictures: every face a sequence of one, from a zero state
+            faces = [(frame, face) for frame in pending for face in frame.faces]
+            if faces:
+                self._predict_faces(faces, None, sequence, results)
         parts = PARTS if self.ensemble else PARTS[:1]
-        index = 0
         for frame in pending:
-            row = frame_row(frame, columns)
-            if frame.crop is None:
-                yield FramePrediction(row, None, None)
-                continue
-            row.update({k: python_value(v[index]) for k, v in values.items() if k in row})
-            yield FramePrediction(row, frame.display, {p: groups[p][index] for p in parts})
-            index += 1
-        pending.clear()
+            if not frame.faces:
+                yield FramePrediction(frame_row(frame, None, columns), None, None)
+            for face in frame.faces:
+                row = frame_row(frame, face, columns)
+                values, groups = results[(frame.number, face.face_id)]
+                row.update({k: v for k, v in values.items() if k in row})
+                yield FramePrediction(row, face.display, {p: groups[p] for p in parts})
+
+    def _predict_run(self, run: list[tuple[Frame, FaceCrop]], states: dict[int, _State],
+                     sequence: FrameSequence, results: dict) -> None:
+        """One person's consecutive frames: continue their GRU state if they were on the frame
+        just before, else start from a zero state (a stretch without them breaks their time
+        series, as every training clip starts from zero)."""
+        face_id, first = run[0][1].face_id, run[0][0].number
+        state = states.get(face_id)
+        hidden = state.hidden if state is not None and state.last == first - 1 else None
+        states[face_id] = _State(self._predict_faces(run, hidden, sequence, results), run[-1][0].number)
+
+    def _predict_faces(self, faces: list[tuple[Frame, FaceCrop]], hidden: list[object] | None,
+                       sequence: FrameSequence, results: dict) -> list[object]:
+        """Put each face's (column values, uncertainty groups) in `results`; returns the members'
+        GRU states after the last face."""
+        member_probs, alone_probs, state = self._member_probs(faces, hidden, sequence)
+        values, groups = summarise(member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
+        for index, (frame, face) in enumerate(faces):
+            results[(frame.number, face.face_id)] = ({k: python_value(v[index]) for k, v in values.items()},
+                                                     {p: g[index] for p, g in groups.items()})
+        return state
 
     def _member_probs(
-        self, found: list[Frame], hidden: list[object], sequence: FrameSequence
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-        """Every member's probabilities, task -> (T, N, n_logits), for the faces `found`; and,
-        for a time series with an OOD threshold, the same with each frame seen alone (None
-        otherwise: independent images already are)."""
-        crops = np.stack([f.crop for f in found])  # (N, S, S, 3)
+        self, faces: list[tuple[Frame, FaceCrop]], hidden: list[object] | None, sequence: FrameSequence
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, list[object]]:
+        """Every member's probabilities, task -> (T, N, n_logits), for the N faces; for a time
+        series with an OOD threshold, the same with each frame seen alone (None otherwise:
+        independent images already are); and the members' GRU states after the last face."""
+        n = len(faces)
+        crops = np.stack([face.crop for _, face in faces])  # (N, S, S, 3)
         # A time series is one sequence (B=1, L=N); independent images are N sequences of one.
-        shape = (1, len(found)) if sequence.continuous else (len(found), 1)
+        shape = (1, n) if sequence.continuous else (n, 1)
         frames = crops.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (N, 3, S, S)
         frames = frames.reshape(*shape, *frames.shape[1:])  # (B, L, 3, S, S)
         audio = None
         if self.audio:
             if sequence.audio is None:
-                audio = silence(len(found))
+                audio = silence(n)
             else:
-                audio = sequence.audio.windows(np.array([f.number - 1 for f in found]))
+                audio = sequence.audio.windows(np.array([frame.number - 1 for frame, _ in faces]))
             audio = audio.reshape(*shape, *audio.shape[1:])  # (B, L, 64, 64)
+        hidden = [None] * self.n_members if hidden is None else hidden
         alone = sequence.continuous and self.ood_tasks is not None
         with torch_threads(self.levers.model_threads):
             if alone:
                 logits, state, alone_logits = self.members.forward_with_alone(frames, audio, hidden)
             else:
                 (logits, state), alone_logits = self.members.forward_stateful(frames, audio, hidden), None
-        if sequence.continuous:
-            hidden[:] = list(state)  # per member, carried to the next chunk
 
         def probs(member_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return activate({k: v.reshape(self.n_members, len(found), -1) for k, v in member_logits.items()})
+            return activate({k: v.reshape(self.n_members, n, -1) for k, v in member_logits.items()})
 
-        return probs(logits), None if alone_logits is None else probs(alone_logits)  # task -> (T, N, n)
+        return probs(logits), None if alone_logits is None else probs(alone_logits), list(state)
+
+
+@dataclass(frozen=True)
+class _State:
+    """One person's GRU state between chunks."""
+
+    hidden: list[object]  # per member, as its forward pass returned it
+    last: int  # the frame number it was computed up to
+
+
+def _runs(frames: list[Frame]) -> list[list[tuple[Frame, FaceCrop]]]:
+    """Each person's faces in `frames`, split where they miss a frame: runs of consecutive frames,
+    by face_id."""
+    by_person: dict[int, list[tuple[Frame, FaceCrop]]] = defaultdict(list)
+    for frame in frames:
+        for face in frame.faces:
+            by_person[face.face_id].append((frame, face))
+    runs = []
+    for _, faces in sorted(by_person.items()):
+        run = [faces[0]]
+        for item in faces[1:]:
+            if item[0].number != run[-1][0].number + 1:
+                runs.append(run)
+                run = []
+            run.append(item)
+        runs.append(run)
+    return runs

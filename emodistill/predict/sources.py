@@ -1,5 +1,6 @@
 """What `predict` reads: a video, an image, a folder of images, face-crop folders or frames in
-memory, as frames with their face found and cropped, and a video's sound as log-mel windows."""
+memory, as frames with their faces found, followed and aligned, and a video's sound as log-mel
+windows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ import numpy as np
 from emodistill.core.errors import InputError
 from emodistill.data.affwild import read_crop
 from emodistill.data.audio import HOP_SECONDS, WINDOW_COLUMNS, log_mel_per_frame
-from emodistill.data.media import Box, FaceTracker, VideoInfo, is_image_file, iter_frames, probe_video, read_image
+from emodistill.data.frontend import (
+    Box,
+    Face,
+    FaceCrop,
+    FrontEnd,
+    VideoInfo,
+    is_image_file,
+    iter_frames,
+    probe_video,
+    read_image,
+)
 from emodistill.data.prepare import CROPS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -96,48 +107,47 @@ def _discover_folder(folder: Path) -> Source:
     return Source(folder, "crops", tuple(s for s, _ in sequences), sum(n for _, n in sequences))
 
 
-
-
 @dataclass(frozen=True)
 class Frame:
-    """One input frame on its way to the model."""
+    """One input frame on its way to the model, with its faces."""
 
     number: int  # 1-based: the video frame (as the crop names), crop number, or image position
     timestamp: float | None  # seconds from the start of the video; None without a video
     file: str | None  # path relative to the input folder; None for a single video or image
-    box: Box | None  # the face in pixels of the frame; None: no face found
-    crop: np.ndarray | None  # (S, S, 3) uint8 face at the model's input size
-    display: np.ndarray | None  # (DISPLAY_SIZE, DISPLAY_SIZE, 3) uint8 face for figures
+    # By face_id; empty: no face found. Each crop is (S, S, 3) uint8 at the model's input size,
+    # each display (DISPLAY_SIZE, DISPLAY_SIZE, 3) for figures when they were asked for.
+    faces: tuple[FaceCrop, ...]
 
 
 @dataclass(frozen=True)
 class FrameSequence:
-    """Frames that the GRU heads see in order (`continuous`) or each on its own (images)."""
+    """Frames that the GRU heads see in order (`continuous`: each person's state carries from
+    frame to frame) or each on its own (images)."""
 
     frames: Iterator[Frame]
-    continuous: bool  # True: one time series, the GRU state carries from frame to frame
+    continuous: bool
     audio: AudioTrack | None = None  # the video's sound, for audio-visual models
 
 
-def _face_frame(tracker: FaceTracker, number: int, timestamp: float | None, file: str | None,
+def _face_frame(front: FrontEnd, number: int, timestamp: float | None, file: str | None,
                 rgb: np.ndarray, faces: bool) -> Frame:
-    """Track the face of one picture (detection and smoothing as in `prepare`)."""
-    box, crop = tracker.track(rgb)
-    display = tracker.cut(rgb, box, DISPLAY_SIZE) if faces and box is not None else None
-    return Frame(number, timestamp, file, box, crop, display)
+    """Find, follow and align the faces of one picture (as `prepare` does)."""
+    found = front.faces(rgb, number, DISPLAY_SIZE if faces else None)
+    return Frame(number, timestamp, file, tuple(found))
 
 
-def video_frames(source: Source, tracker: FaceTracker, faces: bool) -> Iterator[Frame]:
-    for frame in iter_frames(source.path):
-        yield _face_frame(tracker, frame.index + 1, frame.timestamp, None, frame.rgb, faces)
+def video_frames(source: Source, front: FrontEnd, faces: bool) -> Iterator[Frame]:
+    front.start(source.path.stem)
+    for frame in iter_frames(source.path, thread=True):  # decoded a few frames ahead
+        yield _face_frame(front, frame.index + 1, frame.timestamp, None, frame.rgb, faces)
 
 
-def image_frames(source: Source, tracker: FaceTracker, faces: bool) -> Iterator[Frame]:
+def image_frames(source: Source, front: FrontEnd, faces: bool) -> Iterator[Frame]:
     single = source.kind == "image"
     for number, path in enumerate(source.files, start=1):
-        tracker.reset()  # each picture on its own, as `prepare` does
+        front.start(source.path.stem)  # each picture on its own, as `prepare` does
         file = None if single else path.name
-        yield _face_frame(tracker, number, None, file, read_image(path), faces)
+        yield _face_frame(front, number, None, file, read_image(path), faces)
 
 
 def _checked_frame(rgb: object, index: int) -> np.ndarray:
@@ -150,10 +160,11 @@ def _checked_frame(rgb: object, index: int) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def array_frames(source: Source, tracker: FaceTracker, faces: bool) -> Iterator[Frame]:
+def array_frames(source: Source, front: FrontEnd, faces: bool) -> Iterator[Frame]:
+    front.start()
     for index, rgb in enumerate(() if source.frames is None else source.frames):
         timestamp = None if source.fps is None else index / source.fps
-        yield _face_frame(tracker, index + 1, timestamp, None, _checked_frame(rgb, index), faces)
+        yield _face_frame(front, index + 1, timestamp, None, _checked_frame(rgb, index), faces)
 
 
 def frames_source(frames: np.ndarray | Iterable[np.ndarray], fps: float | None = None) -> Source:
@@ -174,13 +185,13 @@ def frames_source(frames: np.ndarray | Iterable[np.ndarray], fps: float | None =
 
 
 def crop_frames(folder: Path, root: Path, size: int, faces: bool) -> Iterator[Frame]:
+    """Aligned crops: each one face, the person of its folder (face_id 1), no landmarks known."""
     for path in _images_in(folder):
         crop = read_crop(path, size)  # as the training reader decodes and resizes it
         display = read_crop(path, DISPLAY_SIZE) if faces else None
         file = path.relative_to(root).as_posix()
-        yield Frame(int(path.stem), None, file, Box(0, 0, size, size), crop, display)
-
-
+        face = FaceCrop(1, Face(Box(0, 0, size, size), None), crop, display)
+        yield Frame(int(path.stem), None, file, (face,))
 
 
 class AudioTrack:

@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from emodistill.data.media import write_jpeg
+from emodistill.data.frontend.images import write_jpeg
 from emodistill.data.synth.audio import SAMPLE_RATE
 from emodistill.tasks import TASKS, Task
 

@@ -1,45 +1,30 @@
-"""Video decoding as a stream, images read by their content, temporal smoothing of the face box,
-and the face tracker that runs detection (emodistill.data.faces) and cropping on each frame.
+"""Video decoding as a stream, upright: a video's display rotation (the display matrix that phones
+write into MP4/MOV files) is applied to every frame before anything looks for a face.
 
-Used by `prepare` (raw videos -> Aff-wild2-style crops) and by real-time prediction, so every step
-works one frame at a time with flat memory and no look-ahead.
+Every reader of the package decodes here (`prepare`, `predict`, the Aff-wild2 reader's raw videos),
+one frame at a time with flat memory and no look-ahead; `prefetch` runs it in a thread.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from queue import Full, Queue
 from typing import TypeVar
 
 import av
-import cv2
 import numpy as np
 
 from emodistill.core.errors import InputError
-from emodistill.data.faces import (
-    CROP_MARGIN,
-    Box,
-    Detector,
-    EyeLocator,
-    align_face,
-    crop_face,
-    make_detector,
-)
 
 T = TypeVar("T")
 
-# The first bytes of the image formats OpenCV decodes, so that a file is taken for an image by
-# what it holds (a WEBP or PNG saved under a .jpg name is common), never by its extension.
-IMAGE_SIGNATURES = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",  # PNG
-    b"BM",  # BMP
-    b"II*\x00", b"MM\x00*",  # TIFF, either byte order
-)
+# File names taken for videos, the one list of the package: in a folder given to `prepare`, and
+# among the raw videos beside Aff-wild2's crops (images are recognised by their content instead).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 
 @dataclass(frozen=True)
@@ -50,18 +35,20 @@ class VideoInfo:
     fps: float  # average frames per second of the video stream
     n_frames: int  # frames in the stream; duration x fps when the container gives no count
     duration: float  # seconds
-    width: int  # pixels
-    height: int  # pixels
+    width: int  # pixels, as displayed (after the rotation)
+    height: int  # pixels, as displayed
     has_audio: bool  # the container holds at least one audio stream
+    rotation: int = 0  # degrees counter-clockwise the stored frames are turned to display them
 
 
 @dataclass(frozen=True)
 class VideoFrame:
-    """One decoded frame."""
+    """One decoded frame, upright."""
 
     index: int  # 0-based position in the stream (Aff-wild2 crop number - 1)
     timestamp: float  # seconds from the start of the stream
-    rgb: np.ndarray  # (H, W, 3) uint8
+    rgb: np.ndarray  # (H, W, 3) uint8, the display rotation applied
+    rotation: int = 0  # degrees counter-clockwise the decoded frame was turned (0, 90, 180, 270)
 
 
 # How an unreadable file is reported. `predict` and `prepare` name it as the subject of the
@@ -97,9 +84,38 @@ def stream_rate(stream: av.VideoStream) -> Fraction | None:
     return stream.average_rate or stream.guessed_rate or stream.base_rate or None
 
 
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Quarter turns counter-clockwise (0-3) that show a decoded frame upright, from its display
+    matrix (`frame.rotation`: degrees counter-clockwise, in [-180, 180]; phones write 90 or -90).
+    Angles between quarter turns, which no camera writes, go to the nearest one; mirroring is
+    not applied."""
+    return round(frame.rotation / 90) % 4
+
+
+def upright(frame: av.VideoFrame) -> tuple[np.ndarray, int]:
+    """A decoded frame as (H, W, 3) uint8 RGB turned as its display matrix says, and the degrees
+    it was turned."""
+    turns = quarter_turns(frame)
+    rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
+    if turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, turns))  # (W, H, 3) for a quarter turn
+    return rgb, 90 * turns
+
+
+def _first_frame_turns(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    """Quarter turns of the first decodable frame; 0 when none decodes (decoding the video then
+    says what is wrong with it)."""
+    try:
+        frame = next(container.decode(stream), None)
+    except av.FFmpegError:
+        return 0
+    return 0 if frame is None else quarter_turns(frame)
+
+
 def probe_video(path: Path, unreadable: str = UNREADABLE_VIDEO) -> VideoInfo:
     """Read a video's header: frame rate (0.0 when the file states none), frame count, duration,
-    size and whether it has sound. `unreadable` as in `open_container`."""
+    displayed size and rotation, and whether it has sound. `unreadable` as in `open_container`.
+    The rotation is carried by each frame, so the first one is decoded to read it."""
     with open_container(path, unreadable) as container:
         stream = _video_stream(container, path)
         rate = stream_rate(stream)
@@ -113,19 +129,25 @@ def probe_video(path: Path, unreadable: str = UNREADABLE_VIDEO) -> VideoInfo:
         n_frames = stream.frames or round(duration * fps)
         if n_frames <= 0:
             raise InputError(f"{path}: the video stream is empty (no frames)")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        has_audio = bool(container.streams.audio)
+        turns = _first_frame_turns(container, stream)
+        if turns % 2:
+            width, height = height, width
         return VideoInfo(
             path=path,
             fps=fps,
             n_frames=int(n_frames),
             duration=duration or (n_frames / fps if fps else 0.0),
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            has_audio=bool(container.streams.audio),
+            width=width,
+            height=height,
+            has_audio=has_audio,
+            rotation=90 * turns,
         )
 
 
 def iter_frames(path: Path, thread: bool = False) -> Iterator[VideoFrame]:
-    """Decode a video one frame at a time (memory stays flat however long the video is).
+    """Decode a video one frame at a time, upright (memory stays flat however long the video is).
 
     `thread`: decode in a background thread, a few frames ahead of the consumer (`prefetch`):
     the same frames in the same order, the same errors, raised where the frame would have been.
@@ -150,8 +172,8 @@ def _decode_frames(path: Path) -> Iterator[VideoFrame]:
                     raise av.InvalidDataError(0, "incomplete packet")
                 for frame in packet.decode():
                     seconds = frame.time if frame.time is not None else float(decoded / rate)
-                    rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-                    yield VideoFrame(decoded, seconds, rgb)
+                    rgb, rotation = upright(frame)  # (H, W, 3)
+                    yield VideoFrame(decoded, seconds, rgb, rotation)
                     decoded += 1
         except av.FFmpegError as error:
             raise InputError(
@@ -228,123 +250,3 @@ def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
     finally:
         stop.set()
         thread.join(timeout=5.0)
-
-
-def is_image_file(path: Path) -> bool:
-    """True when the file's first bytes are those of an image OpenCV reads (JPEG, PNG, WEBP, BMP,
-    TIFF), whatever its name ends in."""
-    with Path(path).open("rb") as handle:
-        head = handle.read(12)
-    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-    return webp or head.startswith(IMAGE_SIGNATURES)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file decoded by its content as (H, W, 3) uint8 RGB; an unreadable one is an
-    InputError naming it."""
-    data = np.fromfile(path, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise InputError(f"{path}: not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3)
-
-
-def write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
-    """An (H, W, 3) uint8 RGB image as a JPEG file of the given quality (1-100)."""
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode {path} as JPEG")
-    Path(path).write_bytes(encoded.tobytes())
-
-
-@dataclass
-class BoxSmoother:
-    """Exponential moving average of the face box's centre and size that bridges short misses."""
-
-    alpha: float = 0.6  # weight of the newest detection (1: no smoothing)
-    hold: int = 5  # missed detections bridged with the last box before reporting no face
-    jump: float = 0.5  # a centre moving more than this x the face size restarts the average (a cut)
-    _box: Box | None = field(default=None, init=False, repr=False)
-    _misses: int = field(default=0, init=False, repr=False)
-
-    @property
-    def box(self) -> Box | None:
-        """The current smoothed box (None once misses outlast `hold`)."""
-        return self._box
-
-    def reset(self) -> None:
-        self._box, self._misses = None, 0
-
-    def update(self, detection: Box | None) -> Box | None:
-        """Feed one detection (None for a miss) and return the smoothed box."""
-        if detection is None:
-            self._misses += 1
-            if self._misses > self.hold:
-                self._box = None
-            return self._box
-        self._misses = 0
-        previous = self._box
-        if previous is None or self._jumped(previous, detection):
-            self._box = detection
-            return detection
-        (pcx, pcy), (dcx, dcy) = previous.centre, detection.centre
-        a = self.alpha
-        self._box = Box.from_centre(
-            a * dcx + (1 - a) * pcx,
-            a * dcy + (1 - a) * pcy,
-            a * detection.w + (1 - a) * previous.w,
-            a * detection.h + (1 - a) * previous.h,
-        )
-        return self._box
-
-    def _jumped(self, previous: Box, detection: Box) -> bool:
-        (pcx, pcy), (dcx, dcy) = previous.centre, detection.centre
-        return float(np.hypot(dcx - pcx, dcy - pcy)) > self.jump * max(previous.w, previous.h)
-
-
-@dataclass
-class FaceTracker:
-    """Detector + smoother + crop, one frame at a time; optionally detects only every k-th frame.
-
-    `prepare` and `predict` run every video frame and every image through one of these (an image
-    is a video of one frame), so both find and cut faces the same way.
-    """
-
-    detector: Detector = field(default_factory=make_detector)  # dlib, or Haar without dlib
-    smoother: BoxSmoother = field(default_factory=BoxSmoother)
-    crop_size: int = 112  # side of the face crops in pixels (Aff-wild2: 112)
-    margin: float = CROP_MARGIN  # enlargement of the box on each side, fraction of its size
-    # Run the detector on frames 0, k, 2k, ... of a video (counted from `reset`) and reuse the
-    # smoothed box in between, unchanged and unchecked (no re-detection when the face moves or
-    # leaves: the next scheduled detection finds out). The smoother's `hold` then counts missed
-    # detections, so a lost face is dropped after hold x k frames. 1: every frame, as without it.
-    detect_every: int = 1
-    eyes: EyeLocator | None = None  # a landmark model: crops aligned by the eyes, else square
-    _frames_seen: int = field(default=0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.detect_every < 1:
-            raise InputError(f"detect_every must be 1 or more, got {self.detect_every}")
-
-    def reset(self) -> None:
-        """Forget the previous video's face (call between videos)."""
-        self.smoother.reset()
-        self._frames_seen = 0
-
-    def cut(self, rgb: np.ndarray, box: Box, size: int) -> np.ndarray:
-        """The (size, size, 3) face in `box`: aligned by the eyes with a landmark model, else the
-        square crop."""
-        if self.eyes is None:
-            return crop_face(rgb, box, size, self.margin)
-        return align_face(rgb, self.eyes.locate(rgb, box), size)
-
-    def track(self, rgb: np.ndarray) -> tuple[Box | None, np.ndarray | None]:
-        """(smoothed face box, (crop_size, crop_size, 3) crop) of one frame, or (None, None)."""
-        if self._frames_seen % self.detect_every == 0:
-            box = self.smoother.update(self.detector.detect(rgb))
-        else:
-            box = self.smoother.box
-        self._frames_seen += 1
-        if box is None:
-            return None, None
-        return box, self.cut(rgb, box, self.crop_size)
