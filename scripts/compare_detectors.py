@@ -165,7 +165,7 @@ def main() -> None:
     speeds = speed(detectors)
     print("| detector | " + " | ".join(f"recall {s} px" for s in SIDES)
           + " | carphone frames | false faces | ms 640x480 | ms 176x144 | ms tracked 176x144 |")
-    print("|---" * (len(SIDES) + 7) + "|")
+    print("|---" * (len(SIDES) + 6) + "|")
     for name in NAMES:
         print(f"| {name} | " + " | ".join(f"{r:.0%}" for r in recall[name])
               + f" | {per_frame[name]:.1%} | {false[name][0]} in {false[name][1]} | {speeds[name]['640x480']:.1f} | "

@@ -215,8 +215,11 @@ class Predictor:
         columns = self.columns(source)
         with tqdm(total=source.n_frames, unit="frame", disable=not progress, leave=False) as bar:
             for sequence in self.sequences(source, faces):
+                last = None
                 for prediction in self._predict_sequence(sequence, columns):
-                    bar.update()
+                    frame = (prediction.row.get("file"), prediction.row["frame"])
+                    bar.update(frame != last)  # a frame with several faces has several rows
+                    last = frame
                     yield prediction
 
     def predict(self, path: Path | str | np.ndarray | Iterable[np.ndarray], progress: bool = False,
