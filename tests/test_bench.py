@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emodistill.bench import (
+    DLIB_EVERY_FRAME,
     FRONT_END,
     estimate_batchnorm,
     face_frame,
@@ -104,8 +105,10 @@ def test_quick_bench_writes_results_and_tables(tmp_path: Path) -> None:
         expected = row["macs_per_frame"] * row["frames_per_s"] / 1e9
         assert abs(row["gmacs_per_s"] - expected) <= 1e-3 * expected
     stages = [(r["stage"], r["members"], r["backend"]) for r in results["pipeline"]]
-    assert stages[0][0] == FRONT_END
-    assert {(m, b) for _, m, b in stages[1:]} == {(1, "torch"), (1, "onnx"), (2, "torch"),
+    assert [stage for stage, _, _ in stages[:2]] == [FRONT_END, DLIB_EVERY_FRAME]
+    first, dlib = results["pipeline"][:2]
+    assert first["vs_dlib_every_frame"] == pytest.approx(first["frames_per_s"] / dlib["frames_per_s"], rel=0.1)
+    assert {(m, b) for _, m, b in stages[2:]} == {(1, "torch"), (1, "onnx"), (2, "torch"),
                                                  (2, "onnx")}
     assert all(r["frames_per_s"] > 0 and r["frames"] == 10 for r in results["pipeline"])
     peaks = results["memory"]["peak_rss_mb"]

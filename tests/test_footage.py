@@ -134,6 +134,8 @@ def test_landmarks_from_a_file_stand_in_for_the_detector(tiny_run: Path, two_peo
      r"landmarks\.csv:3: frame 3 face 1 is given again \(first on line 2\)"),
     ("frame," + ",".join(LANDMARK_COLUMNS) + "\n0," + ",".join(["5"] * 10) + "\n",
      r"landmarks\.csv:2: frame must be a whole number from 1, got '0'"),
+    ("frame," + ",".join(LANDMARK_COLUMNS) + "\n4," + ",".join(["5"] * 10) + "\n",
+     r"landmarks\.csv:2: the five points coincide"),
 ])
 def test_a_bad_landmarks_file_is_one_sentence_naming_the_line(tiny_run: Path, tmp_path: Path, text: str,
                                                               message: str):

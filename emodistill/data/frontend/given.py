@@ -96,6 +96,8 @@ def read_landmarks_file(path: Path | str, video: str | None = None) -> GivenLand
                 if not all(cells):
                     raise InputError(f"{path}:{line}: a face needs all ten landmark cells; some are empty")
                 points = np.array([_number(c, path, line, n) for c, n in zip(cells, LANDMARK_COLUMNS, strict=True)])
+                if np.ptp(points.reshape(5, 2), axis=0).max() < 1e-3:
+                    raise InputError(f"{path}:{line}: the five points coincide, so no face can be aligned")
                 face_id = None
                 if "face_id" in at:
                     cell = row[at["face_id"]].strip()

@@ -34,6 +34,7 @@ class FrontEnd:
     crop_size: int = 112  # side of the aligned crops, in pixels (Aff-wild2: 112)
     given_path: Path | None = None  # a landmarks file (format: emodistill.data.frontend.given)
     _given: GivenLandmarks | None = field(default=None, init=False, repr=False)
+    _video: str | None = field(default=None, init=False, repr=False)  # whose rows `_given` holds
 
     @classmethod
     def build(cls, detector: str | None = None, crop_size: int = 112, detect_every: int = DETECT_EVERY,
@@ -57,8 +58,8 @@ class FrontEnd:
         column): forget the faces followed so far."""
         if self.tracker is not None:
             self.tracker.reset()
-        else:
-            self._given = read_landmarks_file(self.given_path, video)
+        elif self._given is None or video != self._video:  # the pictures of a folder share one read
+            self._given, self._video = read_landmarks_file(self.given_path, video), video
 
     def faces(self, rgb: np.ndarray, number: int, display_size: int | None = None) -> list[FaceCrop]:
         """The faces of frame `number` (1-based) of the current video, an (H, W, 3) uint8 RGB

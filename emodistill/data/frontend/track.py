@@ -73,8 +73,9 @@ class FaceTracker:
     """
 
     detector: Detector = field(default_factory=make_detector)
-    detect_every: int = DETECT_EVERY  # full detection on frames 0, k, 2k, ... (1: every frame)
-    # and on every frame while no face is followed
+    # Full detection on frames 0, k, 2k, ... (1: every frame), and on every frame while no face
+    # is followed.
+    detect_every: int = DETECT_EVERY
     max_faces: int | None = None  # follow at most this many faces (largest first); None: all
     # O-net's face probability under which a followed face counts as lost. Followed through
     # carphone (a man turning his head in a car) the face never scored under 0.98; O-net on the
@@ -181,8 +182,6 @@ class FaceTracker:
         """Two tracks on one face (a new detection beside a followed face, or a follower that
         slid onto its neighbour): the younger one goes."""
         current = sorted((t for t in self._tracks if t.seen == frame), key=lambda t: t.face_id)
-        for i, older in enumerate(current):
-            for younger in current[i + 1:]:
-                if younger.seen == frame and older.face.box.iou(younger.face.box) > self.duplicate:
-                    younger.seen = -self.memory - 1  # forgotten below
-        self._tracks = [t for t in self._tracks if t.seen >= 0]
+        dropped = {younger.face_id for i, older in enumerate(current) for younger in current[i + 1:]
+                   if older.face.box.iou(younger.face.box) > self.duplicate}
+        self._tracks = [t for t in self._tracks if t.face_id not in dropped]
