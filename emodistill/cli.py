@@ -108,7 +108,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from emodistill.core.runtime import resolve_device
     from emodistill.evaluation.evaluate import evaluate_run
-    from emodistill.report.writer import summary_table, write_report
+    from emodistill.report.tables import summary_table
+    from emodistill.report.writer import write_report
     from emodistill.run import Run
 
     report = evaluate_run(args.run, resolve_device(args.device), ood_dir=args.ood_dir, ood_limit=args.ood_limit,
@@ -120,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from emodistill.report.writer import compare_runs
+    from emodistill.report.compare import compare_runs
 
     print(compare_runs(args.runs))
     return 0

@@ -32,6 +32,9 @@ from emodistill.data.faces import (
 
 T = TypeVar("T")
 
+# The video files of the whole project: inputs of `prepare` and `predict`, Aff-wild2's raw videos.
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
 # The first bytes of the image formats OpenCV decodes, so that a file is taken for an image by
 # what it holds (a WEBP or PNG saved under a .jpg name is common), never by its extension.
 IMAGE_SIGNATURES = (

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from emodistill.core.errors import InputError
 from emodistill.data.faces import EyeLocator, make_detector
 from emodistill.data.media import (
+    VIDEO_SUFFIXES,
     Box,
     FaceTracker,
     VideoFrame,
@@ -38,8 +39,6 @@ SCRATCH = ".partial"  # videos being prepared
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("video", "frame", "timestamp", "face", "x", "y", "w", "h")
 JPEG_QUALITY = 95
-# Files of a folder input taken as videos (images are recognised by their content instead).
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 GLOB_CHARACTERS = "*?["
 
 

@@ -44,7 +44,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from emodistill.core.errors import InputError
 from emodistill.models.emenet import EMENet
 from emodistill.models.members import numpy_logits
-from emodistill.tasks import TASKS
 
 # CPU flags (as /proc/cpuinfo spells them) with which PyTorch's oneDNN kernels multiply bf16 in
 # hardware; without them bf16 is emulated and slower than fp32.
@@ -252,10 +251,11 @@ class StackedHeads(nn.Module):
 
     def __init__(self, models: Sequence[EMENet]) -> None:
         super().__init__()
-        self.n_members, self.n_tasks = len(models), len(TASKS)
+        self.tasks = models[0].tasks
+        self.n_members, self.n_tasks = len(models), len(self.tasks)
         self.hidden_size = models[0].config.gru_hidden
-        grus = [[m.heads[t.name].gru for t in TASKS] for m in models]
-        outs = [[m.heads[t.name].out for t in TASKS] for m in models]
+        grus = [[m.heads[t.name].gru for t in self.tasks] for m in models]
+        outs = [[m.heads[t.name].out for t in self.tasks] for m in models]
         for row in grus:
             for gru in row:
                 if gru.num_layers != 1 or gru.bidirectional or not gru.batch_first or not gru.bias:
@@ -270,7 +270,7 @@ class StackedHeads(nn.Module):
         # Recurrence, one per (member, task) in that order: (G, H, 3H), (G, 1, 3H).
         self.register_buffer("w_hh", stacked([g.weight_hh_l0.T for row in grus for g in row]))
         self.register_buffer("b_hh", stacked([g.bias_hh_l0[None] for row in grus for g in row]))
-        for t, task in enumerate(TASKS):  # outputs per task: (M, H, n_logits), (M, 1, n_logits)
+        for t, task in enumerate(self.tasks):  # outputs per task: (M, H, n_logits), (M, 1, n_logits)
             self.register_buffer(f"w_out_{task.name}", stacked([row[t].weight.T for row in outs]))
             self.register_buffer(f"b_out_{task.name}", stacked([row[t].bias[None] for row in outs]))
 
@@ -299,7 +299,7 @@ class StackedHeads(nn.Module):
         logits = {
             task.name: torch.baddbmm(getattr(self, f"b_out_{task.name}"), seq[:, t],
                                      getattr(self, f"w_out_{task.name}")).view(M, B, L, -1)
-            for t, task in enumerate(TASKS)
+            for t, task in enumerate(self.tasks)
         }
         return logits, h.view(M, T, B, H)
 
@@ -428,9 +428,9 @@ class StackedMembers:
                 raise InputError(f"expected GRU states for {self.n_members} members, got {len(hidden)}")
             if all(h is None for h in hidden):
                 return None
-            zeros = features.new_zeros(len(TASKS), features.shape[1], self.config.gru_hidden)
+            zeros = features.new_zeros(self.heads.n_tasks, features.shape[1], self.config.gru_hidden)
             state = torch.stack([zeros if h is None else h.to(self.device) for h in hidden])
-        expected = (self.n_members, len(TASKS), features.shape[1], self.config.gru_hidden)
+        expected = (self.n_members, self.heads.n_tasks, features.shape[1], self.config.gru_hidden)
         if state is not None and tuple(state.shape) != expected:
             raise InputError(f"expected a stacked GRU state of shape {expected}, got {tuple(state.shape)}")
         return None if state is None else state.to(self.device)

@@ -38,7 +38,6 @@ from emodistill.predict.sources import (
 )
 from emodistill.predict.tables import table
 from emodistill.run import generation_name, open_run
-from emodistill.tasks import TASKS
 
 
 def count(n: int, noun: str) -> str:
@@ -70,6 +69,7 @@ class Predictor:
         `Levers()` is the plain fp32 path)."""
         self.run, wanted = open_run(run, generation)
         self.config = self.run.config()
+        self.tasks = self.config.task_set  # the run's tasks and output names (EXPR_Other in 8-class runs)
         if batch_frames < 1:
             raise InputError(f"batch_frames must be 1 or more, got {batch_frames}")
         self.log = log
@@ -138,13 +138,13 @@ class Predictor:
         if not path.exists():
             self._say(f"{path} does not exist (run `emodistill evaluate`): OOD scores are given "
                       "without a flag")
-            return tuple(t.name for t in TASKS), None
+            return self.tasks.names, None
         try:
             report = read_json(path)
         except InputError as error:
             self._say(f"{error}: OOD scores are given without a flag")
-            return tuple(t.name for t in TASKS), None
-        tasks = tuple(report.get("tasks") or (t.name for t in TASKS))
+            return self.tasks.names, None
+        tasks = tuple(report.get("tasks") or self.tasks.names)
         entry = next((g for g in report.get("generations", [])
                       if g.get("name") == generation_name(self.generation)), None)
         if entry is None or "ood_threshold" not in entry:
@@ -164,7 +164,7 @@ class Predictor:
             self.log(f"note: {message}")
 
     def columns(self, source: Source) -> list[str]:
-        return output_columns(self.ensemble, self.ood_tasks is not None, source.has_file_column)
+        return output_columns(self.tasks, self.ensemble, self.ood_tasks is not None, source.has_file_column)
 
     def sequences(self, source: Source, faces: bool = False) -> Iterator[FrameSequence]:
         """The input as sequences of frames, each cropped at the model's input size."""
@@ -254,7 +254,7 @@ class Predictor:
         groups: dict[str, np.ndarray] = {}
         if found:
             member_probs, alone_probs = self._member_probs(found, hidden, sequence)
-            values, groups = summarise(member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
+            values, groups = summarise(self.tasks, member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
         parts = PARTS if self.ensemble else PARTS[:1]
         index = 0
         for frame in pending:
@@ -295,6 +295,7 @@ class Predictor:
             hidden[:] = list(state)  # per member, carried to the next chunk
 
         def probs(member_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return activate({k: v.reshape(self.n_members, len(found), -1) for k, v in member_logits.items()})
+            return activate({k: v.reshape(self.n_members, len(found), -1) for k, v in member_logits.items()},
+                            self.tasks)
 
         return probs(logits), None if alone_logits is None else probs(alone_logits)  # task -> (T, N, n)
