@@ -82,14 +82,13 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _opaque(folder: Path) -> bool:
-    """Crop and raw-video folders hold thousands of entries and never a layout's other parts."""
-    name = folder.name.lower()
-    return name.startswith(CROP_PREFIX) or name in VIDEO_FOLDERS
+    """A crop folder holds a folder of thousands of crops per video and none of a layout's other parts."""
+    return folder.name.lower().startswith(CROP_PREFIX)
 
 
 def _folders(root: Path, depth: int, top: bool = True) -> Iterator[tuple[Path, int]]:
-    """(folder, depth) of root and every folder below it up to `depth` levels, sorted; crop and
-    video folders below the root are yielded but not looked into."""
+    """(folder, depth) of root and every folder below it up to `depth` levels, sorted; crop
+    folders below the root are yielded but not looked into."""
     yield root, 0
     if depth == 0 or (not top and _opaque(root)):
         return

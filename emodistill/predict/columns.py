@@ -30,6 +30,9 @@ class FramePrediction:
     # "entropy" (total), and for an ensemble "aleatoric" and "epistemic": (len(output_names),)
     # each; None without a face
     uncertainty: dict[str, np.ndarray] | None
+    # The ensemble's mean probabilities, task -> (n_logits,), as the columns show them; None
+    # without a face (what `submit` turns into the challenge's decisions)
+    probs: dict[str, np.ndarray] | None = None
 
 
 PARTS = ("entropy", "aleatoric", "epistemic")  # total, and its two parts (Eq. 14)

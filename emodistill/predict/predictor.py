@@ -252,9 +252,11 @@ class Predictor:
         found = [f for f in pending if f.crop is not None]
         values: dict[str, np.ndarray] = {}
         groups: dict[str, np.ndarray] = {}
+        means: dict[str, np.ndarray] = {}
         if found:
             member_probs, alone_probs = self._member_probs(found, hidden, sequence)
             values, groups = summarise(self.tasks, member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
+            means = {name: probs.mean(0) for name, probs in member_probs.items()}  # (N, n_logits) each
         parts = PARTS if self.ensemble else PARTS[:1]
         index = 0
         for frame in pending:
@@ -263,7 +265,8 @@ class Predictor:
                 yield FramePrediction(row, None, None)
                 continue
             row.update({k: python_value(v[index]) for k, v in values.items() if k in row})
-            yield FramePrediction(row, frame.display, {p: groups[p][index] for p in parts})
+            yield FramePrediction(row, frame.display, {p: groups[p][index] for p in parts},
+                                  {name: mean[index] for name, mean in means.items()})
             index += 1
         pending.clear()
 
