@@ -35,8 +35,9 @@ from emodistill.models.speed import BF16_TOLERANCE, Levers, bf16_fast
 from emodistill.predict.predictor import Predictor
 from emodistill.predict.sources import discover
 from emodistill.predict.tables import largest_difference, write_csv
-from emodistill.report.writer import markdown_table
+from emodistill.report.tables import markdown_table
 from emodistill.run import Run, RunConfig, TrainConfig, export_run
+from emodistill.tasks import PAPER_TASKS
 
 # Targets of the issue, for a 2-core CPU: frames/s.
 PIPELINE_TARGET = 30.0  # whole pipeline, a 5-member ensemble of the paper preset (real time)
@@ -461,8 +462,9 @@ def training_speed(preset: str, sizes: BenchSizes) -> list[dict]:
               "EXPR": torch.from_numpy(rng.integers(0, 7, (B, L))),
               "VA": torch.from_numpy(rng.uniform(-1, 1, (B, L, 2)).astype(np.float32))}
     masks = {name: torch.ones(B, L, dtype=torch.bool) for name in labels}
-    weights = training_class_weights({k: v.numpy().reshape(B * L, -1).squeeze() for k, v in labels.items()},
-                                     {k: v.numpy().reshape(-1) for k, v in masks.items()}, True)
+    flat_labels = {k: v.numpy().reshape(B * L, -1).squeeze() for k, v in labels.items()}
+    weights = training_class_weights(PAPER_TASKS, flat_labels, {k: v.numpy().reshape(-1) for k, v in masks.items()},
+                                     True)
     cases = {}
     for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16), (TORCH_PRELU, None)):
         torch.manual_seed(0)
@@ -477,7 +479,7 @@ def training_speed(preset: str, sizes: BenchSizes) -> list[dict]:
                  dtype: torch.dtype | None = dtype) -> None:
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = model(frames)
-            loss, _ = supervision_loss({k: v.float() for k, v in logits.items()}, labels, masks, weights,
+            loss, _ = supervision_loss(PAPER_TASKS, {k: v.float() for k, v in logits.items()}, labels, masks, weights,
                                        {t: 1.0 for t in labels})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,7 +26,8 @@ from emodistill.methods.pretraining import (
     finetune_config,
     pretrain_backbone,
 )
-from emodistill.report.writer import summary_table, write_report
+from emodistill.report.tables import summary_table
+from emodistill.report.writer import write_report
 from emodistill.run import RunConfig, TrainConfig
 
 

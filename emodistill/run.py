@@ -4,7 +4,7 @@ A run is the single source of truth between stages. Training writes it, evaluati
 report read it, predict, export and bench load its members. Every path inside it is spelled
 here and nowhere else:
 
-    RUN/run.json                        RunConfig (with its TrainConfig)
+    RUN/run.json                        RunConfig (with its TrainConfig and the task set)
     RUN/class_weights.json              class weights from the training labels (Eq. 3)
     RUN/backbone.json                   which backbone the members start from
     RUN/<generation>/member-<m>.safetensors, member-<m>.json (written last: "finished")
@@ -29,6 +29,7 @@ from emodistill.models import PRESETS, build_model
 from emodistill.models.members import Member, TorchMember
 from emodistill.models.mobilefacenet import BLOCKS
 from emodistill.models.onnx import OnnxMember, export_member
+from emodistill.tasks import PAPER_TASKS, TaskSet, release
 
 RUN_FILE = "run.json"
 CLASS_WEIGHTS_FILE = "class_weights.json"
@@ -98,6 +99,15 @@ class RunConfig:
     seed: int = 0  # run seed; each member's seed derives from (seed, generation, member)
     backbone_weights: str | None = None  # optional pretrained MobileFaceNet checkpoint
     train: TrainConfig = field(default_factory=TrainConfig)
+    release: str | None = None  # --release: read the data as this Aff-wild2 release; None: as its folder tells
+    # The tasks the run learns, each one's output names and the release (`TaskSet.as_dict`),
+    # recorded from the data when training starts; None in runs saved before task sets were.
+    tasks: dict | None = None
+
+    @property
+    def task_set(self) -> TaskSet:
+        """The run's tasks; the paper's 2021 set for a run that recorded none."""
+        return PAPER_TASKS if self.tasks is None else TaskSet.from_dict(self.tasks)
 
     def check(self) -> None:
         """Refuse values that cannot make a run, in one sentence."""
@@ -119,6 +129,8 @@ class RunConfig:
             raise InputError("--tail-blocks needs --freeze-backbone: without it every member learns the whole backbone")
         if not self.train.va_bins >= 0:
             raise InputError(f"--va-bins must be 0 or more, got {self.train.va_bins}")
+        if self.release is not None:
+            release(self.release)  # an unknown name is one sentence
         if self.train.freeze_backbone and self.modality == "va":
             raise InputError("--freeze-backbone is for visual models only (--modality v); "
                              "the audio encoder has no pretraining to keep")
@@ -135,7 +147,7 @@ class RunConfig:
 # What a JSON value of each annotated field may be (bool is not an int here, an int is a float).
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "int | None": (int, type(None)),
-    "str | None": (str, type(None)),
+    "str | None": (str, type(None)), "dict | None": (dict, type(None)),
 }
 
 
@@ -195,12 +207,33 @@ class Run:
         except (TypeError, AttributeError) as error:  # not an object, or unknown or missing fields
             raise InputError(f"{self.config_path} is not a run config this version can read ({error})") from None
 
+    def data_root(self, override: Path | str | None = None) -> Path:
+        """The run's data folder: `override` (a moved or other copy) when given, else run.json's,
+        which is absolute; a run saved before holds the path as typed, so a relative one is
+        tried from the working directory, then from the run folder."""
+        if override is not None:
+            return Path(override)
+        data = Path(self.config().data)
+        if data.is_absolute() or data.exists():
+            return data
+        beside = self.root / data
+        return beside if beside.exists() else data
+
+    def task_set(self) -> TaskSet:
+        return self.config().task_set
+
     def prepare(self, config: RunConfig) -> RunConfig:
-        """Create RUN/run.json, or check that an existing run has the same config."""
+        """Create RUN/run.json with absolute paths, or check that an existing run has the same
+        config (its task set included); returns the config as stored."""
         config.check()
+        config = replace(config, data=str(Path(config.data).resolve()),
+                         backbone_weights=config.backbone_weights and str(Path(config.backbone_weights).resolve()))
         wanted = asdict(config)
         if self.exists():
-            stored = asdict(self.config())
+            stored = asdict(replace(self.config(), data=str(self.data_root().resolve())))
+            stored["tasks"] = stored["tasks"] or PAPER_TASKS.as_dict()
+            if stored["backbone_weights"]:
+                stored["backbone_weights"] = str(Path(stored["backbone_weights"]).resolve())
             changed = sorted(k for k in wanted if k not in EXTENDABLE and wanted[k] != stored.get(k))
             if changed:
                 details = "; ".join(f"{k}: run has {stored.get(k)!r}, asked {wanted[k]!r}" for k in changed)
@@ -262,7 +295,7 @@ class Run:
         config = self.config()
         if not self.is_complete(generation, member):
             raise InputError(f"{self.weights_path(generation, member)} is not a finished member")
-        model = build_model(config.preset, config.modality)
+        model = build_model(config.preset, config.modality, config.task_set)
         load_weights(self.weights_path(generation, member), model)
         return model.to(device or torch.device("cpu")).eval()
 

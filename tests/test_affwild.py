@@ -15,9 +15,11 @@ import pytest
 from test_audio import write_video
 
 from emodistill.core.errors import InputError
-from emodistill.data import affwild, audio, cache
+from emodistill.data import audio, cache
 from emodistill.data.affwild import load_split
-from emodistill.tasks import TASK_BY_NAME, TASKS, Task
+from emodistill.data.annotations import read_labels
+from emodistill.data.layout import find_layout
+from emodistill.tasks import PAPER_TASKS, Task
 
 CROP, SIZE = 16, 8  # crops on disk, and the size the tests ask for
 # Lines per annotation file: split -> task -> video. EXPR's train folder has the 2020 spelling.
@@ -51,7 +53,7 @@ def format_row(row: np.ndarray) -> str:
 
 
 def annotation_path(root: Path, split: str, task: str, video: str) -> Path:
-    folder = root / "annotations" / TASK_BY_NAME[task].annotation_dir / FOLDER[split, task]
+    folder = root / "annotations" / PAPER_TASKS[task].annotation_dir / FOLDER[split, task]
     return folder / f"{video}.txt"
 
 
@@ -62,7 +64,7 @@ def write_root(root: Path) -> dict[tuple[str, str, str], np.ndarray]:
     frames_of: dict[str, int] = {}
     for split, per_task in LINES.items():
         for name, per_video in per_task.items():
-            task = TASK_BY_NAME[name]
+            task = PAPER_TASKS[name]
             for video, n in per_video.items():
                 table = tables[split, name, video] = label_table(task, n, rng)
                 path = annotation_path(root, split, name, video)
@@ -122,7 +124,7 @@ def test_train_split_merges_the_three_tasks(built: tuple[Path, dict], tmp_path: 
     pairs = zip(split.video, split.frame_index, strict=True)
     assert [(split.video_names[v], int(f)) for v, f in pairs] == rows
     assert split.frames.shape == (63, SIZE, SIZE, 3) and split.frames.dtype == np.uint8
-    for task in TASKS:
+    for task in PAPER_TASKS:
         for r, (video, frame) in enumerate(rows):
             table = tables.get(("train", task.name, video))
             written = table[frame] if table is not None and frame < len(table) else None
@@ -158,10 +160,10 @@ def test_truth_is_read_for_the_rows(root: Path, tmp_path: Path) -> None:
     arrays = {}
     (root / "truth").mkdir()
     for video in ("v1", "v2_left", "v2_right"):
-        arrays[video] = {t.name: rng.random((24, t.n_logits)).astype(np.float32) for t in TASKS}
+        arrays[video] = {t.name: rng.random((24, t.n_logits)).astype(np.float32) for t in PAPER_TASKS}
         np.savez(root / "truth" / f"{video}.npz", **arrays[video])
     split, _ = load_split(root, "train", size=SIZE, cache_dir=tmp_path, progress=False)
-    for task in TASKS:
+    for task in PAPER_TASKS:
         expected = [arrays[split.video_names[v]][task.name][f]
                     for v, f in zip(split.video, split.frame_index, strict=True)]
         np.testing.assert_array_equal(split.truth[task.name], np.stack(expected))
@@ -212,8 +214,10 @@ def test_bad_folders_are_clear_errors(root: Path, tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="is not a folder"):
         load(tmp_path / "nowhere")
-    with pytest.raises(InputError, match=r"neither an annotations folder nor a labels\.csv"):
-        load(tmp_path)
+    (tmp_path / "empty" / "photos").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"is no Aff-wild2 layout this version knows: it holds photos/; "
+                                         r"expected annotations/.*labels\.csv manifest"):
+        load(tmp_path / "empty")
     with pytest.raises(InputError, match="unknown split 'test'"):
         load(root, "test")
     (root / "annotations" / "AU_Set" / "Training_Set").mkdir()
@@ -226,7 +230,7 @@ def test_bad_folders_are_clear_errors(root: Path, tmp_path: Path) -> None:
         f"{root / 'annotations'}/*/Validation_Set has a crop in {root / 'cropped_aligned'}"
     )):
         load(root, "val")
-    for task in TASKS:
+    for task in PAPER_TASKS:
         shutil.rmtree(root / "annotations" / task.annotation_dir / "Validation_Set")
     with pytest.raises(InputError, match="the val split has no labelled frames"):
         load(root, "val")
@@ -235,7 +239,7 @@ def test_bad_folders_are_clear_errors(root: Path, tmp_path: Path) -> None:
         load(root)
     shutil.rmtree(root / "annotations")
     (root / "annotations").mkdir()
-    with pytest.raises(InputError, match="holds none of AU_Set, EXPR_Set, VA_Set"):
+    with pytest.raises(InputError, match=r"is no Aff-wild2 layout this version knows: it holds annotations/, "):
         load(root)
 
 
@@ -308,7 +312,7 @@ def write_manifest(path: Path, tables: dict, with_split: bool = True) -> None:
 
     Invalid AU rows keep their marker and invalid VA rows are empty cells: both mean no label.
     """
-    columns = [c for task in TASKS for c in (("expr",) if task.name == "EXPR" else task.names)]
+    columns = [c for task in PAPER_TASKS for c in (("expr",) if task.name == "EXPR" else task.names)]
     lines = []
     for split, per_task in LINES.items():
         videos = sorted({video for per_video in per_task.values() for video in per_video})
@@ -316,7 +320,7 @@ def write_manifest(path: Path, tables: dict, with_split: bool = True) -> None:
             n = max(per_video.get(video, 0) for per_video in per_task.values())
             for frame in range(n):
                 cells = [video, str(frame + 1), *([split] if with_split else [])]
-                for task in TASKS:
+                for task in PAPER_TASKS:
                     table = tables.get((split, task.name, video))
                     width = 1 if task.name == "EXPR" else len(task.names)
                     row = table[frame] if table is not None and frame < len(table) else None
@@ -345,7 +349,7 @@ def test_manifest_gives_the_same_split_as_annotation_files(
     assert from_csv.video_names == from_files.video_names and from_csv.fps == from_files.fps
     for field in ("video", "frame_index", "frames"):
         np.testing.assert_array_equal(getattr(from_csv, field), getattr(from_files, field))
-    for task in TASKS:
+    for task in PAPER_TASKS:
         np.testing.assert_array_equal(from_csv.masks[task.name], from_files.masks[task.name])
         np.testing.assert_array_equal(from_csv.labels[task.name], from_files.labels[task.name])
         assert from_csv.labels[task.name].dtype == from_files.labels[task.name].dtype
@@ -388,7 +392,7 @@ def test_manifest_errors_name_file_and_line(
     built: tuple[Path, dict], tmp_path: Path, line: int, row: str, message: str
 ) -> None:
     csv = tmp_path / "labels.csv"
-    header = "video,frame,split," + ",".join(TASK_BY_NAME["AU"].names) + ",expr,valence,arousal"
+    header = "video,frame,split," + ",".join(PAPER_TASKS["AU"].names) + ",expr,valence,arousal"
     first = "v1,1,train,,,,,,,,,,,,,1,,"
     csv.write_text("\n".join([header, *([first] if line == 3 else []), row]) + "\n")
     with pytest.raises(InputError, match=re.escape(f"{csv}:{line}: {message}")):
@@ -426,8 +430,8 @@ def test_label_records_of_both_forms_match(built: tuple[Path, dict], tmp_path: P
     """The annotation reader and the manifest reader parse to the same per-video records."""
     csv = tmp_path / "labels.csv"
     write_manifest(csv, built[1])
-    from_files = affwild.read_labels(built[0], "train")
-    from_csv = affwild.read_labels(built[0], "train", csv)
+    from_files = read_labels(find_layout(built[0]), "train", PAPER_TASKS)
+    from_csv = read_labels(find_layout(built[0], labels=csv), "train", PAPER_TASKS)
     assert from_files.videos.keys() == from_csv.videos.keys()
     for video, per_task in from_files.videos.items():
         assert per_task.keys() == from_csv.videos[video].keys()
@@ -443,7 +447,7 @@ def test_manifest_row_without_labels_is_still_a_frame(
     built: tuple[Path, dict], tmp_path: Path
 ) -> None:
     csv = tmp_path / "labels.csv"
-    header = "video,frame,split," + ",".join(TASK_BY_NAME["AU"].names) + ",expr,valence,arousal"
+    header = "video,frame,split," + ",".join(PAPER_TASKS["AU"].names) + ",expr,valence,arousal"
     csv.write_text(f"{header}\nv1,3,train,,,,,,,,,,,,,,,\n\nv1,1,train,,,,,,,,,,,,,5,,\n")
     split, summary = load_split(built[0], "train", size=SIZE, cache_dir=tmp_path, progress=False,
                                 labels=csv)

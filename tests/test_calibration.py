@@ -15,13 +15,13 @@ from emodistill.evaluation.baselines.temperature_scaling import (
     temperature_scaling_cv,
 )
 from emodistill.evaluation.metrics import nll_binary, nll_categorical
-from emodistill.tasks import TASKS, VA_BINS, VA_CENTRES
+from emodistill.tasks import PAPER_TASKS, VA_BINS, VA_CENTRES
 
 
 def overconfident_data(n: int, scale: float, seed: int = 0):
     """Labels drawn from softmax(z); the logits handed over are scale * z (T* = scale)."""
     rng = np.random.default_rng(seed)
-    z = {task.name: rng.normal(0, 1.5, (n, task.n_logits)) for task in TASKS}
+    z = {task.name: rng.normal(0, 1.5, (n, task.n_logits)) for task in PAPER_TASKS}
     p_au = 1 / (1 + np.exp(-z["AU"]))
     labels = {"AU": (rng.random((n, 12)) < p_au).astype(np.float32),
               "EXPR": np.array([rng.choice(7, p=row) for row in softmax(z["EXPR"], axis=1)])}
@@ -33,7 +33,7 @@ def overconfident_data(n: int, scale: float, seed: int = 0):
 
 def test_fit_recovers_the_temperature():
     logits, labels = overconfident_data(3000, scale=2.5)
-    temperatures = fit_temperatures(logits, labels, {})
+    temperatures = fit_temperatures(PAPER_TASKS, logits, labels, {})
     assert temperatures["AU"].shape == (12,) and temperatures["EXPR"].shape == (1,)
     assert temperatures["VA"].shape == (2,)
     for name in ("AU", "EXPR", "VA"):
@@ -42,11 +42,11 @@ def test_fit_recovers_the_temperature():
 
 def test_fit_lowers_nll_and_identity_at_one():
     logits, labels = overconfident_data(600, scale=3.0, seed=1)
-    ones = {task.name: np.ones(task.n_groups) for task in TASKS}
-    raw = apply_temperatures(logits, ones)
+    ones = {task.name: np.ones(task.n_groups) for task in PAPER_TASKS}
+    raw = apply_temperatures(PAPER_TASKS, logits, ones)
     np.testing.assert_allclose(raw["EXPR"], softmax(logits["EXPR"], axis=1))
     np.testing.assert_allclose(raw["AU"], 1 / (1 + np.exp(-logits["AU"])))
-    calibrated = apply_temperatures(logits, fit_temperatures(logits, labels, {}))
+    calibrated = apply_temperatures(PAPER_TASKS, logits, fit_temperatures(PAPER_TASKS, logits, labels, {}))
     assert nll_binary(labels["AU"], calibrated["AU"]) < nll_binary(labels["AU"], raw["AU"])
     assert (nll_categorical(labels["EXPR"], calibrated["EXPR"])
             < nll_categorical(labels["EXPR"], raw["EXPR"]))
@@ -58,21 +58,21 @@ def test_fit_ignores_masked_rows_and_tasks_without_labels():
     logits, labels = overconfident_data(400, scale=2.0, seed=2)
     masks = {"EXPR": np.arange(400) < 200}
     labels["EXPR"][200:] = -1  # invalid, must not be read
-    temperatures = fit_temperatures(logits, {"EXPR": labels["EXPR"]}, masks)
+    temperatures = fit_temperatures(PAPER_TASKS, logits, {"EXPR": labels["EXPR"]}, masks)
     assert np.isfinite(temperatures["EXPR"]).all()
     np.testing.assert_array_equal(temperatures["AU"], 1.0)
     masks["EXPR"][:] = False
-    np.testing.assert_array_equal(fit_temperatures(logits, labels, masks)["EXPR"], 1.0)
+    np.testing.assert_array_equal(fit_temperatures(PAPER_TASKS, logits, labels, masks)["EXPR"], 1.0)
 
 
 def test_cross_validation_never_scores_a_row_with_its_own_label():
     logits, labels = overconfident_data(200, scale=2.0, seed=3)
     logits, labels = {"EXPR": logits["EXPR"]}, {"EXPR": labels["EXPR"]}
-    before = temperature_scaling_cv(logits, labels, {}, seed=5)["EXPR"]
+    before = temperature_scaling_cv(PAPER_TASKS, logits, labels, {}, seed=5)["EXPR"]
     assert before.shape == (200, 7)
     changed = {"EXPR": labels["EXPR"].copy()}
     changed["EXPR"][17] = (changed["EXPR"][17] + 3) % 7
-    after = temperature_scaling_cv(logits, changed, {}, seed=5)["EXPR"]
+    after = temperature_scaling_cv(PAPER_TASKS, logits, changed, {}, seed=5)["EXPR"]
     np.testing.assert_array_equal(before[17], after[17])  # row 17's label only fits the other half
     moved = ~np.isclose(before, after).all(axis=1)
     assert 0 < moved.sum() <= 100  # the other half, whose temperature changed
@@ -85,7 +85,7 @@ class TinyModel(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm1d(8)
         self.dropout = nn.Dropout(0.5)
-        self.heads = nn.ModuleDict({t.name: nn.Linear(8, t.n_logits) for t in TASKS})
+        self.heads = nn.ModuleDict({t.name: nn.Linear(8, t.n_logits) for t in PAPER_TASKS})
 
     def forward(self, frames: torch.Tensor, audio: torch.Tensor | None = None):
         features = self.norm(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # (B, L, 8)

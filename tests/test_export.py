@@ -14,7 +14,7 @@ from emodistill.core.errors import InputError
 from emodistill.models import build_model
 from emodistill.models.onnx import OnnxMember, export_member
 from emodistill.run import Run, export_run, parse_generation
-from emodistill.tasks import TASKS
+from emodistill.tasks import PAPER_TASKS
 
 TOLERANCE = 1e-4  # the bound on |ONNX - PyTorch|
 
@@ -30,7 +30,7 @@ def random_inputs(model, B: int, L: int, seed: int) -> tuple[torch.Tensor, torch
 
 
 def assert_close(onnx_logits: dict, torch_logits: dict, onnx_state, torch_state) -> None:
-    for task in TASKS:
+    for task in PAPER_TASKS:
         np.testing.assert_allclose(onnx_logits[task.name], torch_logits[task.name].numpy(),
                                    rtol=0, atol=TOLERANCE, err_msg=task.name)
     np.testing.assert_allclose(onnx_state, torch_state.numpy(), rtol=0, atol=TOLERANCE)
@@ -55,7 +55,7 @@ def test_onnx_matches_pytorch_with_carried_state_and_any_batch_or_length(
             torch_logits, torch_state = model.forward_stateful(frames, audio, torch_state)
         audio_np = None if audio is None else audio.numpy()
         onnx_logits, onnx_state = member.forward_stateful(frames.numpy(), audio_np, onnx_state)
-        assert onnx_logits["VA"].shape == (B, L, 40) and onnx_state.shape == (len(TASKS), B, 32)
+        assert onnx_logits["VA"].shape == (B, L, 40) and onnx_state.shape == (len(PAPER_TASKS), B, 32)
         assert_close(onnx_logits, torch_logits, onnx_state, torch_state)
 
 
@@ -66,7 +66,7 @@ def test_streaming_in_chunks_equals_one_pass(tmp_path: Path) -> None:
     whole, _ = member.forward_stateful(frames)
     first, state = member.forward_stateful(frames[:, :4])
     second, _ = member.forward_stateful(frames[:, 4:], None, state)
-    for task in TASKS:
+    for task in PAPER_TASKS:
         chunked = np.concatenate([first[task.name], second[task.name]], axis=1)
         np.testing.assert_allclose(chunked, whole[task.name], atol=1e-5)
 

@@ -130,7 +130,7 @@ def test_landmarks_from_a_file_stand_in_for_the_detector(tiny_run: Path, two_peo
     ("frame,eye_left_x\n1,2\n", r"landmarks\.csv:1: the landmarks file lacks the column\(s\) eye_left_y"),
     ("frame," + ",".join(LANDMARK_COLUMNS) + "\n1," + ",".join(["5"] * 9) + ",x\n",
      r"landmarks\.csv:2: mouth_right_y must be a number, got 'x'"),
-    ("frame,face_id," + ",".join(LANDMARK_COLUMNS) + "\n" + ("3,1," + ",".join(["5"] * 10) + "\n") * 2,
+    ("frame,face_id," + ",".join(LANDMARK_COLUMNS) + "\n" + ("3,1," + ",".join(map(str, range(10))) + "\n") * 2,
      r"landmarks\.csv:3: frame 3 face 1 is given again \(first on line 2\)"),
     ("frame," + ",".join(LANDMARK_COLUMNS) + "\n0," + ",".join(["5"] * 10) + "\n",
      r"landmarks\.csv:2: frame must be a whole number from 1, got '0'"),

@@ -34,7 +34,7 @@ from emodistill.models import build_model
 from emodistill.models.inference import encode_split, predict_features, predict_split
 from emodistill.models.weights import load_backbone_weights
 from emodistill.run import Run, RunConfig, TrainConfig
-from emodistill.tasks import AU, EXPR, TASKS
+from emodistill.tasks import AU, EXPR, PAPER_TASKS
 
 CPU = torch.device("cpu")
 
@@ -65,10 +65,10 @@ def test_evaluate_writes_the_prior_row_and_skill(tiny_run: Path, tiny_data: Path
     assert "skill" in report["baselines"]["temperature_scaling"]
     # By construction the prior has skill 0 and the oracle skill 1.
     names = ("AU", "EXPR", "valence", "arousal")
-    assert skill(prior, prior, report["oracle"]) == pytest.approx(dict.fromkeys(names, 0.0))
-    assert skill(report["oracle"], prior, report["oracle"]) == pytest.approx(dict.fromkeys(names, 1.0))
+    assert skill(prior, prior, report["oracle"], PAPER_TASKS) == pytest.approx(dict.fromkeys(names, 0.0))
+    assert skill(report["oracle"], prior, report["oracle"], PAPER_TASKS) == pytest.approx(dict.fromkeys(names, 1.0))
     # On real data (no oracle) skill is relative to the prior alone.
-    assert skill({"nll": {"EXPR": 0.5}}, {"nll": {"EXPR": 2.0}}, None) == {"EXPR": 0.75}
+    assert skill({"nll": {"EXPR": 0.5}}, {"nll": {"EXPR": 2.0}}, None, PAPER_TASKS) == {"EXPR": 0.75}
 
 
 def test_class_prior_is_the_training_frequencies(tiny_data: Path) -> None:
@@ -94,7 +94,7 @@ def test_start_logits_are_the_best_constant_under_the_loss(tiny_data: Path, rewe
     from emodistill.methods.losses import training_class_weights
 
     train, _ = load_split(tiny_data, "train", size=32, progress=False)
-    weights = training_class_weights(train.labels, train.masks, reweighted)
+    weights = training_class_weights(PAPER_TASKS, train.labels, train.masks, reweighted)
     for task in (AU, EXPR):
         mask = train.masks[task.name]
         labels = torch.as_tensor(train.labels[task.name][mask]).double()
@@ -108,7 +108,7 @@ def test_start_logits_are_the_best_constant_under_the_loss(tiny_data: Path, rewe
         if not reweighted:  # without weights the start predicts the label frequencies
             probs = task.activate(start).numpy()
             assert probs == pytest.approx(np.clip(task.label_frequencies(labels.numpy()), 1e-4, 1), abs=1e-3)
-    assert TASKS[2].start_logits(np.full(40, 0.05), None, distilled=False) is None  # 1 - CCC: no constant optimum
+    assert PAPER_TASKS[2].start_logits(np.full(40, 0.05), None, distilled=False) is None  # 1 - CCC: no constant optimum
 
 
 def test_members_start_at_the_training_prior(tiny_data: Path) -> None:
@@ -121,7 +121,7 @@ def test_members_start_at_the_training_prior(tiny_data: Path) -> None:
     for head in model.heads.values():
         torch.nn.init.zeros_(head.out.weight)  # the output is then the bias alone
     va_bias = model.heads["VA"].out.bias.clone()
-    start_at_prior(model, train, train.tasks_present, ClassWeights.uniform())
+    start_at_prior(model, train, train.tasks_present, ClassWeights.uniform(PAPER_TASKS))
     val, _ = load_split(tiny_data, "val", size=32, progress=False)
     logits = predict_split(model, val, CPU, length=8)
     prior = class_prior(train, len(val), train.tasks_present)
@@ -131,7 +131,7 @@ def test_members_start_at_the_training_prior(tiny_data: Path) -> None:
     assert torch.equal(model.heads["VA"].out.bias, va_bias)
     # A student starts at the mean of its soft labels.
     soft = {"AU": np.full((len(train), 12), 0.2, np.float32)}
-    start_at_prior(model, train, ("AU",), ClassWeights.uniform(), soft)
+    start_at_prior(model, train, ("AU",), ClassWeights.uniform(PAPER_TASKS), soft)
     assert torch.sigmoid(model.heads["AU"].out.bias).detach().numpy() == pytest.approx(np.full(12, 0.2), abs=1e-6)
 
 
@@ -267,7 +267,7 @@ def test_an_auxiliary_loss_is_refused_on_frozen_features(tiny_data: Path) -> Non
     empty = np.zeros((len(train), 64), np.float32)
     with pytest.raises(ValueError, match="frozen"):
         train_member(build_model("tiny"), train, train, TrainConfig(epochs=1), training_class_weights(
-            train.labels, train.masks, False), 0, CPU, progress=False, frozen=FrozenFeatures(empty, empty),
+            PAPER_TASKS, train.labels, train.masks, False), 0, CPU, progress=False, frozen=FrozenFeatures(empty, empty),
             auxiliary=torch.nn.Linear(1, 1))
 
 
@@ -292,7 +292,7 @@ def test_frozen_feature_path_equals_the_full_forward(tiny_data: Path) -> None:
     val, _ = load_split(tiny_data, "val", size=32, progress=False)
     full = predict_split(model, val, CPU, length=8, batch_clips=4)
     cached = predict_features(model, encode_split(model, val, CPU, batch=17), val, CPU, length=8, batch_clips=4)
-    for task in TASKS:
+    for task in PAPER_TASKS:
         assert np.abs(full[task.name] - cached[task.name]).max() < 1e-5, task.name
 
 
@@ -305,7 +305,7 @@ def test_cached_maps_and_a_tail_equal_the_full_forward(tiny_data: Path, tail_blo
     assert maps.ndim == 4  # (N, C, s, s): the input of the last blocks
     full = predict_split(model, val, CPU, length=8, batch_clips=4)
     cached = predict_features(model, maps, val, CPU, length=8, batch_clips=4, tail_blocks=tail_blocks)
-    for task in TASKS:
+    for task in PAPER_TASKS:
         assert np.abs(full[task.name] - cached[task.name]).max() < 1e-5, task.name
 
 
@@ -407,10 +407,10 @@ def _still_image_data(source: Path, out: Path) -> Path:
             folder.mkdir(parents=True)
             cv2.imwrite(str(folder / "00001.jpg"), cv2.cvtColor(np.asarray(data.frames[i]), cv2.COLOR_RGB2BGR))
             cells = []
-            for task in TASKS:
+            for task in PAPER_TASKS:
                 if data.masks[task.name][i]:
                     value = np.atleast_1d(data.labels[task.name][i])
-                    cells += [f"{v:g}" if task is TASKS[2] else str(int(v)) for v in value]
+                    cells += [f"{v:g}" if task is PAPER_TASKS[2] else str(int(v)) for v in value]
                 else:
                     cells += [""] * (12 if task is AU else 1 if task is EXPR else 2)
             rows.append(f"{name},1,{split}," + ",".join(cells))
@@ -453,7 +453,7 @@ def test_tiny_pretrain_freeze_distil_run_completes(tiny_data: Path, tmp_path: Pa
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert report["backbone"]["frozen"] is True
     # The VA bins' loss (not the paper's) is recorded where the weights live and in the report.
-    assert json.loads(run.class_weights_path.read_text())["va_bins"] == 0.5
+    assert json.loads(run.class_weights_path.read_text())["VA"] == [0.5]
     assert report["losses"] == {"reweight": True, "balance": True, "va_bins": 0.5}
     markdown = (run_dir / "report" / "report.md").read_text()
     assert "| Prior" in markdown and "| Oracle" in markdown and "Backbone:" in markdown

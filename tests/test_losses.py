@@ -17,13 +17,23 @@ from emodistill.methods.losses import (
     MAX_CLASS_WEIGHT,
     ClassWeights,
     ccc_torch,
-    class_weights_from_labels,
     distillation_loss,
     supervision_loss,
+    training_class_weights,
 )
-from emodistill.tasks import PAPER_AU_POS_WEIGHT, va_expectation
+from emodistill.tasks import PAPER_AU_POS_WEIGHT, PAPER_EXPR_WEIGHT, PAPER_TASKS, task_set, va_expectation
 
 EQUAL = {"AU": 1.0, "EXPR": 1.0, "VA": 1.0}
+UNIFORM = ClassWeights.uniform(PAPER_TASKS)
+
+
+def paper_weights() -> ClassWeights:
+    """The class weights the paper used on Aff-wild2 (Appendix A)."""
+    return ClassWeights({"AU": np.array(PAPER_AU_POS_WEIGHT), "EXPR": np.array(PAPER_EXPR_WEIGHT)})
+
+
+def with_bins(weight: float) -> ClassWeights:
+    return training_class_weights(PAPER_TASKS, {}, {}, reweight=False, va_bins=weight)
 
 
 def random_logits(B: int = 2, L: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -47,31 +57,37 @@ def test_class_weights_by_hand():
     au[4] = -1
     expr = np.array([0, 0, 0, 1, -1])
     masks = {"AU": np.array([1, 1, 1, 1, 0], bool), "EXPR": np.array([1, 1, 1, 1, 0], bool)}
-    weights = class_weights_from_labels({"AU": au, "EXPR": expr}, masks)
-    assert weights.au_pos_weight[0] == pytest.approx(3.0)
-    assert weights.au_pos_weight[1] == MAX_CLASS_WEIGHT  # never positive
-    assert weights.au_pos_weight[2] == pytest.approx(1 / MAX_CLASS_WEIGHT)
+    weights = training_class_weights(PAPER_TASKS, {"AU": au, "EXPR": expr}, masks, reweight=True).by_task
+    assert weights["AU"][0] == pytest.approx(3.0)
+    assert weights["AU"][1] == MAX_CLASS_WEIGHT  # never positive
+    assert weights["AU"][2] == pytest.approx(1 / MAX_CLASS_WEIGHT)
     # frequencies 3/4 and 1/4 over the 2 classes seen: w = 1 / (2 f)
-    np.testing.assert_allclose(weights.expr_weight[:2], [2 / 3, 2.0])
-    assert (weights.expr_weight[2:] == MAX_CLASS_WEIGHT).all()
-    assert np.dot([0.75, 0.25], weights.expr_weight[:2]) == pytest.approx(1.0)
+    np.testing.assert_allclose(weights["EXPR"][:2], [2 / 3, 2.0])
+    assert (weights["EXPR"][2:] == MAX_CLASS_WEIGHT).all()
+    assert np.dot([0.75, 0.25], weights["EXPR"][:2]) == pytest.approx(1.0)
+    assert "VA" not in weights  # the paper's VA loss takes no weights
 
 
-def test_class_weight_presets_and_round_trip():
-    assert (ClassWeights.uniform().au_pos_weight == 1).all()
-    assert ClassWeights.paper().au_pos_weight[1] == PAPER_AU_POS_WEIGHT[1]
-    weights = ClassWeights.paper()
+def test_class_weights_follow_the_task_set_and_round_trip():
+    eight = training_class_weights(task_set("ABAW6"), {"EXPR": np.array([0, 7, 7, 7])}, {}, reweight=True).by_task
+    assert eight["EXPR"].shape == (8,) and eight["EXPR"][7] == pytest.approx(2 / 3)
+    assert (UNIFORM.by_task["AU"] == 1).all() and (UNIFORM.by_task["EXPR"] == 1).all()
+    weights = paper_weights()
     back = ClassWeights.from_dict(json.loads(json.dumps(weights.as_dict())))
-    np.testing.assert_array_equal(back.expr_weight, weights.expr_weight)
-    # no AU labels at all -> weights stay 1
-    assert (class_weights_from_labels({}, {}).au_pos_weight == 1).all()
+    np.testing.assert_array_equal(back.by_task["EXPR"], weights.by_task["EXPR"])
+    # no labels at all -> weights stay 1
+    assert (training_class_weights(PAPER_TASKS, {}, {}, reweight=True).by_task["AU"] == 1).all()
+    # class_weights.json as runs saved it before the weights were keyed by task
+    old = ClassWeights.from_dict({"au_pos_weight": [2.0] * 12, "expr_weight": [1.0] * 7, "va_bins": 0.5})
+    assert old.by_task["AU"][0] == 2.0 and old.by_task["VA"].tolist() == [0.5]
+    assert "VA" not in ClassWeights.from_dict({"au_pos_weight": [2.0] * 12, "expr_weight": [1.0] * 7}).by_task
 
 
 def test_au_bce_hand_value():
     logits = {"AU": torch.zeros(1, 1, 12)}
     labels = {"AU": torch.tensor([[[1.0] + [0.0] * 11]])}
-    weights = ClassWeights(np.full(12, 2.0), np.ones(7))
-    loss, per_task = supervision_loss(logits, labels, {}, weights, EQUAL)
+    weights = ClassWeights({"AU": np.full(12, 2.0), "EXPR": np.ones(7)})
+    loss, per_task = supervision_loss(PAPER_TASKS, logits, labels, {}, weights, EQUAL)
     # one positive entry weighted 2, eleven negatives weighted 1, each -log(1/2); mean of 12
     assert float(loss) == pytest.approx(13 * math.log(2) / 12)
     assert per_task == {"AU": pytest.approx(13 * math.log(2) / 12)}
@@ -81,14 +97,14 @@ def test_supervision_matches_torch_references_on_valid_frames():
     logits, labels = random_logits(), random_labels()
     masks = {name: torch.tensor([[True, False, True], [True, True, False]]) for name in EQUAL}
     labels["EXPR"][~masks["EXPR"]] = -1  # invalid labels as the readers write them
-    weights = ClassWeights.paper()
-    _, per_task = supervision_loss(logits, labels, masks, weights, EQUAL)
+    weights = paper_weights()
+    _, per_task = supervision_loss(PAPER_TASKS, logits, labels, masks, weights, EQUAL)
     valid = masks["AU"]
     expected_au = F.binary_cross_entropy_with_logits(
         logits["AU"][valid], labels["AU"][valid],
         pos_weight=torch.tensor(PAPER_AU_POS_WEIGHT, dtype=torch.float64))
     expected_expr = F.cross_entropy(logits["EXPR"][valid], labels["EXPR"][valid],
-                                    weight=torch.tensor(weights.expr_weight))
+                                    weight=torch.tensor(weights.by_task["EXPR"]))
     prediction = va_expectation(torch.softmax(logits["VA"][valid].unflatten(-1, (2, 20)), -1)
                                 .flatten(-2)).detach().numpy()
     truth = labels["VA"][valid].numpy()
@@ -101,7 +117,7 @@ def test_supervision_matches_torch_references_on_valid_frames():
 def test_task_weights_combine_losses():
     logits, labels = random_logits(), random_labels()
     task_weights = {"AU": 0.5, "EXPR": 0.2, "VA": 0.3}
-    loss, per_task = supervision_loss(logits, labels, {}, ClassWeights.uniform(), task_weights)
+    loss, per_task = supervision_loss(PAPER_TASKS, logits, labels, {}, UNIFORM, task_weights)
     assert loss.item() == pytest.approx(sum(task_weights[k] * v for k, v in per_task.items()))
     loss.backward()
     assert all(torch.isfinite(t.grad).all() for t in logits.values())
@@ -111,11 +127,11 @@ def test_absent_tasks_contribute_zero():
     logits, labels = random_logits(), random_labels()
     del labels["EXPR"]
     masks = {"VA": torch.zeros(2, 3, dtype=torch.bool)}
-    loss, per_task = supervision_loss(logits, labels, masks, ClassWeights.uniform(), EQUAL)
+    loss, per_task = supervision_loss(PAPER_TASKS, logits, labels, masks, UNIFORM, EQUAL)
     assert set(per_task) == {"AU"}
     assert loss.item() == pytest.approx(per_task["AU"])
     # nothing valid at all: zero, finite, and backward still works
-    loss, per_task = supervision_loss(logits, {}, {}, ClassWeights.uniform(), EQUAL)
+    loss, per_task = supervision_loss(PAPER_TASKS, logits, {}, {}, UNIFORM, EQUAL)
     assert per_task == {} and loss.item() == 0.0
     loss.backward()
     assert all((t.grad == 0).all() for t in logits.values())
@@ -123,7 +139,7 @@ def test_absent_tasks_contribute_zero():
 
 def test_missing_task_weight_is_an_error():
     with pytest.raises(ValueError, match="EXPR"):
-        supervision_loss(random_logits(), random_labels(), {}, ClassWeights.uniform(),
+        supervision_loss(PAPER_TASKS, random_logits(), random_labels(), {}, UNIFORM,
                          {"AU": 1.0, "VA": 1.0})
 
 
@@ -152,7 +168,7 @@ def test_ccc_torch_matches_hand_value():
 def test_va_loss_with_one_valid_frame_is_finite():
     logits = random_logits()
     masks = {"VA": torch.tensor([[True, False, False], [False, False, False]])}
-    loss, per_task = supervision_loss(logits, random_labels(), masks, ClassWeights.uniform(),
+    loss, per_task = supervision_loss(PAPER_TASKS, logits, random_labels(), masks, UNIFORM,
                                       {"VA": 1.0, "AU": 1.0, "EXPR": 1.0})
     loss.backward()
     assert per_task["VA"] == pytest.approx(2.0)  # CCC 0 per dimension
@@ -165,8 +181,8 @@ def test_distillation_matches_torch_references():
             "EXPR": torch.softmax(teacher_logits["EXPR"], -1).detach(),
             "VA": torch.softmax(teacher_logits["VA"].unflatten(-1, (2, 20)), -1)
             .flatten(-2).detach()}
-    weights = ClassWeights.paper()
-    _, per_task = distillation_loss(student, soft, None, weights, EQUAL)
+    weights = paper_weights()
+    _, per_task = distillation_loss(PAPER_TASKS, student, soft, None, weights, EQUAL)
     expected_au = F.binary_cross_entropy_with_logits(
         student["AU"], soft["AU"], pos_weight=torch.tensor(PAPER_AU_POS_WEIGHT).double())
     expected_kl = F.kl_div(torch.log_softmax(student["EXPR"].flatten(0, 1), -1),
@@ -186,7 +202,7 @@ def test_distillation_from_itself_has_zero_kl_and_ccc_loss():
             "VA": torch.softmax(logits["VA"].unflatten(-1, (2, 20)), -1).flatten(-2).detach()}
     soft["EXPR"][0, 0] = float("nan")  # a masked-out frame must not reach the loss
     masks = {"EXPR": torch.tensor([[False, True, True], [True, True, True]])}
-    _, per_task = distillation_loss(logits, soft, masks, ClassWeights.uniform(), EQUAL)
+    _, per_task = distillation_loss(PAPER_TASKS, logits, soft, masks, UNIFORM, EQUAL)
     assert per_task["EXPR"] == pytest.approx(0.0, abs=1e-12)
     assert per_task["VA"] == pytest.approx(0.0, abs=1e-6)
 
@@ -194,25 +210,19 @@ def test_distillation_from_itself_has_zero_kl_and_ccc_loss():
 def test_va_bins_add_cross_entropy_and_kl_to_the_ccc_loss():
     logits, labels = random_logits(seed=5), random_labels(seed=6)
     teacher = torch.softmax(random_logits(seed=7)["VA"].unflatten(-1, (2, 20)), -1).flatten(-2).detach()
-    paper, with_bins = ClassWeights.uniform(), ClassWeights.uniform()
-    with_bins.va_bins = 0.5
-    _, plain = supervision_loss(logits, labels, {}, paper, EQUAL)
-    _, binned = supervision_loss(logits, labels, {}, with_bins, EQUAL)
+    paper, binned_weights = UNIFORM, with_bins(0.5)
+    _, plain = supervision_loss(PAPER_TASKS, logits, labels, {}, paper, EQUAL)
+    _, binned = supervision_loss(PAPER_TASKS, logits, labels, {}, binned_weights, EQUAL)
     values = labels["VA"].reshape(-1, 2)
     log_probs = torch.log_softmax(logits["VA"].reshape(-1, 2, 20), -1)
     index = torch.as_tensor(np.clip(np.floor((values.numpy() + 1) * 10), 0, 19)).long()  # the label's bin
     cross_entropy = sum(F.nll_loss(log_probs[:, d], index[:, d]) for d in range(2))
     assert binned["VA"] == pytest.approx(plain["VA"] + 0.5 * cross_entropy.item())
     assert binned["AU"] == plain["AU"] and binned["EXPR"] == plain["EXPR"]  # VA only
-    _, plain = distillation_loss(logits, {"VA": teacher}, None, paper, EQUAL)
-    _, binned = distillation_loss(logits, {"VA": teacher}, None, with_bins, EQUAL)
+    _, plain = distillation_loss(PAPER_TASKS, logits, {"VA": teacher}, None, paper, EQUAL)
+    _, binned = distillation_loss(PAPER_TASKS, logits, {"VA": teacher}, None, binned_weights, EQUAL)
     kl = sum(F.kl_div(log_probs[:, d], teacher.reshape(-1, 2, 20)[:, d], reduction="batchmean") for d in range(2))
     assert binned["VA"] == pytest.approx(plain["VA"] + 0.5 * kl.item())
-    # the old class_weights.json, without the field, reads back as the paper's loss
-    stored = with_bins.as_dict()
-    assert ClassWeights.from_dict(stored).va_bins == 0.5
-    del stored["va_bins"]
-    assert ClassWeights.from_dict(stored).va_bins == 0.0
 
 
 def test_va_bins_learn_the_shape_that_ccc_leaves_free():
@@ -227,12 +237,11 @@ def test_va_bins_learn_the_shape_that_ccc_leaves_free():
     for row, centre in enumerate((4, 14)):
         narrow[row, [centre, 20 + centre]] = 0.0
     wide = torch.where(wide > 0, 0.0, -30.0).double()
-    weights = ClassWeights.uniform()
-    weights.va_bins = 1.0
+    weights = with_bins(1.0)
     losses = {}
     for name, logits in (("wide", wide), ("narrow", narrow)):
-        paper, _ = supervision_loss({"VA": logits[None]}, {"VA": targets[None]}, {}, ClassWeights.uniform(), EQUAL)
-        both, _ = supervision_loss({"VA": logits[None]}, {"VA": targets[None]}, {}, weights, EQUAL)
+        paper, _ = supervision_loss(PAPER_TASKS, {"VA": logits[None]}, {"VA": targets[None]}, {}, UNIFORM, EQUAL)
+        both, _ = supervision_loss(PAPER_TASKS, {"VA": logits[None]}, {"VA": targets[None]}, {}, weights, EQUAL)
         assert float(paper) == pytest.approx(0.0, abs=1e-6)
         losses[name] = float(both)
     assert losses["narrow"] < 0.01 < losses["wide"]
@@ -241,7 +250,7 @@ def test_va_bins_learn_the_shape_that_ccc_leaves_free():
 def test_kl_with_one_hot_teacher_is_cross_entropy():
     logits = {"EXPR": torch.tensor([[[2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0]]])}
     soft = {"EXPR": torch.tensor([[[1.0, 0, 0, 0, 0, 0, 0]]])}
-    _, per_task = distillation_loss(logits, soft, None, ClassWeights.uniform(), EQUAL)
+    _, per_task = distillation_loss(PAPER_TASKS, logits, soft, None, UNIFORM, EQUAL)
     expected = -torch.log_softmax(logits["EXPR"][0, 0], -1)[0]  # 0 log 0 terms vanish
     assert per_task["EXPR"] == pytest.approx(expected.item())
 

@@ -24,7 +24,7 @@ from emodistill.evaluation.metrics import (
     roc_auc,
     roc_curve,
 )
-from emodistill.tasks import VA_BINS, va_to_bin
+from emodistill.tasks import PAPER_TASKS, VA_BINS, va_to_bin
 
 rng = np.random.default_rng(0)
 
@@ -142,7 +142,7 @@ def test_emotion_metrics_uses_masks_and_sums_tasks():
     y_true["EXPR"][~valid] = -1
     y_true["VA"][~valid] = -5
     masks = {"AU": np.ones(n, bool), "EXPR": valid, "VA": valid}
-    results = emotion_metrics(y_true, probs, masks)
+    results = emotion_metrics(PAPER_TASKS, y_true, probs, masks)
     va_prediction = (probs["VA"].reshape(n, 2, 20) * (np.arange(20) / 10 - 0.95)).sum(-1)
     assert results["AU"] == pytest.approx(abaw_au(y_true["AU"], probs["AU"]))
     assert results["EXPR"] == pytest.approx(abaw_expr(y_true["EXPR"][:5], probs["EXPR"][:5]))
@@ -150,7 +150,7 @@ def test_emotion_metrics_uses_masks_and_sums_tasks():
     assert results["total"] == pytest.approx(sum(results[k] for k in
                                                  ("AU", "EXPR", "valence", "arousal")))
     # a task with no valid frame, or no labels, is left out of the results and the total
-    results = emotion_metrics({"AU": y_true["AU"], "EXPR": y_true["EXPR"]}, probs,
+    results = emotion_metrics(PAPER_TASKS, {"AU": y_true["AU"], "EXPR": y_true["EXPR"]}, probs,
                               {"EXPR": np.zeros(n, bool)})
     assert set(results) == {"AU", "total"} and results["total"] == results["AU"]
 

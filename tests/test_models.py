@@ -24,7 +24,7 @@ from emodistill.models import (
     presets_table,
 )
 from emodistill.models.mobilefacenet import PReLU, final_map_size, scale_channels
-from emodistill.tasks import TASKS
+from emodistill.tasks import PAPER_TASKS
 
 B, L = 2, 4
 
@@ -48,8 +48,8 @@ def tiny(request):
 def test_logits_have_one_entry_per_task_with_its_width(tiny):
     frames, audio = inputs(tiny.config)
     logits = tiny(frames, audio)
-    assert list(logits) == [t.name for t in TASKS]
-    for t in TASKS:
+    assert list(logits) == [t.name for t in PAPER_TASKS]
+    for t in PAPER_TASKS:
         assert logits[t.name].shape == (B, L, t.n_logits)
 
 
@@ -115,10 +115,10 @@ def test_forward_equals_stateful_from_zero_state(tiny):
     frames, audio = inputs(tiny.config)
     plain = tiny(frames, audio)
     stateful, hidden = tiny.forward_stateful(frames, audio, None)
-    zeros = torch.zeros(len(TASKS), B, tiny.config.gru_hidden)
+    zeros = torch.zeros(len(PAPER_TASKS), B, tiny.config.gru_hidden)
     explicit, _ = tiny.forward_stateful(frames, audio, zeros)
-    assert hidden.shape == (len(TASKS), B, tiny.config.gru_hidden)
-    for t in TASKS:
+    assert hidden.shape == (len(PAPER_TASKS), B, tiny.config.gru_hidden)
+    for t in PAPER_TASKS:
         torch.testing.assert_close(plain[t.name], stateful[t.name])
         torch.testing.assert_close(plain[t.name], explicit[t.name])
 
@@ -132,7 +132,7 @@ def test_chunks_with_carried_state_equal_one_pass(tiny):
         chunk_audio = audio[:, half] if audio is not None else None
         logits, hidden = tiny.forward_stateful(frames[:, half], chunk_audio, hidden)
         chunks.append(logits)
-    for t in TASKS:
+    for t in PAPER_TASKS:
         joined = torch.cat([c[t.name] for c in chunks], dim=1)
         torch.testing.assert_close(joined, full[t.name])
     torch.testing.assert_close(hidden, full_hidden)
@@ -145,7 +145,7 @@ def test_channels_last_gives_the_same_output(tiny):
     converted.load_state_dict(tiny.state_dict())
     converted = converted.to(memory_format=torch.channels_last)
     got = converted(frames, audio)
-    for t in TASKS:
+    for t in PAPER_TASKS:
         torch.testing.assert_close(got[t.name], expected[t.name], atol=1e-5, rtol=1e-5)
 
 
@@ -203,7 +203,7 @@ def test_heads_dropout_drops_a_share_p_and_rescales():
 
 def test_each_head_has_its_dropout_module():
     model = build_model("tiny")
-    for t in TASKS:
+    for t in PAPER_TASKS:
         dropout = model.heads[t.name].dropout
         assert isinstance(dropout, nn.Dropout)
         assert dropout.p == 0.5

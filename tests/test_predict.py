@@ -24,7 +24,7 @@ from emodistill.predict.command import predict_command
 from emodistill.predict.predictor import Predictor
 from emodistill.predict.sources import AudioTrack
 from emodistill.run import Run
-from emodistill.tasks import AU, EXPR, TASKS, VA_CENTRES
+from emodistill.tasks import AU, EXPR, PAPER_TASKS, VA_CENTRES
 
 SIZE = 32  # the tiny preset's input size
 # The test video: 2 blank frames, 10 with the face, 8 blank, 4 with the face again. The tracker
@@ -68,12 +68,12 @@ PREDICTION_COLUMNS = [c for c in expected_columns(True, True) if c not in ("fram
 def reference_probs(run: Path, crops: np.ndarray, members: int = 2) -> dict[str, np.ndarray]:
     """Each member's probabilities, task -> (T, L, n), from one whole-sequence `forward`."""
     frames = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255)[None]  # (1, L, 3, S, S)
-    out = {t.name: [] for t in TASKS}
+    out = {t.name: [] for t in PAPER_TASKS}
     for m in range(members):
         model = Run(run).load_member(0, m)
         with torch.no_grad():
             logits = model(frames)
-        for t in TASKS:
+        for t in PAPER_TASKS:
             out[t.name].append(t.activate(logits[t.name][0]).numpy())
     return {k: np.stack(v) for k, v in out.items()}
 

@@ -24,10 +24,10 @@ from safetensors.numpy import save as save_numpy_bytes
 
 from emodistill.core.checkpoints import load_arrays, load_weights, read_json, save_weights
 from emodistill.core.errors import InputError
-from emodistill.data.affwild import read_annotation_file
+from emodistill.data.annotations import read_annotation_file
 from emodistill.data.manifest import label_columns, read_manifest
 from emodistill.data.ood import read_idx
-from emodistill.tasks import TASKS
+from emodistill.tasks import PAPER_TASKS
 
 # Bounded so that the whole file runs in seconds on two shared cores; a longer hunt for bugs:
 # EMODISTILL_FUZZ_EXAMPLES=5000 pytest tests/test_reliability_inputs.py
@@ -75,7 +75,7 @@ def good_line(task, draw) -> str:
 @st.composite
 def annotation_files(draw) -> tuple:
     """A task and the text of an annotation file for it: good lines with random damage."""
-    task = draw(st.sampled_from(TASKS))
+    task = draw(st.sampled_from(PAPER_TASKS.tasks))
     header = draw(st.sampled_from([",".join(label_columns(task)), "", "Neutral,Anger", "1,0"]))
     lines = [good_line(task, draw) for _ in range(draw(st.integers(0, 6)))]
     for _ in range(draw(st.integers(0, 3))):
@@ -86,7 +86,7 @@ def annotation_files(draw) -> tuple:
 
 @FUZZ
 @given(annotation_files())
-@example((TASKS[0], "AU1\n" + "\x0c" * 3))
+@example((PAPER_TASKS[0], "AU1\n" + "\x0c" * 3))
 def test_annotation_reader_fuzzed(scratch: Path, case: tuple) -> None:
     task, text = case
     path = scratch / "video.txt"
@@ -105,7 +105,7 @@ def test_annotation_reader_fuzzed(scratch: Path, case: tuple) -> None:
 def test_annotation_reader_on_random_bytes(scratch: Path, data: bytes) -> None:
     path = scratch / "video.txt"
     path.write_bytes(data)
-    for task in TASKS:
+    for task in PAPER_TASKS:
         try:
             read_annotation_file(task, path)
         except InputError as error:
@@ -115,7 +115,7 @@ def test_annotation_reader_on_random_bytes(scratch: Path, data: bytes) -> None:
 @FUZZ
 @given(st.data())
 def test_annotation_errors_name_the_damaged_line(scratch: Path, data: st.DataObject) -> None:
-    task = data.draw(st.sampled_from(TASKS))
+    task = data.draw(st.sampled_from(PAPER_TASKS.tasks))
     lines = [good_line(task, data.draw) for _ in range(data.draw(st.integers(1, 8)))]
     out_of_range = {"binary": "2", "categorical": "7", "binned": "1.5"}[task.kind]
     cells = lines[0].split(",")
@@ -135,7 +135,7 @@ def test_annotation_errors_name_the_damaged_line(scratch: Path, data: st.DataObj
 
 # --- labels.csv / manifest.csv ----------------------------------------------------------------
 
-MANIFEST_COLUMNS = ["video", "frame", "split", *(c for task in TASKS for c in label_columns(task))]
+MANIFEST_COLUMNS = ["video", "frame", "split", *(c for task in PAPER_TASKS for c in label_columns(task))]
 
 
 def mostly(draw, good: st.SearchStrategy, bad: st.SearchStrategy) -> str:
@@ -166,7 +166,7 @@ def manifests(draw) -> str:
             "image": mostly(draw, st.sampled_from(["a.jpg", "faces/b.png", "c.jpg"]),
                             st.sampled_from(["", ".", "/", "a.jpg/", "é.jpg"])),
         }
-        for task in TASKS:
+        for task in PAPER_TASKS:
             names = label_columns(task)
             if draw(st.booleans()):
                 good = [good_line(task, draw)] if len(names) == 1 else good_line(task, draw).split(",")
@@ -189,7 +189,7 @@ def test_manifest_reader_fuzzed(scratch: Path, text: str, split: str) -> None:
     path = scratch / "labels.csv"
     path.write_bytes(text.encode("utf-8"))
     try:
-        label_set = read_manifest(path, split)
+        label_set = read_manifest(path, split, PAPER_TASKS)
     except InputError as error:
         assert_one_sentence(error, path)
         return
@@ -205,7 +205,7 @@ def test_manifest_reader_on_random_bytes(scratch: Path, data: bytes) -> None:
     path = scratch / "manifest.csv"
     path.write_bytes(data)
     try:
-        read_manifest(path, "train")
+        read_manifest(path, "train", PAPER_TASKS)
     except InputError as error:
         assert_one_sentence(error, path)
 

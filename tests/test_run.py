@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from emodistill.cli import main
-from emodistill.report.writer import compare_runs
+from emodistill.report.compare import compare_runs
 
 TINY_TRAIN = ["--preset", "tiny", "--epochs", "1", "--batches-per-epoch", "2", "--clip-length", "8", "--quiet",
               "--device", "cpu"]

@@ -8,14 +8,14 @@ import pytest
 from emodistill.core.errors import InputError
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import ClipSampler, gather, sequential_clips
-from emodistill.tasks import TASKS
+from emodistill.tasks import PAPER_TASKS
 
 
 def make_split(lengths: list[int], valid_rows: dict[str, list[int]], audio: bool = False) -> Split:
     """Videos of the given lengths; each task valid on the listed rows. Frame r is filled with r."""
     n = sum(lengths)
     rows = np.arange(n)
-    masks = {t.name: np.isin(rows, valid_rows.get(t.name, [])) for t in TASKS}
+    masks = {t.name: np.isin(rows, valid_rows.get(t.name, [])) for t in PAPER_TASKS}
     return Split(
         name="train",
         frames=np.broadcast_to(rows[:, None, None, None] % 256, (n, 4, 4, 3)).astype(np.uint8),
@@ -95,7 +95,7 @@ def test_tasks_can_be_chosen_and_none_present_is_an_error() -> None:
 def test_gather_indexes_every_array() -> None:
     split = make_split([10, 10], {"AU": [1, 2], "EXPR": [12]}, audio=True)
     split.truth = {t.name: np.arange(20 * t.n_logits, dtype=np.float32).reshape(20, -1)
-                   for t in TASKS}
+                   for t in PAPER_TASKS}
     index = np.array([[0, 1, 2], [12, 13, 13]])
     batch = gather(split, index)
     assert batch["frames"].shape == (2, 3, 4, 4, 3) and batch["frames"].dtype == np.uint8

@@ -24,12 +24,13 @@ from emodistill.data.synth.affect import (
     va_bin_probs,
 )
 from emodistill.data.synth.audio import SAMPLE_RATE, mouth_opening, plan_speech
-from emodistill.data.synth.face import random_identity, render_face
+from emodistill.data.synth.face import CROP_CENTRE_Y, CROP_SPAN, SUPERSAMPLE, draw_face
+from emodistill.data.synth.identity import Identity, Pose, random_identity
 from emodistill.tasks import (
     AU,
     PAPER_AU_POSITIVE_RATE,
     PAPER_EXPR_RATE,
-    TASKS,
+    PAPER_TASKS,
     VA_BINS,
     va_to_bin,
 )
@@ -54,11 +55,20 @@ def meta(data: tuple[Path, SynthSummary]) -> dict:
     return json.loads((data[0] / "synth.json").read_text())
 
 
+
+def render_face(who: Identity, au: np.ndarray, size: int) -> np.ndarray:
+    """One face alone, framed like an aligned crop: (size, size, 3) BGR uint8."""
+    big = size * SUPERSAMPLE
+    canvas = np.full((big, big, 3), (120, 130, 140), np.uint8)
+    scale = big / CROP_SPAN
+    draw_face(canvas, who, au, Pose(big / 2, big / 2 - CROP_CENTRE_Y * scale, scale, 0.0, 0.0, 0.0))
+    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+
 def _annotated(root: Path) -> dict[tuple[str, str], Path]:
     """(task, video) -> annotation file."""
     return {
         (task.name, path.stem): path
-        for task in TASKS
+        for task in PAPER_TASKS
         for path in (root / "annotations" / task.annotation_dir).glob("*/*.txt")
     }
 
@@ -76,7 +86,7 @@ def _affect_sample(subjects: int, frames: int, seed: int) -> list[dict[str, np.n
 # Layout ---------------------------------------------------------------------------------------
 def test_every_task_has_videos_in_both_splits_with_headers_and_one_line_per_frame(data, meta):
     root, summary = data
-    for task in TASKS:
+    for task in PAPER_TASKS:
         for split in SPLITS:
             files = sorted((root / "annotations" / task.annotation_dir / split).glob("*.txt"))
             assert files, f"no {task.name} videos in {split}"
@@ -326,7 +336,7 @@ def test_preview_png_is_written_and_missing_layout_is_an_input_error(data, tmp_p
     assert sheet is not None and sheet.shape[0] > 200 and sheet.shape[1] > 500
     out = contact_sheet(root, tmp_path / "sheet.png", n=4, seed=3)
     assert cv2.imread(str(out)) is not None
-    with pytest.raises(InputError, match="no annotations"):
+    with pytest.raises(InputError, match="is no Aff-wild2 layout this version knows"):
         contact_sheet(tmp_path, tmp_path / "x.png")
 
 
@@ -337,5 +347,5 @@ def test_preview_names_the_file_and_line_of_a_bad_annotation(tmp_path):
     (bad / "cropped_aligned" / "v").mkdir(parents=True)
     for i in (1, 2):
         cv2.imwrite(str(bad / "cropped_aligned" / "v" / f"{i:05d}.jpg"), np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(InputError, match=r"v.txt line 3"):
+    with pytest.raises(InputError, match=r"v\.txt:3: expr 'happy' is not a number"):
         contact_sheet(bad, tmp_path / "bad.png")

@@ -10,13 +10,12 @@ from scipy.stats import entropy as scipy_entropy
 
 from emodistill.evaluation.uncertainty import (
     decompose,
-    decompose_binary,
     decompose_task,
     entropy,
     ood_score,
     task_epistemic,
 )
-from emodistill.tasks import AU, EXPR, VA
+from emodistill.tasks import AU, EXPR, PAPER_TASKS, VA
 
 rng = np.random.default_rng(0)
 
@@ -43,10 +42,10 @@ def test_two_member_example_by_hand():
     assert total == pytest.approx([h_mean])
     assert aleatoric == pytest.approx([0.5])  # (1 bit + 0 bits) / 2
     assert epistemic == pytest.approx([h_mean - 0.5])
-    # the binary form gives the same from P(present) alone
-    binary = decompose_binary(np.array([[0.5], [0.0]]))
+    # an AU's P(present) alone gives the same, as its (absent, present) distribution
+    binary = decompose_task(AU, np.array([[[0.0] * 11 + [0.5]], [[0.0] * 11 + [0.0]]]))
     for a, b in zip(binary, (total, aleatoric, epistemic), strict=True):
-        np.testing.assert_allclose(a, b)
+        np.testing.assert_allclose(a[:, 11], b)
 
 
 def test_identical_members_and_single_member_have_no_epistemic():
@@ -72,9 +71,9 @@ def test_decompose_task_groups():
     au = rng.random((T, N, 12))
     total, _, epistemic = decompose_task(AU, au)
     assert total.shape == (N, 12)
-    np.testing.assert_allclose(epistemic[:, 5], decompose_binary(au[:, :, 5])[2])
+    np.testing.assert_allclose(epistemic[:, 5], decompose(np.stack([1 - au[:, :, 5], au[:, :, 5]], -1))[2])
     expr = rng.dirichlet(np.ones(7), size=(T, N))
-    assert decompose_task("EXPR", expr)[0].shape == (N, EXPR.n_groups)
+    assert decompose_task(EXPR, expr)[0].shape == (N, EXPR.n_groups)
     va = np.concatenate([rng.dirichlet(np.ones(20), size=(T, N)),
                          rng.dirichlet(np.ones(20), size=(T, N))], axis=-1)
     total, _, _ = decompose_task(VA, va)
@@ -87,19 +86,19 @@ def test_ood_score_averages_groups_then_tasks():
     T, N = 2, 3
     au = rng.random((T, N, 12))
     expr = rng.dirichlet(np.ones(7), size=(T, N))
-    score = ood_score({"AU": au, "EXPR": expr})
+    score = ood_score(PAPER_TASKS, {"AU": au, "EXPR": expr})
     expected = (decompose_task(AU, au)[2].mean(1) + decompose_task(EXPR, expr)[2][:, 0]) / 2
     np.testing.assert_allclose(score, expected)
-    np.testing.assert_array_equal(ood_score({"AU": au[:1]}), 0.0)
-    per_task = task_epistemic({"EXPR": expr, "AU": au})
-    assert list(per_task) == ["AU", "EXPR"]  # TASKS order, whatever order they came in
+    np.testing.assert_array_equal(ood_score(PAPER_TASKS, {"AU": au[:1]}), 0.0)
+    per_task = task_epistemic(PAPER_TASKS, {"EXPR": expr, "AU": au})
+    assert list(per_task) == ["AU", "EXPR"]  # PAPER_TASKS order, whatever order they came in
     np.testing.assert_allclose(per_task["AU"], decompose_task(AU, au)[2].mean(1))
     np.testing.assert_allclose((per_task["AU"] + per_task["EXPR"]) / 2, score)
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="unknown task"):
-        ood_score({"pose": np.zeros((2, 3, 4))})
+        ood_score(PAPER_TASKS, {"pose": np.zeros((2, 3, 4))})
     with pytest.raises(ValueError, match="NaN"):
         decompose(np.full((2, 3, 4), np.nan))
     with pytest.raises(ValueError, match="12 AU outputs"):

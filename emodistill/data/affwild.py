@@ -1,4 +1,5 @@
-"""Aff-wild2 / ABAW reader: annotation folders (or a CSV manifest) and face crops -> a `Split`.
+"""Aff-wild2 / ABAW reader: any release's labels (layout.py finds them, annotations.py reads
+them; or a CSV manifest) and face crops -> a `Split` with the release's task set.
 
 Crops are decoded once into a memory-mapped cache (cache.py); labels are re-parsed every run.
 """
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from emodistill.core.errors import InputError
 from emodistill.core.runtime import usable_cpus
 from emodistill.data import audio as audio_features
+from emodistill.data.annotations import read_labels
 from emodistill.data.cache import (
     Cached,
     cached_array,
@@ -29,18 +31,11 @@ from emodistill.data.cache import (
     file_signature,
 )
 from emodistill.data.dataset import Split
-from emodistill.data.frontend.decode import UNREADABLE_RAW_VIDEO, VIDEO_SUFFIXES, probe_video
-from emodistill.data.manifest import (
-    LabelSet,
-    TaskLabels,
-    label_columns,
-    parse_cells,
-    raw_video_name,
-    read_manifest,
-)
-from emodistill.tasks import TASKS, Task
+from emodistill.data.frontend.decode import UNREADABLE_RAW_VIDEO, probe_video
+from emodistill.data.layout import Layout, crop_folders, find_layout, raw_video_files
+from emodistill.data.manifest import LabelSet, raw_video_name
+from emodistill.tasks import TaskSet, task_set
 
-SPLIT_FOLDERS = {"train": ("Train_Set", "Training_Set"), "val": ("Validation_Set",)}
 DEFAULT_FPS = 30.0  # assumed for a video whose raw file is absent
 DECODE_CHUNK = 512  # crops handed to the decoding threads at a time
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -51,6 +46,8 @@ class LoadSummary:
     """What `load_split` read, skipped and reused; str() is a one-paragraph report."""
 
     split: str  # "train" | "val"
+    layout: str  # the release and what told it
+    tasks: str  # the task set read, "AU (12), EXPR (8 classes, with Other), VA (valence, arousal)"
     source: str  # the label files read
     videos: int  # videos with at least one frame
     frames: int  # rows of the Split
@@ -68,7 +65,8 @@ class LoadSummary:
         labelled = ", ".join(f"{name} {count:,}" for name, count in self.labelled.items())
         invalid = ", ".join(f"{name} {count:,}" for name, count in self.invalid.items())
         text = (
-            f"{self.split} split from {self.source}: {self.frames:,} frames of {self.videos} "
+            f"{self.layout}; tasks {self.tasks}. {self.split.capitalize()} split from {self.source}: "
+            f"{self.frames:,} frames of {self.videos} "
             f"videos, valid labels {labelled}; invalid labels masked {invalid}; "
             f"{self.missing_crops:,} annotated frames without a crop skipped; frames {self.cache} "
             f"({self.cache_path})"
@@ -79,93 +77,6 @@ class LoadSummary:
         return " ".join([text, *(f"{note}." for note in self.notes)])
 
 
-def read_annotation_file(task: Task, path: Path) -> tuple[TaskLabels, bool]:
-    """One Aff-wild2 annotation file -> its labels, and whether line 1 looked like data.
-
-    Line 1 is always the header; line i + 2 is frame i, crop {i + 1:05d}.jpg.
-    """
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not a UTF-8 text file") from None
-    while lines and not lines[-1].strip():  # trailing blank lines carry no frame
-        lines.pop()
-    if not lines:
-        raise InputError(f"{path} is empty; expected a header line then one line per frame")
-    header, body = lines[0], lines[1:]
-    n_columns = len(label_columns(task))
-    counts = np.fromiter((line.count(",") + 1 for line in body), dtype=np.int64, count=len(body))
-    wrong = np.flatnonzero(counts != n_columns)
-    if wrong.size:
-        row = wrong[0]
-        what = (f"one {task.name} value" if n_columns == 1
-                else f"{n_columns} comma-separated {task.name} values")
-        raise InputError(f"{path}:{row + 2}: expected {what}, got {counts[row]}")
-    cells = np.array(",".join(body).split(",") if body else [], dtype=object)
-    cells = cells.reshape(len(body), n_columns)  # (n, columns) of str
-    values, valid = parse_cells(task, cells, str(path), np.arange(2, len(body) + 2))
-    header_is_data = all(_is_number(cell) for cell in header.split(","))
-    return TaskLabels(np.arange(len(body), dtype=np.int64), values, valid), header_is_data
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def read_annotations(root: Path, split: str) -> LabelSet:
-    """`ROOT/annotations/{AU,EXPR,VA}_Set/<split folder>/*.txt` -> one split's labels."""
-    folder = root / "annotations"
-    if not folder.is_dir():
-        raise InputError(f"{folder} does not exist; expected AU_Set, EXPR_Set and VA_Set in it")
-    names = "|".join(SPLIT_FOLDERS[split])
-    videos: dict[str, dict[str, TaskLabels]] = {}
-    notes: list[str] = []
-    header_as_data: list[Path] = []
-    if not any((folder / task.annotation_dir).is_dir() for task in TASKS):
-        raise InputError(f"{folder} holds none of {', '.join(t.annotation_dir for t in TASKS)}")
-    for task in TASKS:
-        task_folder = folder / task.annotation_dir
-        split_folders = [task_folder / n for n in SPLIT_FOLDERS[split]
-                         if (task_folder / n).is_dir()]
-        if len(split_folders) > 1:
-            raise InputError(
-                f"{task_folder} holds both {' and '.join(SPLIT_FOLDERS[split])}; keep one"
-            )
-        if not split_folders:
-            notes.append(f"The {split} split has no {task.name} labels ({task_folder}/{names} "
-                         "absent)")
-            continue
-        for path in sorted(split_folders[0].glob("*.txt")):
-            labels, header_is_data = read_annotation_file(task, path)
-            videos.setdefault(path.stem, {})[task.name] = labels
-            if header_is_data:
-                header_as_data.append(path)
-    if header_as_data:
-        notes.append(
-            f"Line 1 of {len(header_as_data)} annotation file(s) (first: {header_as_data[0]}) "
-            "looks like data; it was skipped as the header, as Aff-wild2 files always have one"
-        )
-    frames = {name: np.unique(np.concatenate([labels.frame_index for labels in per_task.values()]))
-              for name, per_task in videos.items()}
-    return LabelSet(videos=videos, frames=frames, source=f"{folder}/*/{names}",
-                    notes=notes)
-
-
-def read_labels(root: Path, split: str, labels: Path | None = None) -> LabelSet:
-    """One split's labels: CSV `labels` if given, else ROOT/annotations, else ROOT/labels.csv."""
-    if labels is not None:
-        return read_manifest(Path(labels), split)
-    if (root / "annotations").is_dir():
-        return read_annotations(root, split)
-    if (root / "labels.csv").is_file():
-        return read_manifest(root / "labels.csv", split)
-    raise InputError(f"{root} has neither an annotations folder nor a labels.csv")
-
-
 @dataclass
 class _Rows:
     """The frames of a split that have a crop, sorted by (video, frame)."""
@@ -173,6 +84,7 @@ class _Rows:
     video_names: list[str]
     video: np.ndarray  # (N,) int32 index into video_names
     frame_index: np.ndarray  # (N,) int32 0-based frame
+    folders: list[Path]  # each video's crop folder
     crops: dict[str, dict[str, list[int]]]  # "cropped_aligned/<video>" -> crop name -> signature
     listed: int  # frames the labels list, with or without a crop
 
@@ -193,40 +105,43 @@ def crop_name(frame_index: int) -> str:
     return f"{frame_index + 1:05d}.jpg"
 
 
-def _frame_rows(label_set: LabelSet, crops_dir: Path) -> _Rows:
-    names, video, frame_index, crops = [], [], [], {}
+def _frame_rows(label_set: LabelSet, layout: Layout) -> _Rows:
+    names, video, frame_index, folders, crops = [], [], [], [], {}
     listed = 0
+    where = crop_folders(layout.crop_dirs, sorted(label_set.frames))
     for name in sorted(label_set.frames):
         frames = label_set.frames[name]
         listed += frames.size
-        folder = crops_dir / name
-        present = set(os.listdir(folder)) if folder.is_dir() else set()
+        folder = where.get(name)
+        present = set(os.listdir(folder)) if folder is not None else set()
         kept = np.array([crop_name(i) in present for i in frames.tolist()], dtype=bool)
         if not kept.any():
             continue
         frames = frames[kept]
-        crops[f"{crops_dir.name}/{name}"] = {
+        crops[_relative(folder, layout.root)] = {
             crop_name(i): file_signature(folder / crop_name(i)) for i in frames.tolist()
         }
         video.append(np.full(frames.size, len(names), dtype=np.int32))
         frame_index.append(frames.astype(np.int32))
         names.append(name)
+        folders.append(folder)
     return _Rows(
         video_names=names,
         video=np.concatenate(video) if video else np.zeros(0, np.int32),
         frame_index=np.concatenate(frame_index) if frame_index else np.zeros(0, np.int32),
+        folders=folders,
         crops=crops,
         listed=listed,
     )
 
 
 def _label_arrays(
-    label_set: LabelSet, rows: _Rows
+    label_set: LabelSet, rows: _Rows, tasks: TaskSet
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-task label arrays and masks over the rows; rows without a valid label hold zeros."""
     n = len(rows.frame_index)
     labels, masks = {}, {}
-    for task in TASKS:
+    for task in tasks:
         values = task.empty_labels(n)  # the `Split` format: EXPR (n,) int64, others (n, columns)
         mask = np.zeros(n, dtype=bool)
         for (start, stop), name in zip(rows.ranges(), rows.video_names, strict=True):
@@ -277,15 +192,9 @@ def _decode_crops(
             bar.update(len(chunk))
 
 
-def _raw_videos(root: Path, video_names: list[str]) -> dict[str, Path]:
-    """Video name -> its raw file under ROOT/videos (a `_left`/`_right` subject -> the base)."""
-    folder = root / "videos"
-    if not folder.is_dir():
-        return {}
-    by_stem: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
-            by_stem.setdefault(path.stem, path)
+def _raw_videos(layout: Layout, video_names: list[str]) -> dict[str, Path]:
+    """Video name -> its raw file (a `_left`/`_right` subject -> the base video's)."""
+    by_stem = raw_video_files(layout)
     found = {}
     for name in video_names:
         path = by_stem.get(name) or by_stem.get(raw_video_name(name))
@@ -314,8 +223,8 @@ def _frame_rates(
     without = [name for name in video_names if name not in raw]
     if without:
         shown = ", ".join(without[:3]) + (", ..." if len(without) > 3 else "")
-        notes.append(f"{len(without)} video(s) have no raw video under videos/ ({shown}): "
-                     f"{DEFAULT_FPS:g} fps assumed")
+        notes.append(f"{len(without)} video(s) have no raw video under videos/, batch1/, batch2/ or new_vids/ "
+                     f"({shown}): {DEFAULT_FPS:g} fps assumed")
     return fps
 
 
@@ -327,8 +236,8 @@ def _audio_cache(
     for name in rows.video_names:
         if name not in raw:
             raise InputError(
-                f"video {name} has no raw file under {root / 'videos'}; the audio-visual model "
-                "needs one for its audio (use --modality v)"
+                f"video {name} has no raw file under {root / 'videos'} (nor batch1/, batch2/, new_vids/); "
+                "the audio-visual model needs one for its audio (use --modality v)"
             )
     paths = sorted({raw[name] for name in rows.video_names})
     fingerprint = {
@@ -367,18 +276,18 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path} is not a readable .npz file ({err})") from None
 
 
-def _truth(root: Path, rows: _Rows) -> dict[str, np.ndarray] | None:
+def _truth(root: Path, rows: _Rows, tasks: TaskSet) -> dict[str, np.ndarray] | None:
     """Simulator data: the true label distributions of the rows from ROOT/truth/<video>.npz."""
     folder = root / "truth"
     if not folder.is_dir():
         return None
     n = len(rows.frame_index)
-    truth = {task.name: np.zeros((n, task.n_logits), dtype=np.float32) for task in TASKS}
+    truth = {task.name: np.zeros((n, task.n_logits), dtype=np.float32) for task in tasks}
     for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True):
         path = folder / f"{name}.npz"
         arrays = read_npz(path)
         frames = rows.frame_index[start:stop]
-        for task in TASKS:
+        for task in tasks:
             array = arrays.get(task.name)
             if array is None:
                 raise InputError(f"{path} lacks the array {task.name}")
@@ -391,9 +300,9 @@ def _truth(root: Path, rows: _Rows) -> dict[str, np.ndarray] | None:
     return truth
 
 
-def _invalid_counts(label_set: LabelSet) -> dict[str, int]:
+def _invalid_counts(label_set: LabelSet, tasks: TaskSet) -> dict[str, int]:
     """Task -> annotated frames carrying the invalid marker, over all listed frames."""
-    counts = dict.fromkeys((task.name for task in TASKS), 0)
+    counts = dict.fromkeys(tasks.names, 0)
     for video in label_set.videos.values():
         for name, labels in video.items():
             counts[name] += int((~labels.valid).sum())
@@ -407,37 +316,29 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _split_rows(root: Path, split: str, labels: Path | None) -> tuple[LabelSet, _Rows]:
+def _split_rows(layout: Layout, split: str, tasks: TaskSet) -> tuple[LabelSet, _Rows]:
     """One split's labels and the rows they make: one per labelled (video, frame) with a crop."""
-    if split not in SPLIT_FOLDERS:
-        raise InputError(f"unknown split {split!r}; expected train or val")
-    if not root.is_dir():
-        raise InputError(f"{root} is not a folder; expected a data root with annotations/ "
-                         "(or labels.csv) and cropped_aligned/")
-    label_set = read_labels(root, split, labels)
+    label_set = read_labels(layout, split, tasks)
     if not label_set.videos:
         raise InputError(
             f"the {split} split has no labelled frames: nothing found in {label_set.source}"
         )
-    crops_dir = root / "cropped_aligned"
-    if not crops_dir.is_dir():
-        raise InputError(f"{crops_dir} does not exist; expected one folder of face crops per video")
-    rows = _frame_rows(label_set, crops_dir)
+    rows = _frame_rows(label_set, layout)
     if len(rows.frame_index) == 0:
+        shown = ", ".join(str(d) for d in layout.crop_dirs)
         raise InputError(f"the {split} split has no frames: none of the {rows.listed:,} frames "
-                         f"listed in {label_set.source} has a crop in {crops_dir}")
+                         f"listed in {label_set.source} has a crop in {shown}")
     return label_set, rows
 
 
-def _frame_cache(crops_dir: Path, rows: _Rows, split: str, size: int, cache_dir: Path,
-                 progress: bool) -> Cached:
+def _frame_cache(rows: _Rows, split: str, size: int, cache_dir: Path, progress: bool) -> Cached:
     """The split's crops at `size` as a memory-mapped (N, S, S, 3) uint8 cache, decoded once."""
     # The rows digest fixes which crops fill which rows, so editing a label never re-decodes.
     fingerprint = {"rows": rows.digest(), "files": rows.crops}
 
     def decode(out: np.ndarray) -> None:
-        paths = [crops_dir / name / crop_name(int(i))
-                 for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True)
+        paths = [folder / crop_name(int(i))
+                 for folder, (start, stop) in zip(rows.folders, rows.ranges(), strict=True)
                  for i in rows.frame_index[start:stop]]
         _decode_crops(paths, size, out, progress, f"decoding {split} crops")
 
@@ -453,25 +354,31 @@ def load_split(
     cache_dir: Path | None = None,
     progress: bool = True,
     labels: Path | None = None,
+    release: str | None = None,
 ) -> tuple[Split, LoadSummary]:
-    """Read one split ("train" or "val") of an Aff-wild2-style root into a `Split`.
+    """Read one split ("train" or "val") of an Aff-wild2 root of any release into a `Split`.
 
-    Labels come from `labels` (a CSV manifest) if given, else ROOT/annotations, else
-    ROOT/labels.csv; the three tasks are merged into one row per (video, frame) that has a crop.
-    Frames (and, with `audio`, log-mel windows) come from memory-mapped caches in `cache_dir`
-    (default ROOT/.emodistill-cache), built on the first call and reused while the files
-    they came from are unchanged.
+    The layout and release are found from the folder (`layout.find_layout`); `release` names
+    another, and `labels` (a CSV manifest or a multi-task file) stands for the annotation
+    folders. The tasks are merged into one row per (video, frame) that has a crop, and the
+    split carries the release's task set. Frames (and, with `audio`, log-mel windows) come from
+    memory-mapped caches in `cache_dir` (default ROOT/.emodistill-cache), built on the first call
+    and reused while the files they came from are unchanged.
     """
     started = time.perf_counter()
     root = Path(root)
-    label_set, rows = _split_rows(root, split, labels)
+    if split not in ("train", "val"):
+        raise InputError(f"unknown split {split!r}; expected train or val")
+    layout = find_layout(root, release, labels)
+    tasks = task_set(layout.release.name)
+    label_set, rows = _split_rows(layout, split, tasks)
     n = len(rows.frame_index)
-    label_arrays, masks = _label_arrays(label_set, rows)
+    label_arrays, masks = _label_arrays(label_set, rows, tasks)
     cache_dir = default_cache_dir(root) if cache_dir is None else Path(cache_dir)
-    frame_cache = _frame_cache(root / "cropped_aligned", rows, split, size, cache_dir, progress)
+    frame_cache = _frame_cache(rows, split, size, cache_dir, progress)
 
     notes = list(label_set.notes)
-    raw = _raw_videos(root, rows.video_names)
+    raw = _raw_videos(layout, rows.video_names)
     fps = _frame_rates(rows.video_names, raw, notes)
     audio_cache = (_audio_cache(root, rows, raw, fps, cache_dir, split, progress)
                    if audio else None)
@@ -486,15 +393,18 @@ def load_split(
         video_names=rows.video_names,
         audio=None if audio_cache is None else audio_cache.array,
         fps=fps,
-        truth=_truth(root, rows),
+        truth=_truth(root, rows, tasks),
+        tasks=tasks,
     )
     summary = LoadSummary(
         split=split,
+        layout=layout.describe(),
+        tasks=tasks.describe(),
         source=label_set.source,
         videos=len(rows.video_names),
         frames=n,
         labelled={name: int(mask.sum()) for name, mask in masks.items()},
-        invalid=_invalid_counts(label_set),
+        invalid=_invalid_counts(label_set, tasks),
         missing_crops=rows.listed - n,
         cache_reused=frame_cache.reused,
         cache=frame_cache.status,

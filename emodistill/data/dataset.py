@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emodistill.tasks import TASKS
+from emodistill.tasks import PAPER_TASKS, TaskSet
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Split:
     # Simulator data only: the true per-frame label distributions, "AU" (N, 12) P(present),
     # "EXPR" (N, 7), "VA" (N, 40) (20 valence bins then 20 arousal bins).
     truth: dict[str, np.ndarray] | None = None
+    tasks: TaskSet = PAPER_TASKS  # the tasks and output names the labels follow (the release's)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -40,7 +41,7 @@ class Split:
     def tasks_present(self) -> tuple[str, ...]:
         """Names of the tasks with at least one valid label in this split."""
         masks = self.masks
-        return tuple(t.name for t in TASKS if t.name in masks and bool(masks[t.name].any()))
+        return tuple(t.name for t in self.tasks if t.name in masks and bool(masks[t.name].any()))
 
     def video_ranges(self) -> list[tuple[int, int]]:
         """(start, stop) index range of each video's frames, in order."""

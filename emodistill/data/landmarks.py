@@ -15,6 +15,7 @@ import numpy as np
 from emodistill.core.errors import InputError
 from emodistill.data.affwild import read_npz
 from emodistill.data.dataset import Split
+from emodistill.data.layout import crop_folders, find_crop_dirs
 
 LANDMARKS_CSV = "landmarks.csv"
 IBUG_POINTS = 68  # iBUG/300-W: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67
@@ -27,7 +28,8 @@ def _csv_header(points: int) -> list[str]:
 def _crop_side(root: Path, video: str, frame: int, cache: dict[str, int]) -> int:
     """Side in pixels of one video's crops, read from its first labelled crop."""
     if video not in cache:
-        path = root / "cropped_aligned" / video / f"{frame:05d}.jpg"
+        folder = crop_folders(find_crop_dirs(root), [video]).get(video, root / "cropped_aligned" / video)
+        path = folder / f"{frame:05d}.jpg"
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise InputError(f"{path} is missing or not an image; landmarks.csv names its frame")

@@ -20,7 +20,8 @@ CSV manifest format (`ROOT/labels.csv`, or any path given as `labels=` / `--labe
 - Frame rate and audio come from the raw video `ROOT/videos/**/<video>.mp4|avi` as for
   Aff-wild2 (30 fps is assumed without one).
 - Labels as in Aff-wild2: AU columns 0/1 (order as above), `expr` an integer 0..6 (Neutral,
-  Anger, Disgust, Fear, Happiness, Sadness, Surprise), `valence`/`arousal` numbers in [-1, 1].
+  Anger, Disgust, Fear, Happiness, Sadness, Surprise; with `--release` of 2022 or later also 7,
+  Other), `valence`/`arousal` numbers in [-1, 1].
 - An empty cell means "no label" for that task, and a task's cells on a row are all filled or
   all empty. Aff-wild2's invalid markers (-1 for AU and expr, -5 for valence/arousal) are
   accepted and mean "no label" as well. A row without any label still puts its frame in the
@@ -39,7 +40,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from emodistill.core.errors import InputError
-from emodistill.tasks import TASKS, Task
+from emodistill.tasks import Task, TaskSet
 
 SPLIT_NAMES = ("train", "val")
 HASH_TRAIN_PERCENT = 80  # share of videos a manifest without a split column puts in train
@@ -263,14 +264,14 @@ def _check_order(
 
 
 def _task_rows(
-    path: Path, col: dict[str, int], cells: np.ndarray, lines: np.ndarray, order: np.ndarray
+    path: Path, col: dict[str, int], cells: np.ndarray, lines: np.ndarray, order: np.ndarray, tasks: TaskSet
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Task name -> (present, values, valid) per row, in `order`.
 
     Parsed in file order, so an error names the first bad line; then reordered like the rows.
     """
     task_rows = {}
-    for task in TASKS:
+    for task in tasks:
         task_cells = cells[:, [col[c.lower()] for c in label_columns(task)]]  # (n, columns)
         filled = (task_cells != "").sum(axis=1)
         mixed = np.flatnonzero((filled > 0) & (filled < task_cells.shape[1]))
@@ -314,7 +315,7 @@ def _videos_of_split(
     return chosen, listed
 
 
-def read_manifest(path: Path, split: str) -> LabelSet:
+def read_manifest(path: Path, split: str, tasks: TaskSet) -> LabelSet:
     """The rows of `split` in a CSV manifest (format in this module's docstring)."""
     if not path.is_file():
         raise InputError(f"{path} does not exist; expected a CSV manifest of per-frame labels")
@@ -322,7 +323,7 @@ def read_manifest(path: Path, split: str) -> LabelSet:
     notes = []
     if "image" in header and "video" not in header:
         header, cells, lines, notes = _from_image_column(path, header, cells, lines)
-    needed = ["video", "frame", *(c.lower() for task in TASKS for c in label_columns(task))]
+    needed = ["video", "frame", *(c.lower() for task in tasks for c in label_columns(task))]
     missing = [name for name in needed if name not in header]
     if missing:
         raise InputError(
@@ -338,6 +339,6 @@ def read_manifest(path: Path, split: str) -> LabelSet:
     splits = _split_column(path, col, cells, videos, lines, notes)
     order = np.lexsort((frames, videos))  # by video, then frame; stable, so file order in ties
     _check_order(path, order, videos, frames, splits, lines)
-    task_rows = _task_rows(path, col, cells, lines, order)
+    task_rows = _task_rows(path, col, cells, lines, order, tasks)
     chosen, listed = _videos_of_split(split, videos[order], frames[order], splits[order], task_rows)
     return LabelSet(videos=chosen, frames=listed, source=str(path), notes=notes)

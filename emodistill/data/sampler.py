@@ -10,7 +10,6 @@ import numpy as np
 
 from emodistill.core.errors import InputError
 from emodistill.data.dataset import Split
-from emodistill.tasks import TASKS, task
 
 
 def _windows(split: Split, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +57,8 @@ class ClipSampler:
         if length < 1 or clips_per_task < 1:
             raise ValueError(f"length and clips_per_task must be >= 1, got {length} and "
                              f"{clips_per_task}")
-        names = tasks if tasks is not None else [t.name for t in TASKS]
-        asked = tuple(task(name).name for name in names)
+        names = tasks if tasks is not None else split.tasks.names
+        asked = tuple(split.tasks[name].name for name in names)
         self.length = length
         self.clips_per_task = clips_per_task
         starts, lasts = _windows(split, length)

@@ -37,22 +37,24 @@ from emodistill.models.inference import (
     predict_split,
 )
 from emodistill.run import Run, RunConfig, generation_name
-from emodistill.tasks import TASKS
+from emodistill.tasks import TaskSet
+from emodistill.tasks.challenge import challenge_scores, decisions_of
 
 OOD_FALSE_ALARM = 0.05  # the stored OOD threshold flags 5% of in-domain validation frames
-# The lower-is-better score of each task that skill is measured on: (group, key) in a score dict;
-# {"AU": ("nll", "AU_mean"), "EXPR": ("nll", "EXPR"), "valence": ("rmse", "valence"), ...}.
-SKILL_SCORES: dict[str, tuple[str, str]] = {
-    metric: score for task in TASKS for metric, score in task.skill_scores().items()
-}
+
+
+def skill_scores(tasks: TaskSet) -> dict[str, tuple[str, str]]:
+    """The lower-is-better score of each task that skill is measured on: (group, key) in a score
+    dict; {"AU": ("nll", "AU_mean"), "EXPR": ("nll", "EXPR"), "valence": ("rmse", "valence"), ...}."""
+    return {metric: score for task in tasks for metric, score in task.skill_scores().items()}
 
 
 def emotion_summary(split: Split, member_probs: list[Probs], ensemble: Probs) -> dict:
     """Ensemble metrics and single members' mean and std (Table 1, Figure 4)."""
-    singles = [emotion_metrics(split.labels, p, split.masks) for p in member_probs]
+    singles = [emotion_metrics(split.tasks, split.labels, p, split.masks) for p in member_probs]
     keys = singles[0].keys()
     return {
-        "ensemble": emotion_metrics(split.labels, ensemble, split.masks),
+        "ensemble": emotion_metrics(split.tasks, split.labels, ensemble, split.masks),
         "single_mean": {k: float(np.mean([s[k] for s in singles])) for k in keys},
         "single_std": {k: float(np.std([s[k] for s in singles])) for k in keys},
         "single": singles,
@@ -70,7 +72,7 @@ def aleatoric_vs_truth(split: Split, member_probs: list[Probs]) -> dict[str, flo
         return {}
     stacked = stack_members(member_probs)
     gaps = {}
-    for task in TASKS:
+    for task in split.tasks:
         if task.name in stacked and task.name in split.truth:
             _, aleatoric, _ = decompose_task(task, stacked[task.name])
             true_entropy, _, _ = decompose_task(task, split.truth[task.name][None])
@@ -81,7 +83,7 @@ def aleatoric_vs_truth(split: Split, member_probs: list[Probs]) -> dict[str, flo
 def reliability_data(split: Split, member_probs: list[Probs]) -> dict:
     """Reliability diagram bins of the pooled single members, for AU and EXPR."""
     out = {}
-    for task in TASKS:
+    for task in split.tasks:
         mask = split.masks.get(task.name)
         if mask is None or not mask.any() or task.name not in member_probs[0]:
             continue
@@ -116,17 +118,18 @@ class OODProbe:
     def is_ood(self) -> np.ndarray:
         return np.concatenate([np.zeros(len(self.in_images), bool), np.ones(len(self.ood_images), bool)])
 
-    def member_probs(self, models: list[torch.nn.Module], device: torch.device,
+    def member_probs(self, models: list[torch.nn.Module], device: torch.device, task_set: TaskSet,
                      tasks: tuple[str, ...], front: SharedFront | None = None) -> dict[str, np.ndarray]:
         """Task -> the members' probabilities (T, N, n_logits) for in-domain then OOD images."""
         member_probs = []
         for model in models:
             if front is not None:
-                inside = activate(predict_encoded_images(model, front.probe_in, device, front.tail_blocks), tasks)
-                outside = activate(predict_encoded_images(model, front.probe_out, device, front.tail_blocks), tasks)
+                inside = predict_encoded_images(model, front.probe_in, device, front.tail_blocks)
+                outside = predict_encoded_images(model, front.probe_out, device, front.tail_blocks)
             else:
-                inside = activate(predict_images(model, self.in_images, device, self.in_audio), tasks)
-                outside = activate(predict_images(model, self.ood_images, device, self.ood_audio), tasks)
+                inside = predict_images(model, self.in_images, device, self.in_audio)
+                outside = predict_images(model, self.ood_images, device, self.ood_audio)
+            inside, outside = activate(inside, task_set, tasks), activate(outside, task_set, tasks)
             member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
         return stack_members(member_probs)
 
@@ -179,20 +182,22 @@ def evaluate_generation(
         else predict_split(m, val, device, length, batch, use_audio)
         for m in models
     ]
-    member_probs = [activate(logits, tasks) for logits in member_logits]
+    member_probs = [activate(logits, val.tasks, tasks) for logits in member_logits]
     ensemble = ensemble_mean(member_probs)
     entry: dict = {"name": generation_name(generation)}
     emotion = emotion_summary(val, member_probs, ensemble)
     entry.update({k: emotion[k] for k in ("ensemble", "single_mean", "single_std")})
+    entry["challenge"] = challenge_scores(val.tasks, val.tasks.info.scoring, val.labels,
+                                          decisions_of(val.tasks, ensemble), val.masks)
     entry.update(mean_scores([uncertainty_scores(val, p) for p in member_probs]))
     entry["ensemble_uncertainty"] = uncertainty_scores(val, ensemble)
-    probe_probs = probe.member_probs(models, device, tasks, front)
-    scores = ood_score(probe_probs)
+    probe_probs = probe.member_probs(models, device, val.tasks, tasks, front)
+    scores = ood_score(val.tasks, probe_probs)
     fpr, tpr = roc_curve(probe.is_ood, scores)
     entry["ood_auc"] = roc_auc(probe.is_ood, scores)
     # Diagnostic, not the score: how well each task's epistemic part alone separates the sets.
     entry["ood_auc_by_task"] = {name: roc_auc(probe.is_ood, epistemic)
-                                for name, epistemic in task_epistemic(probe_probs).items()}
+                                for name, epistemic in task_epistemic(val.tasks, probe_probs).items()}
     entry["ood_threshold"] = float(np.quantile(scores[~probe.is_ood], 1.0 - OOD_FALSE_ALARM))
     entry["roc"] = thinned_curve(fpr, tpr)
     entry["reliability"] = reliability_data(val, member_probs)
@@ -205,7 +210,7 @@ def evaluate_generation(
 def class_prior(train: Split, n: int, tasks: tuple[str, ...]) -> Probs:
     """What a model that learned nothing predicts: the training labels' frequencies, every frame."""
     prior = {}
-    for task in TASKS:
+    for task in train.tasks:
         if task.name in tasks and task.name in train.tasks_present:
             mask = train.masks[task.name]
             rate = task.label_frequencies(train.labels[task.name][mask])
@@ -216,16 +221,18 @@ def class_prior(train: Split, n: int, tasks: tuple[str, ...]) -> Probs:
 def scored_predictor(val: Split, probs: Probs) -> dict:
     """A fixed predictor (the prior, the oracle) scored exactly as the models are."""
     entry = uncertainty_scores(val, probs)
-    entry["emotion"] = emotion_metrics(val.labels, probs, val.masks)
+    entry["emotion"] = emotion_metrics(val.tasks, val.labels, probs, val.masks)
+    entry["challenge"] = challenge_scores(val.tasks, val.tasks.info.scoring, val.labels,
+                                          decisions_of(val.tasks, probs), val.masks)
     return entry
 
 
-def skill(scores: dict, prior: dict, oracle_scores: dict | None) -> dict[str, float]:
+def skill(scores: dict, prior: dict, oracle_scores: dict | None, tasks: TaskSet) -> dict[str, float]:
     """Per task, the share of the gap from the class prior to the best possible score that a
     model closes: (prior - model) / (prior - oracle); without an oracle (real data),
     (prior - model) / prior. 0 is no better than the prior, negative is worse."""
     out = {}
-    for name, (group, key) in SKILL_SCORES.items():
+    for name, (group, key) in skill_scores(tasks).items():
         model, base = scores.get(group, {}).get(key), prior.get(group, {}).get(key)
         if model is None or base is None:
             continue
@@ -238,19 +245,19 @@ def skill(scores: dict, prior: dict, oracle_scores: dict | None) -> dict[str, fl
 def oracle(val: Split) -> dict:
     """The Bayes-optimal predictor (the simulator's true label distributions), scored alike."""
     assert val.truth is not None
-    return scored_predictor(val, {t.name: val.truth[t.name] for t in TASKS if t.name in val.truth})
+    return scored_predictor(val, {t.name: val.truth[t.name] for t in val.tasks if t.name in val.truth})
 
 
-def add_skill(report: dict) -> None:
+def add_skill(report: dict, tasks: TaskSet) -> None:
     """Skill against the prior (and the oracle on simulator data) of every scored predictor."""
     prior, best = report["prior"], report.get("oracle")
     for entry in report["generations"]:
-        entry["skill"] = {"single": skill(entry, prior, best),
-                          "ensemble": skill(entry["ensemble_uncertainty"], prior, best)}
+        entry["skill"] = {"single": skill(entry, prior, best, tasks),
+                          "ensemble": skill(entry["ensemble_uncertainty"], prior, best, tasks)}
         if best is not None and best["emotion"].get("total"):
             entry["total_vs_oracle"] = float(entry["ensemble"]["total"] / best["emotion"]["total"])
     for baseline in report.get("baselines", {}).values():
-        baseline["skill"] = skill(baseline, prior, best)
+        baseline["skill"] = skill(baseline, prior, best, tasks)
 
 
 def evaluate_run(
@@ -262,8 +269,12 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    data: Path | None = None,
 ) -> dict:
-    """Score every finished generation of a run; returns the report dict (see report.json)."""
+    """Score every finished generation of a run; returns the report dict (see report.json).
+
+    `data` scores the run on another (or a moved) copy of its data, whose task set must be the
+    run's."""
     run = Run(root)
     config = run.config()
     finished = run.finished_generations()
@@ -271,15 +282,20 @@ def evaluate_run(
         raise InputError(f"{run.root} has no finished teacher ensemble yet; run `emodistill train` first")
     generations = [g for g in finished if g == 0 or g - 1 in finished]
     size = PRESETS[config.preset].input_size
-    val, summary = load_split(Path(config.data), "val", size=size, audio=config.modality == "va", progress=progress)
+    root_dir = run.data_root(data)
+    val, summary = load_split(root_dir, "val", size=size, audio=config.modality == "va", progress=progress,
+                              release=config.release)
     log(f"val: {summary}")
-    train, _ = load_split(Path(config.data), "train", size=size, progress=progress)
+    check_task_sets(run, config.task_set, val.tasks, root_dir)
+    train, _ = load_split(root_dir, "train", size=size, progress=progress, release=config.release)
     tasks = val.tasks_present
     probe = OODProbe(val, size, ood_dir, ood_limit, seed)
     log(f"out-of-domain set: {probe.name} ({len(probe.ood_images)} images) "
         f"against {len(probe.in_images)} validation frames")
-    report: dict = {"run": str(run.root), "preset": config.preset, "modality": config.modality,
-                    "members": config.members, "tasks": list(tasks), "ood_set": probe.name,
+    report: dict = {"run": str(run.root), "data": str(root_dir), "preset": config.preset,
+                    "modality": config.modality, "members": config.members, "tasks": list(tasks),
+                    "task_set": val.tasks.as_dict(), "release": val.tasks.info.label,
+                    "scoring": val.tasks.info.scoring, "ood_set": probe.name,
                     "losses": {"reweight": config.train.reweight, "balance": config.train.balance,
                                "va_bins": config.train.va_bins},
                     "backbone": read_json(run.backbone_path) if run.backbone_path.exists()
@@ -305,5 +321,14 @@ def evaluate_run(
             report["baselines"] = {b.NAME: b.score(teachers) for b in baselines()}
     if val.truth is not None:
         report["oracle"] = oracle(val)
-    add_skill(report)
+    add_skill(report, val.tasks)
     return report
+
+
+def check_task_sets(run: Run, trained: TaskSet, read: TaskSet, data: Path) -> None:
+    """One sentence when the data would be scored with other tasks or classes than the run learnt."""
+    if trained.as_dict()["tasks"] != read.as_dict()["tasks"]:
+        raise InputError(
+            f"{data} reads as {read.info.label} with tasks {read.describe()}, but {run.root} was trained on "
+            f"{trained.info.label} with {trained.describe()}; score it on data of the release it was trained on"
+        )

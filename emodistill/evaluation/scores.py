@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from emodistill.data.dataset import Split
-from emodistill.tasks import TASKS
 
 Probs = dict[str, np.ndarray]  # task -> (N, n_logits) probabilities
 
@@ -14,7 +13,7 @@ Probs = dict[str, np.ndarray]  # task -> (N, n_logits) probabilities
 def uncertainty_scores(split: Split, probs: Probs) -> dict:
     """In-domain uncertainty of one predictor: NLL per AU and EXPR, RMSE of V/A, ECE (Tables 3-4)."""
     scores: dict = {"nll": {}, "rmse": {}, "ece": {}}
-    for task in TASKS:
+    for task in split.tasks:
         mask = split.masks.get(task.name)
         if mask is None or not mask.any() or task.name not in probs:
             continue

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.special import entr
 
-from emodistill.tasks import TASKS, Task
-from emodistill.tasks import task as task_by_name
+from emodistill.tasks import Task, TaskSet
 
 
 def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -37,36 +36,25 @@ def decompose(member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return total, aleatoric, np.maximum(total - aleatoric, 0.0)
 
 
-def decompose_binary(member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Members' P(present) (T, N) -> (total, aleatoric, epistemic), each (N,), over log 2."""
-    member_probs = np.asarray(member_probs, dtype=np.float64)
-    return decompose(np.stack([1.0 - member_probs, member_probs], axis=-1))  # (T, N, 2)
-
-
-def decompose_task(task: Task | str,
-                   member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decompose_task(task: Task, member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One task's member probabilities (T, N, n_logits) -> (total, aleatoric, epistemic),
-    each (N, n_groups): per AU, for the expression, per valence/arousal dimension.
-
-    `task` is a `tasks.Task` or its name.
-    """
-    spec = task_by_name(task) if isinstance(task, str) else task
-    return decompose(spec.distributions(member_probs))  # (T, N, G, K) -> (N, G)
+    each (N, n_groups): per AU, for the expression, per valence/arousal dimension."""
+    return decompose(task.distributions(member_probs))  # (T, N, G, K) -> (N, G)
 
 
-def task_epistemic(member_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def task_epistemic(tasks: TaskSet, member_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each task's epistemic uncertainty (N,), averaged over its groups (the 12 AUs, valence and
-    arousal), for the tasks given (task name -> (T, N, n_logits)), in TASKS order."""
-    names = [t.name for t in TASKS if t.name in member_probs]
+    arousal), for the tasks given (task name -> (T, N, n_logits)), in the task set's order."""
+    names = [t.name for t in tasks if t.name in member_probs]
     unknown = set(member_probs) - set(names)
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))} in member probabilities")
     if not names:
         raise ValueError("epistemic uncertainty needs the member probabilities of at least one task")
-    return {name: decompose_task(name, member_probs[name])[2].mean(-1) for name in names}
+    return {name: decompose_task(tasks[name], member_probs[name])[2].mean(-1) for name in names}
 
 
-def ood_score(member_probs: Mapping[str, np.ndarray]) -> np.ndarray:
+def ood_score(tasks: TaskSet, member_probs: Mapping[str, np.ndarray]) -> np.ndarray:
     """Out-of-domain score (N,): epistemic uncertainty averaged over each task's groups, then
     over the tasks given (task name -> (T, N, n_logits)), as the paper does (Sec. 5.2)."""
-    return np.mean(list(task_epistemic(member_probs).values()), axis=0)
+    return np.mean(list(task_epistemic(tasks, member_probs).values()), axis=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +38,20 @@ from emodistill.models import PRESETS, build_model
 from emodistill.models.inference import activate, encode_split, ensemble_mean, predict_features, predict_split
 from emodistill.models.weights import load_backbone_weights
 from emodistill.run import Run, RunConfig, generation_name
-from emodistill.tasks import TASKS
 
 
 def start_run(
     run: Run, config: RunConfig, progress: bool = True, log: Callable[[str], None] = print
-) -> tuple[Split, Split, ClassWeights]:
-    """What every backend does first: write or check run.json, read both splits, store the
-    class weights and the backbone's provenance."""
-    run.prepare(config)
+) -> tuple[RunConfig, Split, Split, ClassWeights]:
+    """What every backend does first: read both splits (so bad data fails before anything is
+    written), then write or check run.json with the data's task set, and store the class
+    weights and the backbone's provenance. Returns the config as stored."""
+    config.check()
     train, val = load_data(config, progress, log)
+    config = run.prepare(replace(config, tasks=train.tasks.as_dict()))
     class_weights = run_class_weights(run, config, train)
     write_json(run.backbone_path, backbone_provenance(config))
-    return train, val, class_weights
+    return config, train, val, class_weights
 
 
 def distil(run: Run, config: RunConfig, backend: Backend, log: Callable[[str], None] = print) -> Run:
@@ -76,8 +78,10 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
     """The training and validation splits at the preset's input size."""
     size = PRESETS[config.preset].input_size
     audio = config.modality == "va"
-    train, train_summary = load_split(Path(config.data), "train", size=size, audio=audio, progress=progress)
-    val, val_summary = load_split(Path(config.data), "val", size=size, audio=audio, progress=progress)
+    train, train_summary = load_split(Path(config.data), "train", size=size, audio=audio, progress=progress,
+                                      release=config.release)
+    val, val_summary = load_split(Path(config.data), "val", size=size, audio=audio, progress=progress,
+                                  release=config.release)
     log(f"train: {train_summary}")
     log(f"val: {val_summary}")
     if still_images(train):
@@ -85,7 +89,7 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
         log(f"still images: every training video is one frame, so clips have length {length} and a batch "
             f"holds {clips} distinct images per task (the same frames per batch as {config.train.clip_length} x "
             f"{config.train.clips_per_task})")
-    missing = [t.name for t in TASKS if t.name not in train.tasks_present]
+    missing = [t.name for t in train.tasks if t.name not in train.tasks_present]
     if missing:
         log(f"note: the training data has no {', '.join(missing)} labels; "
             f"training {', '.join(train.tasks_present)} only")
@@ -94,7 +98,8 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
 
 def run_class_weights(run: Run, config: RunConfig, train: Split) -> ClassWeights:
     """Class weights from the training labels (Eq. 3), stored with the run."""
-    weights = training_class_weights(train.labels, train.masks, config.train.reweight, config.train.va_bins)
+    weights = training_class_weights(train.tasks, train.labels, train.masks, config.train.reweight,
+                                     config.train.va_bins)
     write_json(run.class_weights_path, weights.as_dict())
     return weights
 
@@ -114,14 +119,14 @@ def ensemble_probs(
     use_audio = config.modality == "va"
     length, batch = config.train.clip_length, config.train.eval_batch_clips
     if features is not None:
-        return [activate(predict_features(m, features, split, device, length, batch, config.train.tail_blocks))
-                for m in models]
-    return [activate(predict_split(m, split, device, length, batch, use_audio)) for m in models]
+        return [activate(predict_features(m, features, split, device, length, batch, config.train.tail_blocks),
+                         split.tasks) for m in models]
+    return [activate(predict_split(m, split, device, length, batch, use_audio), split.tasks) for m in models]
 
 
 def initial_model(config: RunConfig) -> torch.nn.Module:
     """A new member's network: random heads, and the pretrained backbone when one is named."""
-    model = build_model(config.preset, config.modality)
+    model = build_model(config.preset, config.modality, config.task_set)
     if config.backbone_weights:
         load_backbone_weights(model, Path(config.backbone_weights))
     return model

@@ -11,71 +11,53 @@ without labels, or with no valid frame in the batch, adds 0 and is left out of t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from emodistill.tasks import (
-    AU,
-    EXPR,
-    PAPER_AU_POS_WEIGHT,
-    PAPER_EXPR_WEIGHT,
-    TASKS,
-    VA,
-    Task,
-    valid_rows,
-)
+from emodistill.tasks import Task, TaskSet, valid_rows
 from emodistill.tasks.binned import CCC_EPS, ccc_torch
+from emodistill.tasks.kind import MAX_CLASS_WEIGHT
 
 __all__ = [
-    "CCC_EPS", "MAX_CLASS_WEIGHT", "ClassWeights", "ccc_torch", "class_weights_from_labels",
-    "distillation_loss", "supervision_loss", "training_class_weights",
+    "CCC_EPS", "MAX_CLASS_WEIGHT", "ClassWeights", "ccc_torch", "distillation_loss", "supervision_loss",
+    "training_class_weights",
 ]
 
-# A class seen too rarely would get a huge (or infinite) weight; this bounds every weight to
-# [1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT]. The paper's own weights span 0.59..32.3.
-MAX_CLASS_WEIGHT = 100.0
+# class_weights.json as written before the weights were keyed by task: its keys -> the task's.
+_OLD_KEYS = {"au_pos_weight": "AU", "expr_weight": "EXPR"}
 
 
 @dataclass
 class ClassWeights:
-    """Weights inside each task's loss: p_c on the AU positive term (Eq. 2-3), EXPR class
-    weights (Eq. 5), and the weight of a cross entropy on the valence/arousal bins beside 1 - CCC."""
+    """The weights inside each task's loss, by task name (`Task.loss_weights`): p_c on each
+    AU's positive term (Eq. 2-3), each expression class's weight (Eq. 5), and for VA the weight
+    of a loss on the bins' shape beside 1 - CCC (absent: the paper's loss)."""
 
-    au_pos_weight: np.ndarray  # (12,) #negatives / #positives of each AU
-    expr_weight: np.ndarray  # (7,) weight of each expression class in the cross entropy
-    # 0: the paper's VA losses (1 - CCC alone, Eq. 7 and 11). Above 0: plus this times the cross
-    # entropy of the bins against the label's bin, or the KL divergence from a teacher's bins
-    # (`--va-bins`; the VA criterion of the authors' 2020 code), so the bins' shape is learned.
-    va_bins: float = 0.0
+    by_task: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def uniform(cls) -> ClassWeights:
-        """No reweighting (`--no-reweight`): every weight 1."""
-        return cls(np.ones(AU.n_logits), np.ones(EXPR.n_classes))
-
-    @classmethod
-    def paper(cls) -> ClassWeights:
-        """The weights the paper used on Aff-wild2 (Appendix A)."""
-        return cls(np.array(PAPER_AU_POS_WEIGHT), np.array(PAPER_EXPR_WEIGHT))
+    def uniform(cls, tasks: TaskSet) -> ClassWeights:
+        """No reweighting (`--no-reweight`): every class weight 1, no loss on the VA bins."""
+        return training_class_weights(tasks, {}, {}, reweight=False)
 
     def as_dict(self) -> dict[str, list[float]]:
-        """Plain lists, for JSON files and checkpoint metadata."""
-        return {"au_pos_weight": [float(w) for w in self.au_pos_weight],
-                "expr_weight": [float(w) for w in self.expr_weight], "va_bins": float(self.va_bins)}
+        """Plain lists, for JSON files and Ray's object store."""
+        return {name: [float(w) for w in weights] for name, weights in self.by_task.items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, list[float]]) -> ClassWeights:
-        """Inverse of `as_dict`."""
-        return cls(np.asarray(values["au_pos_weight"], dtype=np.float64),
-                   np.asarray(values["expr_weight"], dtype=np.float64), float(values.get("va_bins", 0.0)))
+    def from_dict(cls, values: Mapping[str, object]) -> ClassWeights:
+        """Inverse of `as_dict`; also reads the fixed keys of runs saved before (au_pos_weight,
+        expr_weight, va_bins)."""
+        by_task = {_OLD_KEYS.get(k, k): np.asarray(v, dtype=np.float64) for k, v in values.items() if k != "va_bins"}
+        if float(values.get("va_bins", 0.0)) > 0:  # type: ignore[arg-type]
+            by_task["VA"] = np.array([float(values["va_bins"])])  # type: ignore[arg-type]
+        return cls(by_task)
 
     def array_for(self, task: Task) -> np.ndarray | None:
-        """This task's weights; for VA the bins' weight (1,), None when it is 0."""
-        weights = {AU.name: self.au_pos_weight, EXPR.name: self.expr_weight,
-                   VA.name: np.array([self.va_bins]) if self.va_bins > 0 else None}.get(task.name)
-        return None if weights is None else np.asarray(weights)
+        """This task's weights, None when its loss takes none."""
+        return self.by_task.get(task.name)
 
     def for_task(self, task: Task, like: torch.Tensor) -> torch.Tensor | None:
         """This task's weights as a tensor on `like`'s device and dtype (see `array_for`)."""
@@ -83,35 +65,19 @@ class ClassWeights:
         return None if weights is None else torch.as_tensor(weights, dtype=like.dtype, device=like.device)
 
 
-def class_weights_from_labels(labels: Mapping[str, np.ndarray],
-                              masks: Mapping[str, np.ndarray]) -> ClassWeights:
-    """Class weights from training labels in the `Split` format, over the valid frames only.
-
-    AU: p_c = #negatives / #positives (Eq. 3), clipped to [1/100, 100], so an AU with no
-    positive frame gets 100 and one with no negative frame 1/100. EXPR: inverse class
-    frequency scaled so the weights' mean over the training labels is 1; a class never seen
-    gets 100. A task without any valid label keeps weights 1.
-    """
-    weights = ClassWeights.uniform()
-    if AU.name in labels:
-        au = np.asarray(labels[AU.name])[valid_rows(masks, AU.name, len(labels[AU.name]))]  # (n, 12)
-        if len(au):
-            positives = (au > 0.5).sum(0)
-            negatives = len(au) - positives
-            ratio = negatives / np.maximum(positives, 1)
-            ratio[positives == 0] = MAX_CLASS_WEIGHT
-            weights.au_pos_weight = np.clip(ratio, 1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT)
-    if EXPR.name in labels:
-        expr = np.asarray(labels[EXPR.name])[valid_rows(masks, EXPR.name, len(labels[EXPR.name]))]  # (n,)
-        if len(expr):
-            n_classes = EXPR.n_classes
-            frequency = np.bincount(expr, minlength=n_classes)[:n_classes] / len(expr)
-            seen = frequency > 0
-            # sum_k f_k * w_k = 1 with w_k proportional to 1 / f_k over the classes seen
-            inverse = np.full(n_classes, MAX_CLASS_WEIGHT)
-            inverse[seen] = 1.0 / (seen.sum() * frequency[seen])
-            weights.expr_weight = np.minimum(inverse, MAX_CLASS_WEIGHT)
-    return weights
+def training_class_weights(tasks: TaskSet, labels: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+                           reweight: bool, va_bins: float = 0.0) -> ClassWeights:
+    """The weights training uses, from the valid training labels in the `Split` format: each
+    task's class weights when reweighting (Eq. 3, 5), else ones; the VA bins' weight as given.
+    A task without labels keeps weights 1."""
+    by_task = {}
+    for task in tasks:
+        values = np.asarray(labels[task.name])[valid_rows(masks, task.name, len(labels[task.name]))] \
+            if task.name in labels else np.zeros((0,))
+        weights = task.loss_weights(values, reweight, va_bins)
+        if weights is not None:
+            by_task[task.name] = weights
+    return ClassWeights(by_task)
 
 
 # (logits, targets, class weights) of the valid frames -> the task's loss; a task's own method.
@@ -126,14 +92,14 @@ def _distillation(task: Task) -> LossFn:
     return task.distillation_loss
 
 
-def _combine(loss_of: Callable[[Task], LossFn], logits: Mapping[str, torch.Tensor],
+def _combine(loss_of: Callable[[Task], LossFn], tasks: TaskSet, logits: Mapping[str, torch.Tensor],
              targets: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None,
              class_weights: ClassWeights,
              task_weights: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 12-13: sum of task weight x task loss over the tasks with a valid frame."""
     total: torch.Tensor | None = None
     per_task: dict[str, float] = {}
-    for task in TASKS:
+    for task in tasks:
         if task.name not in logits or task.name not in targets:
             continue
         task_logits = logits[task.name]  # (B, L, n_logits)
@@ -156,7 +122,7 @@ def _combine(loss_of: Callable[[Task], LossFn], logits: Mapping[str, torch.Tenso
     return total, per_task
 
 
-def supervision_loss(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
+def supervision_loss(tasks: TaskSet, logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
                      masks: Mapping[str, torch.Tensor], class_weights: ClassWeights,
                      task_weights: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher loss (Eq. 12) against ground truth; returns (loss, {task: its unweighted loss}).
@@ -164,24 +130,16 @@ def supervision_loss(logits: Mapping[str, torch.Tensor], labels: Mapping[str, to
     labels: "AU" (B, L, 12) 0/1, "EXPR" (B, L) int, "VA" (B, L, 2) in [-1, 1];
     masks: task -> (B, L) bool, True where the label is valid (a missing task: all valid).
     """
-    return _combine(_supervision, logits, labels, masks, class_weights, task_weights)
+    return _combine(_supervision, tasks, logits, labels, masks, class_weights, task_weights)
 
 
-def distillation_loss(logits: Mapping[str, torch.Tensor], soft_labels: Mapping[str, torch.Tensor],
-                      masks: Mapping[str, torch.Tensor] | None, class_weights: ClassWeights,
+def distillation_loss(tasks: TaskSet, logits: Mapping[str, torch.Tensor],
+                      soft_labels: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None,
+                      class_weights: ClassWeights,
                       task_weights: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
     """Student loss (Eq. 13) against a teacher ensemble's mean probabilities.
 
     soft_labels: "AU" (B, L, 12), "EXPR" (B, L, 7), "VA" (B, L, 40) probabilities;
     masks: optional, as in `supervision_loss` (None: every frame counts).
     """
-    return _combine(_distillation, logits, soft_labels, masks, class_weights, task_weights)
-
-
-def training_class_weights(labels: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
-                           reweight: bool, va_bins: float = 0.0) -> ClassWeights:
-    """The weights training uses: the classes' from the labels (Eq. 3) when reweighting, else
-    all ones; the VA bins' weight as given."""
-    weights = class_weights_from_labels(labels, masks) if reweight else ClassWeights.uniform()
-    weights.va_bins = float(va_bins)
-    return weights
+    return _combine(_distillation, tasks, logits, soft_labels, masks, class_weights, task_weights)

@@ -396,6 +396,10 @@ def finetune_backbone(
     load_backbone_weights(model, Path(start))  # a bad checkpoint fails before the data are read
     train, _ = load_split(Path(data), "train", size=size, progress=progress)
     val, _ = load_split(Path(data), "val", size=size, progress=progress)
+    if train.tasks != model.tasks:  # heads for the data's release (8 expressions, say)
+        backbone = model.backbone
+        model = build_model(preset, "v", train.tasks)
+        model.backbone = backbone
     try:
         points: LandmarkData | None = landmark_data(Path(data), size, progress, splits=(train, val))
     except InputError:
@@ -408,7 +412,7 @@ def finetune_backbone(
     if aligner is not None and landmark_weight > 0:
         auxiliary = LandmarkLoss(aligner.net.head, aligner.data, landmark_weight,
                                  PretrainConfig(preset=preset, batch_size=landmark_batch, seed=seed), device)
-    weights = training_class_weights(train.labels, train.masks, config.reweight, config.va_bins)
+    weights = training_class_weights(train.tasks, train.labels, train.masks, config.reweight, config.va_bins)
     result = train_member(model, train, val, config, weights, seed, device, description="shared fine-tuning",
                           progress=progress, auxiliary=auxiliary)
     error_before = None if aligner is None else aligner.before

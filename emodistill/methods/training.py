@@ -28,7 +28,7 @@ from emodistill.models.inference import (
     predict_split,
 )
 from emodistill.run import TrainConfig
-from emodistill.tasks import TASKS, emotion_metrics
+from emodistill.tasks import emotion_metrics
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def start_at_prior(model: torch.nn.Module, train: Split, tasks: tuple[str, ...],
     about lr a step: 40 steps at 1e-3 take it from 0 to -0.04 of the -3.9 it needs.
     """
     with torch.no_grad():
-        for task in TASKS:
+        for task in train.tasks:
             if task.name not in tasks:
                 continue
             if soft_labels is not None:
@@ -143,13 +143,13 @@ def validation_scores(
                                   config.tail_blocks)
     else:
         logits = predict_split(model, val, device, config.clip_length, config.eval_batch_clips, use_audio)
-    return emotion_metrics(val.labels, activate(logits), val.masks)
+    return emotion_metrics(val.tasks, val.labels, activate(logits, val.tasks), val.masks)
 
 
-def task_scores(scores: dict[str, float], tasks: tuple[str, ...]) -> dict[str, float]:
+def task_scores(scores: dict[str, float], split: Split, tasks: tuple[str, ...]) -> dict[str, float]:
     """One validation score per task for Algorithm 1 (VA: mean CCC of valence and arousal)."""
     per_task = {}
-    for task in TASKS:
+    for task in split.tasks:
         if task.name in tasks:
             values = [scores[m] for m in task.metric_names if m in scores]
             if values:
@@ -195,10 +195,10 @@ class Objective:
         if self.soft_labels is None:
             labels = {t: torch.as_tensor(v, device=self.device) for t, v in batch["labels"].items()}
             masks = {t: torch.as_tensor(v, device=self.device) for t, v in batch["masks"].items()}
-            loss, parts = supervision_loss(logits, labels, masks, self.class_weights, weights)
+            loss, parts = supervision_loss(self.train.tasks, logits, labels, masks, self.class_weights, weights)
         else:
             targets = {t: torch.as_tensor(self.soft_labels[t][index], device=self.device) for t in self.tasks}
-            loss, parts = distillation_loss(logits, targets, None, self.class_weights, weights)
+            loss, parts = distillation_loss(self.train.tasks, logits, targets, None, self.class_weights, weights)
         if self.auxiliary is None:
             return loss, parts
         extra = self.auxiliary(self.model.backbone)
@@ -285,7 +285,7 @@ def train_member(
         schedule.step()
         scores = validation_scores(model, val, device, config, use_audio, frozen)
         weights_used = dict(balancer.weights)
-        balancer.update(task_scores(scores, val_tasks))
+        balancer.update(task_scores(scores, val, val_tasks))
         history.append({"epoch": epoch, "lr": lr, "loss": losses, "task_weights": weights_used,
                         "scores": scores})
         if best is None or scores.get("total", -np.inf) > best.scores.get("total", -np.inf):

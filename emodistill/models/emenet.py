@@ -13,7 +13,7 @@ from torch import nn
 from emodistill.core.errors import InputError
 from emodistill.models.marblenet import MarbleNet
 from emodistill.models.mobilefacenet import MobileFaceNet, he_initialise
-from emodistill.tasks import TASKS
+from emodistill.tasks import PAPER_TASKS, TaskSet
 
 MODALITIES = ("v", "va")
 
@@ -84,20 +84,24 @@ class TaskHead(nn.Module):
 
 
 class EMENet(nn.Module):
-    """Frames (B, L, 3, S, S) in [0, 1] [+ log-mel (B, L, 64, 64)] -> logits per task."""
+    """Frames (B, L, 3, S, S) in [0, 1] [+ log-mel (B, L, 64, 64)] -> logits per task.
 
-    def __init__(self, config: ModelConfig) -> None:
+    One head per task of `tasks` (the run's task set: 7 or 8 expressions, say), in its order.
+    """
+
+    def __init__(self, config: ModelConfig, tasks: TaskSet = PAPER_TASKS) -> None:
         super().__init__()
         self.config = config
+        self.tasks = tasks
         self.backbone = MobileFaceNet(config.input_size, config.width_mult, config.feature_dim)
         self.audio_encoder = MarbleNet(config.n_mels, config.audio_dim) if config.audio else None
         self.heads = nn.ModuleDict(
-            {t.name: TaskHead(config.head_input_dim, config.gru_hidden, t.n_logits, config.dropout) for t in TASKS}
+            {t.name: TaskHead(config.head_input_dim, config.gru_hidden, t.n_logits, config.dropout) for t in tasks}
         )
         he_initialise(self)
 
     def forward(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Logits {"AU": (B, L, 12), "EXPR": (B, L, 7), "VA": (B, L, 40)} from a zero GRU state.
+        """Logits {"AU": (B, L, 12), "EXPR": (B, L, 7 or 8), "VA": (B, L, 40)} from a zero GRU state.
 
         `audio` is ignored by a visual-only model.
         """
@@ -156,9 +160,9 @@ class EMENet(nn.Module):
         """
         B = features.shape[0]
         if hidden is None:
-            hidden = features.new_zeros(len(TASKS), B, self.config.gru_hidden)
+            hidden = features.new_zeros(len(self.tasks), B, self.config.gru_hidden)
         logits, states = {}, []
-        for i, task in enumerate(TASKS):
+        for i, task in enumerate(self.tasks):
             logits[task.name], state = self.heads[task.name](features, hidden[i : i + 1])
             states.append(state)
         return logits, torch.cat(states)  # (n_tasks, B, H)
@@ -185,15 +189,16 @@ class EMENet(nn.Module):
                 raise InputError(
                     f"model {cfg.name!r} expects audio of shape {expected} (B, L, mels, time), got {tuple(audio.shape)}"
                 )
-        if hidden is not None and tuple(hidden.shape) != (len(TASKS), B, cfg.gru_hidden):
+        if hidden is not None and tuple(hidden.shape) != (len(self.tasks), B, cfg.gru_hidden):
             raise InputError(
                 f"model {cfg.name!r} expects a GRU state of shape "
-                f"{(len(TASKS), B, cfg.gru_hidden)}, got {tuple(hidden.shape)}"
+                f"{(len(self.tasks), B, cfg.gru_hidden)}, got {tuple(hidden.shape)}"
             )
 
 
-def build_model(preset: str | ModelConfig, modality: str | None = None) -> EMENet:
-    """A freshly initialised EMENet from a preset name or config; modality "v"/"va" overrides."""
+def build_model(preset: str | ModelConfig, modality: str | None = None, tasks: TaskSet = PAPER_TASKS) -> EMENet:
+    """A freshly initialised EMENet from a preset name or config with one head per task of
+    `tasks` (default the paper's 2021 set); modality "v"/"va" overrides the preset's."""
     if isinstance(preset, ModelConfig):
         config = preset
     elif preset in PRESETS:
@@ -204,7 +209,7 @@ def build_model(preset: str | ModelConfig, modality: str | None = None) -> EMENe
         if modality not in MODALITIES:
             raise InputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
         config = replace(config, audio=modality == "va")
-    return EMENet(config)
+    return EMENet(config, tasks)
 
 
 def count_parameters(model: nn.Module) -> int:

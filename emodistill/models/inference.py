@@ -15,7 +15,7 @@ import torch
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import sequential_clips
 from emodistill.models.emenet import EMENet
-from emodistill.tasks import TASKS
+from emodistill.tasks import TaskSet
 
 # A model-like callable: (frames (B, L, 3, S, S), audio (B, L, 64, 64) | None) -> task -> (B, L, n).
 Forward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
@@ -41,7 +41,7 @@ def _over_clips(
 ) -> dict[str, np.ndarray]:
     """Call `run_clips(index (B, L))` over every frame of `split` once; task -> (N, n_logits)."""
     n = len(split)
-    outputs = {t.name: np.zeros((n, t.n_logits), dtype=np.float32) for t in TASKS}
+    outputs: dict[str, np.ndarray] = {}
     by_length: dict[int, list[np.ndarray]] = defaultdict(list)
     for clip in sequential_clips(split, length):
         by_length[len(clip)].append(clip)
@@ -50,6 +50,8 @@ def _over_clips(
             index = np.stack(clips[start : start + batch_clips])  # (B, L)
             flat = index.reshape(-1)
             for name, values in run_clips(index).items():
+                if name not in outputs:  # sized by the model's own heads
+                    outputs[name] = np.zeros((n, values.shape[-1]), dtype=np.float32)
                 outputs[name][flat] = values.reshape(len(flat), -1).float().cpu().numpy()
     return outputs
 
@@ -169,13 +171,14 @@ def predict_images(
     return _over_images(run_batch, len(images), batch_size)
 
 
-def activate(logits: dict[str, np.ndarray], tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Logits -> probabilities per task (sigmoid for AU, softmax for EXPR and per VA dimension)."""
-    wanted = tasks or [t.name for t in TASKS]
+def activate(logits: dict[str, np.ndarray], tasks: TaskSet,
+             names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Logits -> probabilities of each task of `tasks` in `logits` (only `names`, when given), by
+    the task's kind: sigmoids for AU, a softmax for EXPR and per VA dimension."""
     return {
         t.name: t.activate(torch.from_numpy(logits[t.name])).numpy()
-        for t in TASKS
-        if t.name in wanted and t.name in logits
+        for t in tasks
+        if t.name in logits and (names is None or t.name in names)
     }
 
 

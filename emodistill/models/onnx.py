@@ -27,11 +27,10 @@ from torch import nn
 from emodistill.core.checkpoints import atomic_write
 from emodistill.core.errors import InputError
 from emodistill.models import EMENet, ModelConfig
-from emodistill.tasks import TASKS
 
 OPSET = 17
 CONFIG_KEY = "emodistill.model_config"  # ONNX metadata: the member's ModelConfig as JSON
-OUTPUTS = (*(t.name for t in TASKS), "hidden_out")  # ONNX output names: logits, GRU state
+HIDDEN_OUT = "hidden_out"  # the last ONNX output, the GRU state; the ones before it are the task logits
 _ORT_LOAD_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
 
 
@@ -45,7 +44,7 @@ class _ExportWrapper(nn.Module):
     def forward(self, frames: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         audio, hidden = rest if len(rest) == 2 else (None, rest[0])
         logits, hidden = self.model.forward_stateful(frames, audio, hidden)
-        return (*(logits[t.name] for t in TASKS), hidden)
+        return (*(logits[t.name] for t in self.model.tasks), hidden)
 
 
 def input_names(config: ModelConfig) -> list[str]:
@@ -63,13 +62,14 @@ def export_member(model: EMENet, path: Path) -> Path:
     size, B, L = config.input_size, 2, 3  # any probe sizes: both axes are exported as dynamic
     frames = torch.rand(B, L, 3, size, size)
     audio = torch.randn(B, L, config.n_mels, config.audio_frames) if config.audio else None
-    hidden = torch.zeros(len(TASKS), B, config.gru_hidden)
+    hidden = torch.zeros(len(model.tasks), B, config.gru_hidden)
     args = tuple(x for x in (frames, audio, hidden) if x is not None)
     names = input_names(config)
     clip_axes = {0: "batch", 1: "length"}
     dynamic_axes = {name: clip_axes for name in names if name != "hidden"}
-    dynamic_axes |= {t.name: clip_axes for t in TASKS}
-    dynamic_axes |= {"hidden": {1: "batch"}, OUTPUTS[-1]: {1: "batch"}}
+    outputs = [*model.tasks.names, HIDDEN_OUT]  # the task names name the logits
+    dynamic_axes |= {name: clip_axes for name in model.tasks.names}
+    dynamic_axes |= {"hidden": {1: "batch"}, HIDDEN_OUT: {1: "batch"}}
     # Export a plain-layout copy: ONNX convolutions are NCHW, and ONNX Runtime picks its own
     # blocked layout; a channels_last source only adds transposes to the graph.
     wrapper = _ExportWrapper(_contiguous_copy(model)).eval()
@@ -86,7 +86,7 @@ def export_member(model: EMENet, path: Path) -> Path:
                                     module="torch.nn.modules.rnn")
             warnings.filterwarnings("ignore", message=".*batch_size other than 1.*GRU")
             torch.onnx.export(
-                wrapper, args, str(tmp), input_names=names, output_names=list(OUTPUTS),
+                wrapper, args, str(tmp), input_names=names, output_names=outputs,
                 dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
             )
         graph = onnx.load(str(tmp))
@@ -100,7 +100,7 @@ def export_member(model: EMENet, path: Path) -> Path:
 
 def _contiguous_copy(model: EMENet) -> EMENet:
     """An eval-mode copy of `model` with contiguous (NCHW) weights, leaving `model` untouched."""
-    copy = EMENet(model.config)
+    copy = EMENet(model.config, model.tasks)
     copy.load_state_dict({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     return copy.eval()
 
@@ -140,6 +140,8 @@ class OnnxMember:
         if stored is None:
             raise InputError(f"{self.path} was not exported by emodistill (no model config inside)")
         self.config = ModelConfig(**json.loads(stored))
+        self.outputs = [o.name for o in self.session.get_outputs()]  # the tasks' logits, then HIDDEN_OUT
+        self.n_tasks = len(self.outputs) - 1
 
     def forward_with_alone(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: np.ndarray | None
@@ -163,7 +165,7 @@ class OnnxMember:
             )
         B = frames.shape[0]
         if hidden is None:
-            hidden = np.zeros((len(TASKS), B, cfg.gru_hidden), np.float32)
+            hidden = np.zeros((self.n_tasks, B, cfg.gru_hidden), np.float32)
         feeds = {"frames": frames, "hidden": np.ascontiguousarray(hidden, dtype=np.float32)}
         if cfg.audio:
             if audio is None:
@@ -172,10 +174,10 @@ class OnnxMember:
                 )
             feeds["audio"] = np.ascontiguousarray(audio, dtype=np.float32)
         try:
-            *logits, state = self.session.run(list(OUTPUTS), feeds)
+            *logits, state = self.session.run(self.outputs, feeds)
         except (InvalidArgument, Fail) as error:
             raise InputError(f"{self.path.name} cannot take these inputs ({error})") from None
-        return {t.name: values for t, values in zip(TASKS, logits, strict=True)}, state
+        return dict(zip(self.outputs[:-1], logits, strict=True)), state
 
     def forward(self, frames: np.ndarray, audio: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Logits from a zero GRU state, as `EMENet.forward`."""

@@ -10,14 +10,17 @@ import numpy as np
 from emodistill.data.frontend import LANDMARK_COLUMNS, FaceCrop
 from emodistill.evaluation.uncertainty import decompose_task, ood_score
 from emodistill.predict.sources import Frame
-from emodistill.tasks import TASKS
+from emodistill.tasks import TaskSet
 
 # Output columns that are not per-task probabilities (the task columns follow them): where the
 # frame is, whether it has a face, whose it is, its box and its five landmarks in frame pixels.
 FRAME_COLUMNS = ("frame", "timestamp", "face", "face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS)
 INTEGER_COLUMNS = ("frame", "face", "face_id", "x", "y", "w", "h")
-# One uncertainty value per output distribution, in the order of the Figure 1 bars.
-OUTPUT_NAMES: tuple[str, ...] = tuple(name for t in TASKS for name in t.output_names())
+
+
+def output_names(tasks: TaskSet) -> tuple[str, ...]:
+    """One name per output distribution (its uncertainty value), in the order of the Figure 1 bars."""
+    return tuple(name for t in tasks for name in t.output_names())
 
 
 @dataclass(frozen=True)
@@ -26,26 +29,30 @@ class FramePrediction:
 
     row: dict[str, object]  # column -> value; None where there is no prediction
     face: np.ndarray | None  # (DISPLAY_SIZE, DISPLAY_SIZE, 3) uint8, when faces were asked for
-    # "entropy" (total), and for an ensemble "aleatoric" and "epistemic": (len(OUTPUT_NAMES),)
+    # "entropy" (total), and for an ensemble "aleatoric" and "epistemic": (len(output_names),)
     # each; None without a face
     uncertainty: dict[str, np.ndarray] | None
+    # The ensemble's mean probabilities, task -> (n_logits,), as the columns show them; None
+    # without a face (what `submit` turns into the challenge's decisions)
+    probs: dict[str, np.ndarray] | None = None
 
 
 PARTS = ("entropy", "aleatoric", "epistemic")  # total, and its two parts (Eq. 14)
 
 
-def output_columns(ensemble: bool, with_ood: bool, with_file: bool) -> list[str]:
-    """Every column of a prediction table, in order."""
+def output_columns(tasks: TaskSet, ensemble: bool, with_ood: bool, with_file: bool) -> list[str]:
+    """Every column of a prediction table, in order (EXPR_Other with an 8-expression task set)."""
     parts = PARTS if ensemble else PARTS[:1]
     columns = [*(["file"] if with_file else []), *FRAME_COLUMNS]
-    columns += [c for t in TASKS for c in t.output_columns()]
-    columns += [f"{t.name}_{part}" for t in TASKS for part in parts]
+    columns += [c for t in tasks for c in t.output_columns()]
+    columns += [f"{t.name}_{part}" for t in tasks for part in parts]
     if with_ood:
         columns += ["ood_score", "ood_flag"]
     return columns
 
 
 def summarise(
+    tasks: TaskSet,
     member_probs: dict[str, np.ndarray],
     ood_tasks: tuple[str, ...] | None,
     threshold: float | None,
@@ -60,7 +67,7 @@ def summarise(
     """
     columns: dict[str, np.ndarray] = {}
     groups: dict[str, list[np.ndarray]] = {part: [] for part in PARTS}
-    for task in TASKS:
+    for task in tasks:
         probs = member_probs[task.name]
         columns.update(task.output_values(probs.mean(0)))
         for part, values in zip(PARTS, decompose_task(task, probs), strict=True):  # (N, G) each
@@ -68,7 +75,7 @@ def summarise(
             groups[part].append(values)
     if ood_tasks is not None:
         scored = member_probs if alone_probs is None else alone_probs
-        score = ood_score({name: scored[name] for name in ood_tasks})  # (N,)
+        score = ood_score(tasks, {name: scored[name] for name in ood_tasks})  # (N,)
         columns["ood_score"] = score
         columns["ood_flag"] = np.full(len(score), None) if threshold is None else score > threshold
     return columns, {part: np.concatenate(values, axis=-1) for part, values in groups.items()}

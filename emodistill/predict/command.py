@@ -117,7 +117,7 @@ def predict_command(
     if plot is not None:
         from emodistill.predict.plots import write_plots
 
-        written = write_plots(read_table(out), picker.kept, plot, source.is_sequence,
+        written = write_plots(read_table(out), picker.kept, plot, predictor.tasks, source.is_sequence,
                               predictor.ood_threshold, predictor.name, input.stem)
         print(f"figures: {count(len(written), 'file')} in {plot}")
     return out

@@ -15,19 +15,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from emodistill.core.atomic import disk_full_guard
-from emodistill.predict.columns import OUTPUT_NAMES, FramePrediction
-from emodistill.tasks import TASKS
+from emodistill.predict.columns import FramePrediction, output_names
+from emodistill.tasks import TaskSet
 
 MAX_TIMELINES = 8  # timelines written for an input of many videos (a cropped_aligned folder)
 ALEATORIC_COLOUR = "#4c72b0"  # noise in the data: more data of the same kind will not lower it
 EPISTEMIC_COLOUR = "#dd8452"  # the members disagree: the face is unlike the training data
 NO_FACE_COLOUR = "#d9d9d9"
-TASK_COLOURS = {t.name: c for t, c in zip(TASKS, ("#55a868", "#c44e52", "#8172b2"), strict=True)}
+TASK_COLOURS = ("#55a868", "#c44e52", "#8172b2", "#937860")  # of the tasks, in their order
 
 
-def _output_labels(row: dict[str, object]) -> list[str]:
-    """The prediction of each output, in OUTPUT_NAMES order: "AU12  1", "Expression  Happiness"."""
-    return [label for task in TASKS for label in task.output_labels(row)]
+def _output_labels(tasks: TaskSet, row: dict[str, object]) -> list[str]:
+    """The prediction of each output, in `output_names` order: "AU12  1", "Expression  Happiness"."""
+    return [label for task in tasks for label in task.output_labels(row)]
 
 
 def _frame_title(row: dict[str, object]) -> str:
@@ -44,20 +44,20 @@ def _frame_title(row: dict[str, object]) -> str:
     return f"{where}    OOD score {row['ood_score']:.3g}: {verdict}"
 
 
-def figure1(prediction: FramePrediction, path: Path, model: str = "") -> Path:
+def figure1(prediction: FramePrediction, path: Path, tasks: TaskSet, model: str = "") -> Path:
     """The paper's Figure 1 for one frame: the face (left), each output's label beside a bar of
     its normalised entropy (right); an ensemble's bars split into aleatoric and epistemic parts."""
     if prediction.face is None or prediction.uncertainty is None:
         raise ValueError("figure1 needs a frame with a face and its uncertainty")
     row = prediction.row
-    labels = _output_labels(row)
+    labels = _output_labels(tasks, row)
     fig = Figure(figsize=(10, 5.6), layout="constrained")
     face_ax, bar_ax = fig.subplots(1, 2, width_ratios=(1, 1.35))
     face_ax.imshow(prediction.face)
     face_ax.set_axis_off()
     face_ax.set_title(f"{row['expression']}, valence {row['valence']:+.2f}, "
                       f"arousal {row['arousal']:+.2f}")
-    y = np.arange(len(OUTPUT_NAMES))
+    y = np.arange(len(output_names(tasks)))
     if "aleatoric" in prediction.uncertainty:
         aleatoric = prediction.uncertainty["aleatoric"]
         epistemic = prediction.uncertainty["epistemic"]
@@ -102,11 +102,10 @@ def _time_axis(frames: pd.DataFrame) -> tuple[np.ndarray, bool, float]:
     return x, timed, step
 
 
-def _uncertainty_panel(ax: Axes, frames: pd.DataFrame, x: np.ndarray) -> None:
+def _uncertainty_panel(ax: Axes, frames: pd.DataFrame, x: np.ndarray, tasks: TaskSet) -> None:
     """Each task's normalised entropy and, for an ensemble, its epistemic part shaded."""
-    ensemble = "AU_epistemic" in frames
-    for task in TASKS:
-        colour = TASK_COLOURS[task.name]
+    ensemble = f"{tasks.names[0]}_epistemic" in frames
+    for task, colour in zip(tasks, TASK_COLOURS, strict=False):
         ax.plot(x, frames[f"{task.name}_entropy"].to_numpy(float), color=colour, lw=1.2,
                 label=f"{task.name} entropy")
         if ensemble:
@@ -132,7 +131,7 @@ def _ood_panel(ax: Axes, frames: pd.DataFrame, x: np.ndarray, ood_threshold: flo
     ax.set_ylabel("OOD score")
 
 
-def timeline(data: pd.DataFrame, path: Path, title: str = "",
+def timeline(data: pd.DataFrame, path: Path, tasks: TaskSet, title: str = "",
              ood_threshold: float | None = None) -> Path:
     """Every output over time: AU and expression probabilities, valence and arousal with a band
     of one standard deviation, each task's uncertainty and, for an ensemble, the OOD score."""
@@ -141,8 +140,8 @@ def timeline(data: pd.DataFrame, path: Path, title: str = "",
     x, timed, step = _time_axis(frames)
     face = frames["face"].fillna(0).to_numpy(dtype=bool)
     no_face = _no_face_spans(face, x, step)
-    panels = [*(t.name for t in TASKS), "uncertainty", *(["ood"] if "ood_score" in frames else [])]
-    heights = {**{t.name: t.panel_height for t in TASKS}, "uncertainty": 1.3, "ood": 1.0}
+    panels = [*tasks.names, "uncertainty", *(["ood"] if "ood_score" in frames else [])]
+    heights = {**{t.name: t.panel_height for t in tasks}, "uncertainty": 1.3, "ood": 1.0}
     fig = Figure(figsize=(12, sum(heights[p] for p in panels) + 0.8), layout="constrained")
     axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True,
                                          height_ratios=[heights[p] for p in panels]), strict=True))
@@ -151,9 +150,9 @@ def timeline(data: pd.DataFrame, path: Path, title: str = "",
     def values(columns: list[str]) -> np.ndarray:
         return frames[columns].to_numpy(dtype=float, na_value=np.nan)  # (frames, columns)
 
-    for task in TASKS:  # each kind draws its own panel
+    for task in tasks:  # each kind draws its own panel
         task.draw_timeline(axes[task.name], values, x, step, cmap, no_face)
-    _uncertainty_panel(axes["uncertainty"], frames, x)
+    _uncertainty_panel(axes["uncertainty"], frames, x, tasks)
     if "ood" in axes:
         _ood_panel(axes["ood"], frames, x, ood_threshold)
     for name in ("uncertainty", *(["ood"] if "ood" in axes else [])):
@@ -177,7 +176,7 @@ def _figure_name(row: dict[str, object], name: str, sequence: bool) -> str:
     return (f"figure1-frame{row['frame']:06d}" if sequence else f"figure1-{name}") + person
 
 
-def write_plots(data: pd.DataFrame, faces: list[FramePrediction], out_dir: Path,
+def write_plots(data: pd.DataFrame, faces: list[FramePrediction], out_dir: Path, tasks: TaskSet,
                 sequence: bool, ood_threshold: float | None = None, model: str = "",
                 name: str = "") -> list[Path]:
     """Figure 1 for each prediction in `faces`, and for time series one timeline per video and
@@ -186,7 +185,7 @@ def write_plots(data: pd.DataFrame, faces: list[FramePrediction], out_dir: Path,
     `model` names the predictor in titles; `name` is the input's name (a video's stem)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [figure1(p, out_dir / f"{_figure_name(p.row, name, sequence)}.png", model)
+    written = [figure1(p, out_dir / f"{_figure_name(p.row, name, sequence)}.png", tasks, model)
                for p in faces]
     if not sequence or data.empty:
         return written
@@ -202,5 +201,5 @@ def write_plots(data: pd.DataFrame, faces: list[FramePrediction], out_dir: Path,
         stem = "timeline" if single else f"timeline-{str(video).replace('/', '-')}"
         title = " ".join(part for part in (str(video) if video not in ("", ".") else name, model)
                          if part)
-        written.append(timeline(frames, out_dir / f"{stem}.png", title, ood_threshold))
+        written.append(timeline(frames, out_dir / f"{stem}.png", tasks, title, ood_threshold))
     return written

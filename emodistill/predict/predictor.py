@@ -40,7 +40,6 @@ from emodistill.predict.sources import (
 )
 from emodistill.predict.tables import table
 from emodistill.run import generation_name, open_run
-from emodistill.tasks import TASKS
 
 
 def count(n: int, noun: str) -> str:
@@ -76,6 +75,7 @@ class Predictor:
         match the plain path within their tolerances; `Levers()` is the plain fp32 path)."""
         self.run, wanted = open_run(run, generation)
         self.config = self.run.config()
+        self.tasks = self.config.task_set  # the run's tasks and output names (EXPR_Other in 8-class runs)
         if batch_frames < 1:
             raise InputError(f"batch_frames must be 1 or more, got {batch_frames}")
         self.log = log
@@ -143,13 +143,13 @@ class Predictor:
         if not path.exists():
             self._say(f"{path} does not exist (run `emodistill evaluate`): OOD scores are given "
                       "without a flag")
-            return tuple(t.name for t in TASKS), None
+            return self.tasks.names, None
         try:
             report = read_json(path)
         except InputError as error:
             self._say(f"{error}: OOD scores are given without a flag")
-            return tuple(t.name for t in TASKS), None
-        tasks = tuple(report.get("tasks") or (t.name for t in TASKS))
+            return self.tasks.names, None
+        tasks = tuple(report.get("tasks") or self.tasks.names)
         entry = next((g for g in report.get("generations", [])
                       if g.get("name") == generation_name(self.generation)), None)
         if entry is None or "ood_threshold" not in entry:
@@ -169,7 +169,7 @@ class Predictor:
             self.log(f"note: {message}")
 
     def columns(self, source: Source) -> list[str]:
-        return output_columns(self.ensemble, self.ood_tasks is not None, source.has_file_column)
+        return output_columns(self.tasks, self.ensemble, self.ood_tasks is not None, source.has_file_column)
 
     def sequences(self, source: Source, faces: bool = False) -> Iterator[FrameSequence]:
         """The input as sequences of frames, their faces aligned at the model's input size."""
@@ -250,7 +250,7 @@ class Predictor:
                columns: list[str]) -> Iterator[FramePrediction]:
         """Predict every face of `pending` and yield its rows in order; `states` (face_id -> GRU
         state) carried on in place."""
-        results: dict[tuple[int, int], tuple[dict[str, object], dict[str, np.ndarray]]] = {}
+        results: dict[tuple[int, int], _Result] = {}
         if sequence.continuous:
             for run in _runs(pending):
                 self._predict_run(run, states, sequence, results)
@@ -264,12 +264,12 @@ class Predictor:
                 yield FramePrediction(frame_row(frame, None, columns), None, None)
             for face in frame.faces:
                 row = frame_row(frame, face, columns)
-                values, groups = results[(frame.number, face.face_id)]
-                row.update({k: v for k, v in values.items() if k in row})
-                yield FramePrediction(row, face.display, {p: groups[p] for p in parts})
+                result = results[(frame.number, face.face_id)]
+                row.update({k: v for k, v in result.values.items() if k in row})
+                yield FramePrediction(row, face.display, {p: result.groups[p] for p in parts}, result.means)
 
     def _predict_run(self, run: list[tuple[Frame, FaceCrop]], states: dict[int, _State],
-                     sequence: FrameSequence, results: dict) -> None:
+                     sequence: FrameSequence, results: dict[tuple[int, int], _Result]) -> None:
         """One person's consecutive frames: continue their GRU state if they were on the frame
         just before, else start from a zero state (a stretch without them breaks their time
         series, as every training clip starts from zero)."""
@@ -279,14 +279,16 @@ class Predictor:
         states[face_id] = _State(self._predict_faces(run, hidden, sequence, results), run[-1][0].number)
 
     def _predict_faces(self, faces: list[tuple[Frame, FaceCrop]], hidden: list[object] | None,
-                       sequence: FrameSequence, results: dict) -> list[object]:
-        """Put each face's (column values, uncertainty groups) in `results`; returns the members'
-        GRU states after the last face."""
+                       sequence: FrameSequence, results: dict[tuple[int, int], _Result]) -> list[object]:
+        """Put each face's result in `results`, keyed by (frame number, face_id); returns the
+        members' GRU states after the last face."""
         member_probs, alone_probs, state = self._member_probs(faces, hidden, sequence)
-        values, groups = summarise(member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
+        values, groups = summarise(self.tasks, member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
+        means = {name: probs.mean(0) for name, probs in member_probs.items()}  # (N, n_logits) each
         for index, (frame, face) in enumerate(faces):
-            results[(frame.number, face.face_id)] = ({k: python_value(v[index]) for k, v in values.items()},
-                                                     {p: g[index] for p, g in groups.items()})
+            results[(frame.number, face.face_id)] = _Result(
+                {k: python_value(v[index]) for k, v in values.items()}, {p: g[index] for p, g in groups.items()},
+                {name: mean[index] for name, mean in means.items()})
         return state
 
     def _member_probs(
@@ -317,9 +319,18 @@ class Predictor:
                 (logits, state), alone_logits = self.members.forward_stateful(frames, audio, hidden), None
 
         def probs(member_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return activate({k: v.reshape(self.n_members, n, -1) for k, v in member_logits.items()})
+            return activate({k: v.reshape(self.n_members, n, -1) for k, v in member_logits.items()}, self.tasks)
 
         return probs(logits), None if alone_logits is None else probs(alone_logits), list(state)
+
+
+@dataclass(frozen=True)
+class _Result:
+    """One face's prediction, ready for its row."""
+
+    values: dict[str, object]  # column -> value
+    groups: dict[str, np.ndarray]  # part -> (outputs,) uncertainty, for Figure 1
+    means: dict[str, np.ndarray]  # task -> (n_logits,) the ensemble's mean probabilities
 
 
 @dataclass(frozen=True)

@@ -1,125 +1,30 @@
-"""Turning a report dict into files a person reads: report.json, report.md and PNG figures.
+"""Turning a report dict into files a person reads: report.json, report.md (its tables from
+tables.py, its sentences here) and the figures of figures.py.
 
-Tables are shaped like the paper's (Tables 1, 3, 4; Figures 4, 5); everything here is drawn
-from report.json alone, so a report can be re-rendered or compared without the models.
+Everything here is drawn from report.json alone, so a report can be re-rendered or compared
+without the models.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from emodistill.core.atomic import atomic_write, disk_full_guard
-from emodistill.core.checkpoints import read_json, write_json
-from emodistill.core.errors import InputError
-from emodistill.evaluation.evaluate import SKILL_SCORES
-from emodistill.run import Run
-from emodistill.tasks import AU, METRIC_NAMES, TASKS
-
-SHORT = {"teacher": "Tea"}
-# Task -> the key of its summary NLL in a score dict's "nll": {"AU": "AU_mean", "EXPR": "EXPR"}.
-NLL_KEYS = {name: key for name, (group, key) in SKILL_SCORES.items() if group == "nll"}
-
-
-def short_name(name: str) -> str:
-    """teacher -> Tea, student2 -> Stu2 (the paper's labels)."""
-    return SHORT.get(name, name.replace("student", "Stu"))
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    """A GitHub-flavoured Markdown table; cells are written with `str`."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def reference_rows(report: dict) -> list[tuple[str, dict]]:
-    """(label, scores) of the fixed predictors every score is read against: what a model that
-    learned nothing scores (the class prior) and, on simulator data, the best possible (oracle)."""
-    rows = [("Prior (train frequencies)", report["prior"])] if "prior" in report else []
-    if "oracle" in report:
-        rows.append(("Oracle (true distributions)", report["oracle"]))
-    return rows
-
-
-def emotion_table(report: dict) -> str:
-    """Ensemble metrics per generation with the single members' total (Table 1, Figure 4)."""
-    keys = [k for k in (*METRIC_NAMES, "total") if k in report["generations"][0]["ensemble"]]
-    rows = []
-    for g in report["generations"]:
-        single = f"{fmt(g['single_mean'].get('total'))} ± {fmt(g['single_std'].get('total'))}"
-        nll = g.get("ensemble_uncertainty", {}).get("nll", {})
-        rows.append([short_name(g["name"]), *(fmt(g["ensemble"].get(k)) for k in keys), single,
-                     *(fmt(nll.get(key)) for key in NLL_KEYS.values())])
-    for label, scores in reference_rows(report):
-        rows.append([label, *(fmt(scores["emotion"].get(k)) for k in keys), "",
-                     *(fmt(scores["nll"].get(key)) for key in NLL_KEYS.values())])
-    return markdown_table(["Generation", *(f"{k} (ens.)" for k in keys), "total (single, mean ± std)",
-                           *(f"{name} NLL (ens.)" for name in NLL_KEYS)], rows)
-
-
-def baseline_rows(report: dict) -> list[tuple[str, dict]]:
-    """(label, scores) of every baseline evaluate scored, in its order."""
-    return [(entry.get("label", key), entry) for key, entry in report.get("baselines", {}).items()]
-
-
-def skill_table(report: dict) -> str:
-    """Per generation and baseline: the share of the prior-to-oracle gap closed, per task."""
-    names = list(SKILL_SCORES)
-    rows = [[short_name(g["name"]), *(fmt(g["skill"][kind].get(n)) for kind in ("single", "ensemble") for n in names)]
-            for g in report["generations"] if "skill" in g]
-    for label, baseline in baseline_rows(report):
-        if "skill" in baseline:
-            rows.append([label, *(fmt(baseline["skill"].get(n)) for n in names), *("" for _ in names)])
-    header = ["Method", *(f"{n} (single)" for n in names), *(f"{n} (ens.)" for n in names)]
-    return markdown_table(header, rows) if rows else ""
-
-
-def uncertainty_rows(report: dict) -> list[tuple[str, dict]]:
-    """(label, scores) for each generation's single members, the baselines, prior and oracle."""
-    rows = [(short_name(g["name"]), g) for g in report["generations"]]
-    return rows + baseline_rows(report) + [(label.split(" ")[0], scores) for label, scores in reference_rows(report)]
-
-
-def au_nll_table(report: dict) -> str:
-    """NLL of each AU for single members and baselines (Table 3)."""
-    rows = []
-    for label, scores in uncertainty_rows(report):
-        per_au = scores.get("nll", {}).get("AU")
-        if per_au:
-            rows.append([label, *(fmt(v) for v in per_au), fmt(scores["nll"][NLL_KEYS[AU.name]])])
-    return markdown_table(["Method", *AU.names, "Avg."], rows) if rows else ""
-
-
-def other_uncertainty_table(report: dict) -> str:
-    """EXPR NLL, valence and arousal RMSE, and ECE (Table 4, plus calibration error)."""
-    rows = []
-    for label, scores in uncertainty_rows(report):
-        rmse = scores.get("rmse", {})
-        ece = scores.get("ece", {})
-        rows.append([label, fmt(scores.get("nll", {}).get("EXPR")), fmt(rmse.get("valence")),
-                     fmt(rmse.get("arousal")), fmt(ece.get("AU")), fmt(ece.get("EXPR"))])
-    return markdown_table(["Method", "EXPR NLL", "Valence RMSE", "Arousal RMSE", "AU ECE", "EXPR ECE"], rows)
-
-
-def ood_table(report: dict) -> str:
-    """Per generation: the ROC AUC of the OOD score (epistemic uncertainty averaged over the tasks,
-    as the paper), its 5%-false-alarm threshold, and, as a diagnostic, each task's epistemic AUC."""
-    tasks = list(report["generations"][0].get("ood_auc_by_task", {}))
-    rows = [[short_name(g["name"]), fmt(g["ood_auc"]), fmt(g["ood_threshold"]),
-             *(fmt(g["ood_auc_by_task"].get(t)) for t in tasks)] for g in report["generations"]]
-    note = ("ROC AUC of the paper's OOD score, the epistemic uncertainty averaged over the tasks (0.5 is "
-            "chance); the last columns rank by one task's epistemic uncertainty alone (a diagnostic).")
-    return note + "\n\n" + markdown_table(
-        ["Generation", "ROC AUC", "threshold (5% false alarms)", *(f"{t} alone" for t in tasks)], rows)
+from emodistill.core.checkpoints import write_json
+from emodistill.report.figures import FIGURES
+from emodistill.report.tables import (
+    au_nll_table,
+    baseline_rows,
+    challenge_table,
+    emotion_table,
+    fmt,
+    markdown_table,
+    nll_keys,
+    ood_table,
+    other_uncertainty_table,
+    short_name,
+    skill_table,
+)
 
 
 def verdicts(report: dict) -> list[str]:
@@ -137,7 +42,7 @@ def verdicts(report: dict) -> list[str]:
         best_ood = max(gens, key=lambda g: g["ood_auc"])
         lines.append(f"Best OOD AUC: {fmt(best_ood['ood_auc'])} ({short_name(best_ood['name'])}); "
                      f"teacher {fmt(teacher['ood_auc'])}.")
-    for label, key in ((f"{name} NLL", key) for name, key in NLL_KEYS.items()):
+    for label, key in ((f"{name} NLL", key) for name, key in nll_keys(report).items()):
         ours = {short_name(g["name"]): g["nll"].get(key) for g in gens if g["nll"].get(key) is not None}
         if not ours:
             continue
@@ -153,7 +58,6 @@ def verdicts(report: dict) -> list[str]:
             lines.append(f"{short_name(g['name'])}: the ensemble scores below its single members' mean.")
     lines += prior_verdicts(report)
     return lines
-
 
 def prior_verdicts(report: dict) -> list[str]:
     """Plain words wherever a model is no better than predicting the training frequencies."""
@@ -173,92 +77,12 @@ def prior_verdicts(report: dict) -> list[str]:
                          f"{fmt(report['oracle']['emotion'].get('total'))}).")
     return lines
 
-
-def figure_emotion(report: dict, path: Path) -> None:
-    """Total emotion metric per generation: ensemble and single members with std (Figure 4)."""
-    gens = report["generations"]
-    names = [short_name(g["name"]) for g in gens]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(names, [g["ensemble"].get("total") for g in gens], "o-", label="ensemble")
-    ax.errorbar(names, [g["single_mean"].get("total") for g in gens],
-                yerr=[g["single_std"].get("total") for g in gens], fmt="s--", capsize=4, label="single (mean ± std)")
-    if "prior" in report:
-        ax.axhline(report["prior"]["emotion"]["total"], color="grey", ls=":", label="class prior")
-    ax.set_ylabel("total emotion metric (validation)")
-    oracle = f"; oracle {report['oracle']['emotion']['total']:.3f}" if "oracle" in report else ""
-    ax.set_title(f"{report['preset']} ({report['modality']}), T={report['members']}{oracle}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def figure_roc(report: dict, path: Path) -> None:
-    """ROC curves of the averaged epistemic uncertainty, one per generation (Figure 5)."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for g in report["generations"]:
-        ax.plot(g["roc"]["fpr"], g["roc"]["tpr"], label=f"{short_name(g['name'])} (AUC {g['ood_auc']:.3f})")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"OOD detection: validation vs {report['ood_set']}")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def figure_reliability(report: dict, path: Path) -> None:
-    """Reliability diagrams of the single members for AU and EXPR, one line per generation."""
-    tasks = [t.name for t in TASKS if t.name in report["generations"][0].get("reliability", {})]
-    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5 * max(len(tasks), 1), 4.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=False):
-        for g in report["generations"]:
-            bins = g["reliability"][task]
-            ax.plot(bins["confidence"], bins["accuracy"], "o-", label=short_name(g["name"]))
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{task} reliability (single members)")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def figure_au_nll(report: dict, path: Path) -> None:
-    """NLL of each AU for each generation and baseline (Table 3 as bars)."""
-    rows = [(label, s["nll"]["AU"]) for label, s in uncertainty_rows(report) if s.get("nll", {}).get("AU")]
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(rows)
-    for i, (label, values) in enumerate(rows):
-        ax.bar([x + i * width for x in range(len(AU.names))], values, width=width, label=label)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(AU.names))], AU.names)
-    ax.set_ylabel("NLL (lower is better)")
-    ax.legend(ncol=min(len(rows), 6), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-FIGURES = {
-    "emotion_per_generation.png": figure_emotion,
-    "roc.png": figure_roc,
-    "reliability.png": figure_reliability,
-    "au_nll.png": figure_au_nll,
-}
-
-
 def _landmark_error(record: dict) -> str:
     """The held-out landmark error of a pretraining record, beside the mean shape's."""
     error = f"held-out landmark error {record.get('held_out_error_after')} crop widths"
     if "held_out_error_mean_shape" in record:  # records written before it held the random start's
         error += f", the mean shape's {record['held_out_error_mean_shape']}"
     return error
-
 
 def backbone_line(backbone: dict | None) -> str:
     """One sentence tracing the run to its backbone: random or pretrained, on what, frozen or not."""
@@ -286,7 +110,6 @@ def backbone_line(backbone: dict | None) -> str:
         source = f"pretraining {pretraining}"
     return f"Backbone: `{backbone.get('weights')}` (sha256 {str(backbone.get('sha256'))[:12]}), {source}; {frozen}."
 
-
 def losses_line(losses: dict | None) -> str:
     """How the members were trained, in words; '' for a report from before it was recorded."""
     if not losses:
@@ -299,7 +122,6 @@ def losses_line(losses: dict | None) -> str:
                "bins for students; `--va-bins`, not the paper's loss)")
     balance = "Algorithm 1 task balancing" if losses["balance"] else "equal task weights (`--no-balance`)"
     return f"Losses: AU/EXPR {au_expr}; VA {va}; {balance}."
-
 
 def render_markdown(report: dict) -> str:
     parts = [
@@ -322,6 +144,8 @@ def render_markdown(report: dict) -> str:
         skill_table(report),
         "## Out-of-domain detection (paper Figure 5)",
         ood_table(report),
+        "## The challenge's own scores (ensembles, validation split)",
+        challenge_table(report),
     ]
     if any("aleatoric_gap" in g for g in report["generations"]):
         tasks = list(report["generations"][0]["aleatoric_gap"])
@@ -334,7 +158,6 @@ def render_markdown(report: dict) -> str:
     parts += ["## What this run shows", "\n".join(f"- {line}" for line in verdicts(report))]
     parts += ["## Figures", *(f"![{name}]({name})" for name in FIGURES)]
     return "\n\n".join(p for p in parts if p) + "\n"
-
 
 def write_report(report: dict, out_dir: Path) -> list[Path]:
     """Write report.json, report.md and the figures into `out_dir`; returns the paths."""
@@ -349,51 +172,3 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
         if (out_dir / name).exists():
             written.append(out_dir / name)
     return written
-
-
-def _nll_cells(nll: dict) -> str:
-    """The summary NLL of each task, right-aligned under its header in `summary_table`."""
-    return "".join(f"{fmt(nll.get(key)):>{_nll_width(name)}}" for name, key in NLL_KEYS.items())
-
-
-def _nll_width(name: str) -> int:
-    """A column as wide as its header "<task> NLL" and a space, and at least 8."""
-    return max(8, len(f"{name} NLL") + 1)
-
-
-def summary_table(report: dict) -> str:
-    """A short plain-text table for the terminal."""
-    nll_header = "".join(f"{name + ' NLL':>{_nll_width(name)}}" for name in NLL_KEYS)
-    lines = [f"{'generation':<11}{'ensemble':>9}{'single':>15}{nll_header}{'OOD AUC':>8}"]
-    for g in report["generations"]:
-        single = f"{g['single_mean'].get('total', 0):.3f}±{g['single_std'].get('total', 0):.3f}"
-        lines.append(f"{short_name(g['name']):<11}{g['ensemble'].get('total', 0):>9.3f}{single:>15}"
-                     f"{_nll_cells(g['nll'])}{g['ood_auc']:>8.3f}")
-    for label, scores in uncertainty_rows(report)[len(report["generations"]):]:
-        total = fmt(scores["emotion"].get("total")) if "emotion" in scores else ""
-        lines.append(f"{label:<11}{total:>9}{'':>15}{_nll_cells(scores['nll'])}{'':>8}")
-    return "\n".join(lines)
-
-
-def compare_runs(runs: list[Path]) -> str:
-    """Several runs' reports side by side (e.g. the paper's ablations, Tables 1 and 5)."""
-    rows = []
-    for root in runs:
-        run = Run(root)
-        if not run.report_path.exists():
-            raise InputError(f"{run.report_path} does not exist; run `emodistill evaluate {root}` first")
-        report = read_json(run.report_path)
-        config = run.config()
-        teacher = report["generations"][0]
-        best = max(report["generations"], key=lambda g: g["ensemble"].get("total", float("-inf")))
-        rows.append([
-            str(root), config.preset, str(config.members),
-            "yes" if config.train.reweight else "no", "yes" if config.train.balance else "no",
-            *(fmt(teacher["ensemble"].get(k)) for k in (*METRIC_NAMES, "total")),
-            fmt(teacher["single_mean"].get("total")),
-            f"{short_name(best['name'])} {fmt(best['ensemble'].get('total'))}",
-            fmt(max(g["ood_auc"] for g in report["generations"])),
-        ])
-    header = ["run", "preset", "T", "reweight", "balance", *(f"Tea {k}" for k in METRIC_NAMES),
-              "Tea total", "Tea single", "best generation", "best OOD AUC"]
-    return markdown_table(header, rows)

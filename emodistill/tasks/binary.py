@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from emodistill.tasks.kind import ColumnValues, Scores, Span, Task
+from emodistill.tasks.kind import MAX_CLASS_WEIGHT, ColumnValues, Scores, Span, Task
 from emodistill.tasks.scoring import (
     binary_f1,
     checked_binary_labels,
@@ -26,16 +26,20 @@ if TYPE_CHECKING:
 PRESENT = 0.5  # the ABAW threshold: an output above it is predicted present
 
 
-def abaw_au(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """ABAW AU metric: 0.5 * mean binary F1 over the AUs + 0.5 * accuracy over all entries.
+def au_parts(y_true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Mean binary F1 over the AUs and the accuracy over all N x 12 entries of 0/1 decisions."""
+    predicted = checked_binary_labels("AU decisions", predicted, np.shape(predicted)).astype(bool)  # (N, 12)
+    truth = checked_binary_labels("AU labels", y_true, predicted.shape).astype(bool)
+    f1 = np.mean([binary_f1(truth[:, c], predicted[:, c]) for c in range(predicted.shape[1])])
+    return {"F1": float(f1), "accuracy": float(np.mean(truth == predicted))}
 
-    An AU is predicted present when its probability is above 0.5.
-    """
+
+def abaw_au(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """ABAW 2021 AU metric: 0.5 * mean binary F1 over the AUs + 0.5 * accuracy over all entries;
+    an AU is predicted present when its probability is above 0.5."""
     prob = checked_probabilities("AU probabilities", prob, 2)
-    truth = checked_binary_labels("AU labels", y_true, prob.shape).astype(bool)  # (N, 12)
-    predicted = prob > PRESENT
-    f1 = np.mean([binary_f1(truth[:, c], predicted[:, c]) for c in range(prob.shape[1])])
-    return float(0.5 * f1 + 0.5 * np.mean(truth == predicted))
+    parts = au_parts(y_true, (prob > PRESENT).astype(np.int64))
+    return 0.5 * parts["F1"] + 0.5 * parts["accuracy"]
 
 
 class BinaryTask(Task):
@@ -44,8 +48,23 @@ class BinaryTask(Task):
     kind: ClassVar[str] = "binary"
     panel_height: ClassVar[float] = 2.2
 
+    @staticmethod
+    def shape_for(n_names: int) -> tuple[int, int, int]:
+        return n_names, n_names, 2
+
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
+
+    def loss_weights(self, labels: np.ndarray, reweight: bool, bins_weight: float) -> np.ndarray:
+        """p_c = #negatives / #positives of each output (Eq. 3), clipped to [1/100, 100]: an output
+        never positive gets 100, one never negative 1/100; ones without labels or reweighting."""
+        labels = np.asarray(labels)
+        if not reweight or len(labels) == 0:
+            return np.ones(self.n_logits)
+        positives = (labels > 0.5).sum(0)
+        ratio = (len(labels) - positives) / np.maximum(positives, 1)
+        ratio[positives == 0] = MAX_CLASS_WEIGHT
+        return np.clip(ratio, 1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT)
 
     def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> np.ndarray:
         """Log-odds of w q / (w q + 1 - q), the best constant under BCE with weight w on the
@@ -97,6 +116,12 @@ class BinaryTask(Task):
 
     def emotion_scores(self, truth: np.ndarray, probs: np.ndarray) -> tuple[float, ...]:
         return (abaw_au(truth, probs),)
+
+    def challenge_parts(self, truth: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+        return au_parts(truth, decisions)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return (self._outputs(probs) > PRESENT).astype(np.float32)
 
     def reliability_labels(self, labels: np.ndarray) -> np.ndarray:
         return labels.astype(int)

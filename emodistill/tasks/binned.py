@@ -66,6 +66,10 @@ class BinnedTask(Task):
     kind: ClassVar[str] = "binned"
     panel_height: ClassVar[float] = 1.5
 
+    @staticmethod
+    def shape_for(n_names: int) -> tuple[int, int, int]:
+        return n_names * VA_BINS, n_names, VA_BINS
+
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         grouped = logits.unflatten(-1, (self.n_groups, self.n_classes))
         return torch.softmax(grouped, dim=-1).flatten(-2)
@@ -118,6 +122,11 @@ class BinnedTask(Task):
             bins = -log_probs.gather(-1, va_to_bin(targets).unsqueeze(-1)).squeeze(-1)  # (n, 2)
         return loss + weights[0] * bins.sum(-1).mean()
 
+    def loss_weights(self, labels: np.ndarray, reweight: bool, bins_weight: float) -> np.ndarray | None:
+        """(bins_weight,) when the loss on the bins' shape is on (`--va-bins`), else None: the
+        paper's 1 - CCC has no class weights."""
+        return np.array([bins_weight]) if bins_weight > 0 else None
+
     def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> None:
         """None: 1 - CCC has no best constant (every constant scores CCC 0), and a bias at the
         label histogram would saturate the empty bins' softmax and slow the start."""
@@ -127,6 +136,13 @@ class BinnedTask(Task):
         """CCC of each dimension's expectation."""
         prediction = va_expectation(probs)  # (n, 2)
         return tuple(ccc(truth[:, d], prediction[:, d]) for d in range(self.n_groups))
+
+    def challenge_parts(self, truth: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+        """CCC of each dimension's predicted values: "CCC_valence", "CCC_arousal"."""
+        return {f"CCC_{name}": ccc(truth[:, d], decisions[:, d]) for d, name in enumerate(self.names)}
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return va_expectation(self._outputs(probs)).astype(np.float32)
 
     def uncertainty_scores(self, labels: np.ndarray, probs: np.ndarray) -> Scores:
         """RMSE of each dimension's expectation."""

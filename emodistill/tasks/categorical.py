@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emodistill.tasks.kind import ColumnValues, Scores, Span, Task
+from emodistill.tasks.kind import MAX_CLASS_WEIGHT, ColumnValues, Scores, Span, Task
 from emodistill.tasks.scoring import (
     binary_f1,
     checked_class_labels,
@@ -31,18 +31,25 @@ if TYPE_CHECKING:
 CLASS_COLUMN = "expression"
 
 
-def abaw_expr(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """ABAW EXPR metric: 0.67 * macro F1 over the 7 classes + 0.33 * accuracy.
+def expr_parts(y_true: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Macro F1 over all `n_classes` classes and the accuracy of predicted class indices.
 
     A class absent from both truth and prediction counts as F1 0 in the macro mean, as in
-    scikit-learn's f1_score(average="macro", labels=range(7), zero_division=0).
+    scikit-learn's f1_score(average="macro", labels=range(C), zero_division=0).
     """
+    predicted = checked_class_labels("EXPR decisions", predicted, n_classes)
+    truth = checked_class_labels("EXPR labels", y_true, n_classes)
+    same_length(("EXPR labels", truth), ("EXPR decisions", predicted))
+    f1 = np.mean([binary_f1(truth == k, predicted == k) for k in range(n_classes)])
+    return {"F1": float(f1), "accuracy": float(np.mean(truth == predicted))}
+
+
+def abaw_expr(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """ABAW 2021 EXPR metric: 0.67 * macro F1 over the classes + 0.33 * accuracy of the most
+    likely class."""
     prob = checked_probabilities("EXPR probabilities", prob, 2)
-    truth = checked_class_labels("EXPR labels", y_true, prob.shape[1])
-    same_length(("EXPR labels", truth), ("EXPR probabilities", prob))
-    predicted = prob.argmax(1)
-    f1 = np.mean([binary_f1(truth == k, predicted == k) for k in range(prob.shape[1])])
-    return float(0.67 * f1 + 0.33 * np.mean(truth == predicted))
+    parts = expr_parts(y_true, prob.argmax(1), prob.shape[1])
+    return 0.67 * parts["F1"] + 0.33 * parts["accuracy"]
 
 
 class CategoricalTask(Task):
@@ -50,6 +57,10 @@ class CategoricalTask(Task):
 
     kind: ClassVar[str] = "categorical"
     panel_height: ClassVar[float] = 1.5
+
+    @staticmethod
+    def shape_for(n_names: int) -> tuple[int, int, int]:
+        return n_names, 1, n_names
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=-1)
@@ -98,6 +109,19 @@ class CategoricalTask(Task):
         per_frame = (torch.special.xlogy(targets, targets) - targets * log_probs).sum(-1)  # (n,)
         return per_frame.mean()
 
+    def loss_weights(self, labels: np.ndarray, reweight: bool, bins_weight: float) -> np.ndarray:
+        """Inverse class frequency scaled so that the weights' mean over the training labels is 1
+        (Eq. 5); a class never seen gets 100; ones without labels or reweighting."""
+        labels = np.asarray(labels)
+        if not reweight or len(labels) == 0:
+            return np.ones(self.n_classes)
+        frequency = np.bincount(labels.astype(np.int64), minlength=self.n_classes)[: self.n_classes] / len(labels)
+        seen = frequency > 0
+        # sum_k f_k * w_k = 1 with w_k proportional to 1 / f_k over the classes seen
+        inverse = np.full(self.n_classes, MAX_CLASS_WEIGHT)
+        inverse[seen] = 1.0 / (seen.sum() * frequency[seen])
+        return np.minimum(inverse, MAX_CLASS_WEIGHT)
+
     def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> np.ndarray:
         """Log of p_c proportional to w_c q_c, the best constant under the class-weighted cross
         entropy; the frequencies q themselves for the unweighted KL of a student."""
@@ -108,6 +132,12 @@ class CategoricalTask(Task):
 
     def emotion_scores(self, truth: np.ndarray, probs: np.ndarray) -> tuple[float, ...]:
         return (abaw_expr(truth, probs),)
+
+    def challenge_parts(self, truth: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+        return expr_parts(truth, decisions, self.n_classes)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return self._outputs(probs).argmax(-1).astype(np.int64)
 
     def reliability_labels(self, labels: np.ndarray) -> np.ndarray:
         return labels

@@ -2,15 +2,15 @@
 
 A task is an instance of its kind's class (binary.py, categorical.py, binned.py), so the rules
 of a kind (activation, label columns and values, loss, metric, uncertainty scores, prediction
-columns, timeline panel) are its methods, and every stage loops over `TASKS` asking the task
+columns, timeline panel) are its methods, and every stage loops over the run's `TaskSet` asking the task
 instead of branching on its kind. A new kind is one new file and one entry in the task table.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # the timeline panels draw on matplotlib axes, which predict 
     from matplotlib.axes import Axes
     from matplotlib.colors import Colormap
 
+# A class seen too rarely would get a huge (or infinite) weight; this bounds every class weight
+# to [1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT]. The paper's own weights span 0.59..32.3.
+MAX_CLASS_WEIGHT = 100.0
 # Column names -> their values (frames, columns) as floats, NaN where a frame has none.
 ColumnValues = Callable[[list[str]], np.ndarray]
 Span = tuple[float, float]  # (start, stop) on a timeline's x axis
@@ -46,6 +49,19 @@ class Task(ABC):
     annotation_dir: str  # Aff-wild2 folder under annotations/
     invalid: float  # the marker an annotator wrote for "no label"
     metric_names: tuple[str, ...]  # keys this task contributes to the emotion metrics
+
+    # --- shape ---------------------------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def shape_for(n_names: int) -> tuple[int, int, int]:
+        """(n_logits, n_groups, n_classes) of a task of this kind with `n_names` names."""
+
+    def with_names(self, names: Sequence[str]) -> Task:
+        """This task with other output names (the 8 expressions of a 2022+ release, say), its
+        sizes following from the kind."""
+        n_logits, n_groups, n_classes = self.shape_for(len(names))
+        return replace(self, names=tuple(names), n_logits=n_logits, n_groups=n_groups, n_classes=n_classes)
 
     # --- model outputs -------------------------------------------------------------------------
 
@@ -131,6 +147,12 @@ class Task(ABC):
         return self.supervision_loss(logits, targets, weights)
 
     @abstractmethod
+    def loss_weights(self, labels: np.ndarray, reweight: bool, bins_weight: float) -> np.ndarray | None:
+        """The weights inside this task's loss from its valid training labels (`Split` format):
+        class weights when `reweight` (Eq. 3, 5), else ones; `bins_weight` is for the kinds whose
+        loss can add a term on the bins' shape. None: the loss takes no weights."""
+
+    @abstractmethod
     def start_logits(self, frequencies: np.ndarray, weights: np.ndarray | None, distilled: bool) -> np.ndarray | None:
         """The output bias a member starts from: the logits of the best constant prediction under
         this kind's loss, given the training targets' mean `frequencies` (n_logits,) and the
@@ -142,6 +164,16 @@ class Task(ABC):
     @abstractmethod
     def emotion_scores(self, truth: np.ndarray, probs: np.ndarray) -> tuple[float, ...]:
         """The task's ABAW metrics on valid frames, in the order of `metric_names`."""
+
+    @abstractmethod
+    def challenge_parts(self, truth: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+        """The parts the ABAW challenges build their scores from, of `decide`'s decisions on valid
+        frames: "F1" and "accuracy", or one "CCC_<name>" per dimension."""
+
+    @abstractmethod
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities (N, n_logits) -> the label a submission writes, in the `Split` label
+        format: AU 0/1 (N, 12), EXPR the class index (N,), VA the expected values (N, 2)."""
 
     @abstractmethod
     def uncertainty_scores(self, labels: np.ndarray, probs: np.ndarray) -> Scores:

@@ -7,6 +7,8 @@ a wrong shape or a NaN raises ValueError.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 PROB_CLIP = 1e-7  # probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] inside NLLs
@@ -56,6 +58,12 @@ def checked_binary_labels(name: str, y_true: np.ndarray, shape: tuple[int, ...])
     if not np.isin(array, (0, 1)).all():
         raise ValueError(f"{name} should hold only 0 and 1")
     return array.astype(np.int64)
+
+
+def valid_rows(masks: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    """The task's mask as bools, or every one of the n rows when the masks say nothing about the
+    task (losses, calibration and metrics all read a missing mask so)."""
+    return np.asarray(masks[name], dtype=bool) if name in masks else np.ones(n, dtype=bool)
 
 
 def binary_f1(truth: np.ndarray, predicted: np.ndarray) -> float:

@@ -22,8 +22,8 @@ from emodistill.core.errors import InputError
 
 T = TypeVar("T")
 
-# File names taken for videos, the one list of the package: in a folder given to `prepare`, and
-# among the raw videos beside Aff-wild2's crops (images are recognised by their content instead).
+# The video files of the whole project: inputs of `prepare` and `predict`, Aff-wild2's raw videos
+# (images are recognised by their content instead).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 

@@ -1,8 +1,11 @@
-"""Simulated affect data in the Aff-wild2 layout, with the true label distributions saved.
+"""Simulated affect data in the Aff-wild2 layout of any release, with the true label
+distributions saved.
 
 Aff-wild2 cannot be shipped, so `generate` renders face videos of synthetic people whose AUs,
 expression and valence/arousal follow a known latent process; labels are drawn from known laws
-and those laws are written to truth/, so NLL and entropy can be scored against the truth.
+and those laws are written to truth/, so NLL and entropy can be scored against the truth. The
+2021 release (the default, the paper's) has 7 expressions; the later ones 8, "Other" a state of
+its own in the simulated faces.
 """
 
 from __future__ import annotations
@@ -36,18 +39,20 @@ from emodistill.data.synth.audio import (
     soundtrack,
     voice,
 )
-from emodistill.data.synth.face import random_identity
+from emodistill.data.synth.identity import random_identity
 from emodistill.data.synth.scene import camera, head_track, raw_shape, render
 from emodistill.data.synth.writer import (
+    MTL_HEADER,
     SPLIT_DIRS,
     Mp4Writer,
-    annotation_path,
-    crop_path,
+    SynthLayout,
+    multi_task_rows,
+    synth_layout,
     write_annotation,
     write_crop,
     write_truth,
 )
-from emodistill.tasks import AU, EXPR, PAPER_AU_POSITIVE_RATE, PAPER_EXPR_RATE, TASKS, Task
+from emodistill.tasks import AU, EXPR, PAPER_AU_POSITIVE_RATE, PAPER_EXPR_RATE, PAPER_RELEASE, Task, TaskSet, task_set
 
 DEFAULT_VIDEOS = 400  # subject videos (identities); with DEFAULT_FRAMES about 12,800 frames
 DEFAULT_FRAMES = 32  # frames per video (each video varies by up to 20 %)
@@ -103,15 +108,16 @@ class SynthSummary:
         )
 
 
-def _plan(videos: int, frames: int, seed: int) -> list[_RawVideo]:
+def _plan(videos: int, frames: int, seed: int, task_list: TaskSet) -> list[_RawVideo]:
     """Split subjects ~75/25 into train/val, one task each (a few two), one _left/_right pair."""
     rng = np.random.default_rng(seed)
     n_val = max(3, round(videos * VALIDATION_SHARE))
     plan: list[_RawVideo] = []
+    every = task_list.tasks
     for split, count in (("train", videos - n_val), ("val", n_val)):
-        tasks = [(TASKS[i % len(TASKS)],) for i in range(count)]
+        tasks = [(every[i % len(every)],) for i in range(count)]
         if count >= 6:  # one video of the split carries two tasks, as a few in Aff-wild2 do
-            tasks[0] = (TASKS[0], TASKS[1])
+            tasks[0] = (every[0], every[1])
         # In the training split, the last two subjects share one raw video, left and right.
         groups = [[i] for i in range(count)]
         if split == "train":
@@ -140,14 +146,16 @@ def _invalid_mask(rng: np.random.Generator, n: int) -> np.ndarray:
     return valid
 
 
-def _simulate(raw: _RawVideo, root: Path, size: int, seed: int, config: AffectConfig) -> dict:
-    """Simulate, render and write one raw video and its subjects; returns per-subject records."""
+def _simulate(raw: _RawVideo, root: Path, size: int, seed: int, config: AffectConfig, layout: SynthLayout,
+              tasks: TaskSet) -> dict:
+    """Simulate, render and write one raw video and its subjects; returns per-subject records
+    (with their multi-task rows, which the caller writes for the split)."""
     rng = [np.random.default_rng([seed, raw.index, purpose]) for purpose in _STREAMS]
     n, seconds = raw.frames, raw.frames / FPS
     n_samples = round(seconds * SAMPLE_RATE)
     people, voices, records = [], [], {}
     busy: list[tuple[float, float]] | None = None
-    for name, tasks in zip(raw.subjects, raw.tasks, strict=True):
+    for name, subject_tasks in zip(raw.subjects, raw.tasks, strict=True):
         who = random_identity(rng[_LOOK])
         # A second speaker talks in the first one's pauses: the pair holds a conversation.
         plan = plan_speech(rng[_VOICE], seconds, free=None if busy is None else _gaps(busy, seconds))
@@ -156,7 +164,7 @@ def _simulate(raw: _RawVideo, root: Path, size: int, seed: int, config: AffectCo
             rng[_AFFECT],
             n,
             FPS,
-            random_temperament(rng[_AFFECT]),
+            random_temperament(rng[_AFFECT], config.expressions),
             mouth_opening(plan, n, FPS),
             config,
         )
@@ -165,29 +173,28 @@ def _simulate(raw: _RawVideo, root: Path, size: int, seed: int, config: AffectCo
         head = head_track(rng[_SCENE], n, FPS, who.skin)
         voices.append(voice(rng[_VOICE], plan, track.valence, track.arousal, FPS, n_samples))
         valid = {}
-        for task in tasks:
+        for task in subject_tasks:
             valid[task.name] = _invalid_mask(rng[_LABELS], n)
-            write_annotation(
-                annotation_path(root, task, raw.split, name),
-                task,
-                labels[task.name],
-                valid[task.name],
-            )
+            if layout.task_dirs:
+                write_annotation(layout.annotation_path(root, task, raw.split, name), task, labels[task.name],
+                                 valid[task.name])
         people.append((who, head, track.au))
-        records[name] = {"labels": labels, "valid": valid, "truth": truth, "found": head.found}
+        records[name] = {"labels": labels, "valid": valid, "truth": truth, "found": head.found,
+                         "mtl": multi_task_rows(tasks, name, labels, valid) if layout.mtl else []}
     audio = soundtrack(voices, room_noise(rng[_VOICE], n_samples))
     height, width = raw_shape(size, len(people))
     cam = camera(rng[_SCENE], n, FPS, size, len(people))
-    for name in raw.subjects:
-        (root / "cropped_aligned" / name).mkdir(parents=True, exist_ok=True)
+    crop_dirs = {name: layout.crop_dir(root, name, raw.index) for name in raw.subjects}
+    for folder in crop_dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
     landmarks: dict[str, list[np.ndarray]] = {name: [] for name in raw.subjects}
-    with Mp4Writer(root / "videos" / "batch1" / f"{raw.base}.mp4", width, height, FPS, audio) as mp4:
+    with Mp4Writer(layout.raw_path(root, raw.base, raw.index), width, height, FPS, audio) as mp4:
         for t, (frame, crops, points) in enumerate(render(cam, people, size, rng[_SCENE])):
             mp4.write(frame)
             for name, crop, where in zip(raw.subjects, crops, points, strict=True):
                 landmarks[name].append(where)
                 if records[name]["found"][t]:
-                    write_crop(crop_path(root, name, t), crop)
+                    write_crop(crop_dirs[name] / f"{t + 1:05d}.jpg", crop)
     for name in raw.subjects:
         # truth/ holds the label laws and the 2D landmarks drawn (F, 27, 2), 0..1 of the crop.
         arrays = records[name]["truth"] | {"landmarks": np.stack(landmarks[name]).astype(np.float32)}
@@ -195,11 +202,14 @@ def _simulate(raw: _RawVideo, root: Path, size: int, seed: int, config: AffectCo
     return records
 
 
-def _marginals(records: dict[str, dict]) -> dict:
-    """Label marginals of the written (valid) annotations, their truth, and the paper's targets."""
-    targets = {AU.name: PAPER_AU_POSITIVE_RATE, EXPR.name: PAPER_EXPR_RATE}
+def _marginals(records: dict[str, dict], tasks: TaskSet) -> dict:
+    """Label marginals of the written (valid) annotations, their truth, and the paper's targets
+    (for the 2021 classes: the paper's rates are of its 7 expressions)."""
+    targets = {AU.name: PAPER_AU_POSITIVE_RATE}
+    if tasks[EXPR.name].n_classes == len(PAPER_EXPR_RATE):
+        targets[EXPR.name] = PAPER_EXPR_RATE
     out = {}
-    for task in TASKS:
+    for task in tasks:
         annotated = [r for r in records.values() if task.name in r["valid"]]
         labels = np.concatenate([r["labels"][task.name][r["valid"][task.name]] for r in annotated])
         truth = np.concatenate([r["truth"][task.name][r["valid"][task.name]] for r in annotated])
@@ -240,13 +250,13 @@ def simulation_workers(plan_frames: int, workers: int | None = None) -> int:
 
 
 def _simulate_all(
-    plan: list[_RawVideo], out: Path, size: int, seed: int, config: AffectConfig, progress: bool,
-    workers: int | None,
+    plan: list[_RawVideo], out: Path, size: int, seed: int, config: AffectConfig, layout: SynthLayout,
+    tasks: TaskSet, progress: bool, workers: int | None,
 ) -> dict[str, dict]:
     """Simulate and write every raw video of the plan (`workers`: see `simulation_workers`);
     subject name -> its records, in the plan's order."""
     records: dict[str, dict] = {}
-    simulate = partial(_simulate, root=out, size=size, seed=seed, config=config)
+    simulate = partial(_simulate, root=out, size=size, seed=seed, config=config, layout=layout, tasks=tasks)
     frames = sum(r.frames * len(r.subjects) for r in plan)
     workers = simulation_workers(frames, workers)
     with ExitStack() as stack:
@@ -261,23 +271,34 @@ def _simulate_all(
     return records
 
 
-def _subsets(plan: list[_RawVideo]) -> dict[str, dict[str, int]]:
+def _subsets(plan: list[_RawVideo], every: TaskSet) -> dict[str, dict[str, int]]:
     """Task -> split folder -> number of subject videos annotated for it."""
     return {
         task.name: {
             SPLIT_DIRS[s]: sum(task in tasks for r in plan if r.split == s for tasks in r.tasks) for s in SPLIT_DIRS
         }
-        for task in TASKS
+        for task in every
     }
+
+
+def _write_multi_task(out: Path, layout: SynthLayout, plan: list[_RawVideo], records: dict[str, dict]) -> None:
+    """The release's multi-task files: a header, then the rows of each split's subjects."""
+    for split, name in layout.mtl.items():
+        rows = [row for raw in plan if raw.split == split
+                for subject in raw.subjects for row in records[subject]["mtl"]]
+        path = out / layout.annotations / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([MTL_HEADER, *rows]) + "\n")
 
 
 def _report(
     summary: SynthSummary, plan: list[_RawVideo], records: dict[str, dict], seed: int,
-    parameters: dict,
+    parameters: dict, tasks: TaskSet,
 ) -> dict:
     """The contents of synth.json: parameters, counts, label marginals and each video's facts."""
     return {
         "seed": seed,
+        **({} if tasks.release == PAPER_RELEASE else {"release": tasks.release}),
         "parameters": parameters,
         "counts": {
             "videos": summary.videos,
@@ -288,10 +309,10 @@ def _report(
             "subsets": summary.subsets,
             "invalid": {
                 task.name: sum(int((~r["valid"][task.name]).sum()) for r in records.values() if task.name in r["valid"])
-                for task in TASKS
+                for task in tasks
             },
         },
-        "label_marginals": _marginals(records),
+        "label_marginals": _marginals(records, tasks),
         "videos": {
             name: {
                 "split": raw.split,
@@ -315,20 +336,27 @@ def generate(
     preview: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    release: str = PAPER_RELEASE,
 ) -> SynthSummary:
-    """Write a simulated data set in the Aff-wild2 layout under `out` (a new or empty folder).
+    """Write a simulated data set in the Aff-wild2 layout of `release` under `out` (a new or empty
+    folder).
 
-    Layout: annotations/{AU,EXPR,VA}_Set/{Train,Validation}_Set/<video>.txt, cropped_aligned/
-    <video>/00001.jpg..., videos/batch1/<video>.mp4 (30 fps, 16 kHz audio), truth/<video>.npz
-    (the true per-frame label distributions) and synth.json (parameters, counts, marginals).
-    `workers`: rendering processes (`simulation_workers`); the files do not depend on it.
+    2021 layout (the default): annotations/{AU,EXPR,VA}_Set/{Train,Validation}_Set/<video>.txt,
+    cropped_aligned/<video>/00001.jpg..., videos/batch1/<video>.mp4 (30 fps, 16 kHz audio). The
+    later releases' layouts are `writer.SYNTH_LAYOUTS` (ABAW6: 6th_ABAW_Annotations/*_Challenge,
+    crops over cropped_aligned/cropped_aligned and .../cropped_aligned_new_50_vids, videos/ and
+    new_vids/, 8 expressions). Always truth/<video>.npz (the true per-frame label distributions)
+    and synth.json (parameters, counts, marginals). `workers`: rendering processes
+    (`simulation_workers`); the files do not depend on it.
     """
     started = time.perf_counter()
     out = Path(out)
+    layout, tasks = synth_layout(release), task_set(release)
     _check_request(out, videos, frames, size)
-    config = AffectConfig()
-    plan = _plan(videos, frames, seed)
-    records = _simulate_all(plan, out, size, seed, config, progress, workers)
+    config = AffectConfig.for_expressions(tasks[EXPR.name].n_classes)
+    plan = _plan(videos, frames, seed, tasks)
+    records = _simulate_all(plan, out, size, seed, config, layout, tasks, progress, workers)
+    _write_multi_task(out, layout, plan, records)
     missing = sum(int((~r["found"]).sum()) for r in records.values())
     total = sum(len(r["found"]) for r in records.values())
     summary = SynthSummary(
@@ -338,16 +366,16 @@ def generate(
         frames=total,
         crops=total - missing,
         missing_crops=missing,
-        subsets=_subsets(plan),
+        subsets=_subsets(plan, tasks),
     )
     parameters = {"videos": videos, "frames": frames, "size": size, "fps": FPS, "sample_rate": SAMPLE_RATE,
                   "affect": asdict(config)}
-    report = _report(summary, plan, records, seed, parameters)
+    report = _report(summary, plan, records, seed, parameters, tasks)
     (out / "synth.json").write_text(json.dumps(report, indent=1) + "\n")
     if preview:
         from emodistill.data.preview import contact_sheet
 
-        contact_sheet(out, out / "preview.png", seed=seed)
+        contact_sheet(out, out / "preview.png", seed=seed, release=release)
     summary.seconds = time.perf_counter() - started
     summary.bytes = _disk_bytes(out)
     return summary

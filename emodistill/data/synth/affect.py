@@ -41,6 +41,13 @@ PROTOTYPE_VA = np.array(
         [0.25, 0.65],
     ]
 )  # (7, 2)
+# "Other", the eighth class of the 2022+ releases: an expression outside the six basic ones. Its
+# own state here (contempt-like: a lip-corner pull with pressed lips and a lowered brow, mildly
+# negative), so the oracle knows it as a class of its own. It is frequent in those releases
+# (the frames relabelled from a basic expression to Other, for one), hence its episode weight.
+OTHER_PROTOTYPE = np.array([0.00, 0.30, 0.55, 0.00, 0.45, 0.00, 0.55, 0.00, 0.55, 0.50, 0.00, 0.00])
+OTHER_VA = np.array([-0.15, 0.15])
+OTHER_EPISODE_WEIGHT = 0.25
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,23 @@ class AffectConfig:
     va_noise: tuple[float, float] = (0.07, 0.07)  # VA label std: at apex, plus this much at rest
     label_coherence: float = 0.9  # frame-to-frame correlation of annotator noise at 30 fps
 
+    @property
+    def expressions(self) -> int:
+        """7 (the 2021 classes) or 8 (with Other): one episode weight per class."""
+        return len(self.episode_weight)
+
+    @classmethod
+    def for_expressions(cls, count: int) -> AffectConfig:
+        """The default laws for the 7 classes of 2021, or the 8 of 2022 on (Other added)."""
+        base = cls()
+        return base if count == len(PROTOTYPES) else cls(episode_weight=(*base.episode_weight, OTHER_EPISODE_WEIGHT))
+
+    def prototypes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Apex AU pattern (E, 12) and valence/arousal (E, 2) of each of the config's classes."""
+        if self.expressions == len(PROTOTYPES):
+            return PROTOTYPES, PROTOTYPE_VA
+        return np.vstack([PROTOTYPES, OTHER_PROTOTYPE]), np.vstack([PROTOTYPE_VA, OTHER_VA])
+
 
 @dataclass
 class Temperament:
@@ -86,7 +110,7 @@ class Temperament:
 
     rest: np.ndarray  # (12,) AU intensity of the resting face (squint, parted lips, ...)
     mood: np.ndarray  # (2,) valence, arousal baseline
-    preference: np.ndarray  # (7,) multiplier on the episode weight of each category
+    preference: np.ndarray  # (E,) multiplier on the episode weight of each category
     expressiveness: float  # scale of episode apex intensities
 
 
@@ -102,8 +126,8 @@ class AffectTrack:
     cue: np.ndarray  # (F, 14) expressive AU movement and VA shift, what annotators judge
 
 
-def random_temperament(rng: np.random.Generator) -> Temperament:
-    """Draw one subject's traits."""
+def random_temperament(rng: np.random.Generator, expressions: int = len(PROTOTYPES)) -> Temperament:
+    """Draw one subject's traits, for `expressions` classes."""
     rest = np.zeros(AU.n_logits)
     # Habits of the resting face (a squint, a raised lip, parted lips) keep AU7, AU10 and AU25
     # common, as in Aff-wild2: (share of people with the habit, its intensity range).
@@ -116,7 +140,7 @@ def random_temperament(rng: np.random.Generator) -> Temperament:
     return Temperament(
         rest=rest,
         mood=mood,
-        preference=rng.gamma(2.0, 0.5, size=EXPR.n_classes),
+        preference=rng.gamma(2.0, 0.5, size=expressions),
         expressiveness=float(rng.uniform(0.7, 1.0)),
     )
 
@@ -158,15 +182,16 @@ def simulate_affect(
     category, envelope = _segments(rng, n, fps, weights / weights.sum(), config)
     envelope = envelope * temperament.expressiveness
     # Each episode shows its prototype with a little per-AU variation; drift keeps faces alive.
-    jitter = rng.uniform(0.8, 1.15, size=(EXPR.n_classes, AU.n_logits))
-    expressive = envelope[:, None] * PROTOTYPES[category] * jitter[category]  # (n, 12)
+    prototypes, prototype_va = config.prototypes()
+    jitter = rng.uniform(0.8, 1.15, size=(config.expressions, AU.n_logits))
+    expressive = envelope[:, None] * prototypes[category] * jitter[category]  # (n, 12)
     expressive = expressive + ou_process(rng, n, 0.04, 0.5 * fps, AU.n_logits)
     speech = np.zeros((n, AU.n_logits))
     speech[:, AU.names.index("AU25")] = 0.85 * mouth
     speech[:, AU.names.index("AU26")] = 0.6 * mouth**2  # only wide vowels drop the jaw
     au = np.clip(temperament.rest + expressive + speech, 0.0, 1.0)  # (n, 12)
 
-    shift = envelope[:, None] * PROTOTYPE_VA[category] + ou_process(rng, n, 0.08, 1.5 * fps, 2)
+    shift = envelope[:, None] * prototype_va[category] + ou_process(rng, n, 0.08, 1.5 * fps, 2)
     latent = temperament.mood + shift  # (n, 2)
     # Talking raises arousal: half a second of speech activity around each frame.
     latent[:, 1] += 0.2 * uniform_filter1d(mouth, round(0.5 * fps), mode="nearest")
@@ -193,13 +218,13 @@ def va_bin_probs(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def label_truth(track: AffectTrack, config: AffectConfig | None = None) -> dict[str, np.ndarray]:
-    """The true per-frame label distributions (float32): AU (F, 12), EXPR (F, 7), VA (F, 40),
+    """The true per-frame label distributions (float32): AU (F, 12), EXPR (F, E), VA (F, 40),
     plus valence_mean, arousal_mean and va_std (F,) of the Gaussian VA label law."""
     config = config or AffectConfig()
     au = expit((track.au - np.asarray(config.au_threshold)) / config.au_temperature)
-    prototypes = config.expr_apex * np.concatenate([PROTOTYPES, PROTOTYPE_VA], axis=1)  # (7, 14)
-    gap = track.cue[:, None, :] - prototypes[None]  # (F, 7, 14)
-    distance = (gap**2 * np.asarray(config.expr_cue_weight)).sum(-1)  # (F, 7)
+    prototypes = config.expr_apex * np.concatenate(config.prototypes(), axis=1)  # (E, 14)
+    gap = track.cue[:, None, :] - prototypes[None]  # (F, E, 14)
+    distance = (gap**2 * np.asarray(config.expr_cue_weight)).sum(-1)  # (F, E)
     expr = np.exp(log_softmax(-distance / config.expr_temperature, axis=1))
     std = config.va_noise[0] + config.va_noise[1] * (1.0 - track.envelope)
     va = np.concatenate([va_bin_probs(track.valence, std), va_bin_probs(track.arousal, std)], axis=1)
@@ -226,7 +251,7 @@ def sample_labels(
     n = truth[AU.name].shape[0]
     uniform = ndtr(coherent_normals(rng, n, rho, AU.n_logits + 1))  # (F, 13) uniforms
     au = (uniform[:, : AU.n_logits] < truth[AU.name]).astype(np.float32)
-    cumulative = np.cumsum(truth[EXPR.name].astype(np.float64), axis=1)  # (F, 7)
+    cumulative = np.cumsum(truth[EXPR.name].astype(np.float64), axis=1)  # (F, E)
     cumulative /= cumulative[:, -1:]
     expr = (uniform[:, -1:] >= cumulative[:, :-1]).sum(axis=1).astype(np.int64)
     mean = np.stack([truth["valence_mean"], truth["arousal_mean"]], axis=1)  # (F, 2)

@@ -13,7 +13,7 @@ from torch import nn
 from emodistill.evaluation.baselines import Teachers
 from emodistill.evaluation.scores import mean_scores, uncertainty_scores
 from emodistill.models.inference import predict_features, predict_split
-from emodistill.tasks import task as task_by_name
+from emodistill.tasks import PAPER_TASKS, TaskSet
 
 NAME = "mc_dropout"
 LABEL = "MC"  # in the report's tables
@@ -51,14 +51,20 @@ def enable_mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-def _averaged(stochastic_pass: Callable[[], dict[str, torch.Tensor]], passes: int) -> dict[str, torch.Tensor]:
+def _averaged(tasks: TaskSet, stochastic_pass: Callable[[], dict[str, torch.Tensor]],
+              passes: int) -> dict[str, torch.Tensor]:
     """Each task's probabilities averaged over `passes` calls of `stochastic_pass` (-> logits)."""
     summed: dict[str, torch.Tensor] = {}
     for _ in range(passes):
         for name, task_logits in stochastic_pass().items():
-            probs = task_by_name(name).activate(task_logits)
+            probs = tasks[name].activate(task_logits)
             summed[name] = summed[name] + probs if name in summed else probs
     return {name: total / passes for name, total in summed.items()}
+
+
+def tasks_of(model: nn.Module) -> TaskSet:
+    """The model's own task set (an EMENet's heads); the paper's for a model that has none."""
+    return getattr(model, "tasks", PAPER_TASKS)
 
 
 def _check_passes(passes: int) -> None:
@@ -81,8 +87,8 @@ def mc_dropout_probs(model: nn.Module, frames: torch.Tensor, audio: torch.Tensor
         torch.manual_seed(seed)
         if hasattr(model, "encode") and hasattr(model, "decode"):
             features = model.encode(*inputs)
-            return _averaged(lambda: model.decode(features)[0], passes)
-        return _averaged(lambda: model(*inputs), passes)
+            return _averaged(tasks_of(model), lambda: model.decode(features)[0], passes)
+        return _averaged(tasks_of(model), lambda: model(*inputs), passes)
 
 
 def mc_dropout_cached(model: nn.Module, cached: torch.Tensor, tail_blocks: int, passes: int = 10,
@@ -93,7 +99,7 @@ def mc_dropout_cached(model: nn.Module, cached: torch.Tensor, tail_blocks: int, 
     with _own_random_state(cached.device), torch.no_grad(), enable_mc_dropout(model):
         torch.manual_seed(seed)
         features = model.encode_tail(cached, tail_blocks)
-        return _averaged(lambda: model.decode(features)[0], passes)
+        return _averaged(tasks_of(model), lambda: model.decode(features)[0], passes)
 
 
 def score(teachers: Teachers) -> dict:

@@ -12,8 +12,7 @@ from scipy.optimize import minimize_scalar
 
 from emodistill.evaluation.baselines import Teachers
 from emodistill.evaluation.scores import mean_scores, uncertainty_scores
-from emodistill.tasks import task as task_by_name
-from emodistill.tasks import valid_rows
+from emodistill.tasks import TaskSet, valid_rows
 
 NAME = "temperature_scaling"
 LABEL = "TS"  # in the report's tables
@@ -39,7 +38,7 @@ def _fit_one(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def fit_temperatures(logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+def fit_temperatures(tasks: TaskSet, logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
                      masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One temperature per output group, fitted by NLL on the valid rows: "AU" (12,),
     "EXPR" (1,), "VA" (2,). VA is scored as the NLL of the label's bin. A task without
@@ -47,7 +46,7 @@ def fit_temperatures(logits: Mapping[str, np.ndarray], labels: Mapping[str, np.n
     """
     temperatures: dict[str, np.ndarray] = {}
     for name in logits:
-        task = task_by_name(name)
+        task = tasks[name]
         task_logits = np.asarray(logits[name])  # (N, n_logits)
         temperatures[name] = np.ones(task.n_groups)
         if name not in labels:
@@ -62,12 +61,12 @@ def fit_temperatures(logits: Mapping[str, np.ndarray], labels: Mapping[str, np.n
     return temperatures
 
 
-def apply_temperatures(logits: Mapping[str, np.ndarray],
+def apply_temperatures(tasks: TaskSet, logits: Mapping[str, np.ndarray],
                        temperatures: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Logits (N, n_logits) divided by their group's temperature -> probabilities (N, n_logits)."""
     probs = {}
     for name, task_logits in logits.items():
-        task = task_by_name(name)
+        task = tasks[name]
         per_logit = np.repeat(np.asarray(temperatures[name], dtype=np.float64),
                               task.n_logits // task.n_groups)  # (n_logits,)
         scaled = torch.from_numpy(np.asarray(task_logits, dtype=np.float64) / per_logit)
@@ -75,7 +74,7 @@ def apply_temperatures(logits: Mapping[str, np.ndarray],
     return probs
 
 
-def temperature_scaling_cv(logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+def temperature_scaling_cv(tasks: TaskSet, logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
                            masks: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
     """Test-time cross-validation (Ashukha et al. 2020): split the rows at random into two
     halves, fit on one and calibrate the other, both ways round, so every row gets
@@ -84,14 +83,15 @@ def temperature_scaling_cv(logits: Mapping[str, np.ndarray], labels: Mapping[str
     n = len(next(iter(logits.values())))
     order = np.random.default_rng(seed).permutation(n)
     halves = (order[: n // 2], order[n // 2:])
-    probs = {name: np.empty((n, task_by_name(name).n_logits)) for name in logits}
+    probs = {name: np.empty((n, tasks[name].n_logits)) for name in logits}
     for fit_rows, score_rows in (halves, halves[::-1]):
         temperatures = fit_temperatures(
+            tasks,
             {name: np.asarray(v)[fit_rows] for name, v in logits.items()},
             {name: np.asarray(v)[fit_rows] for name, v in labels.items()},
             {name: np.asarray(v)[fit_rows] for name, v in masks.items()},
         )
-        scored = apply_temperatures({name: np.asarray(v)[score_rows] for name, v in logits.items()},
+        scored = apply_temperatures(tasks, {name: np.asarray(v)[score_rows] for name, v in logits.items()},
                                     temperatures)
         for name, task_probs in scored.items():
             probs[name][score_rows] = task_probs
@@ -101,6 +101,7 @@ def temperature_scaling_cv(logits: Mapping[str, np.ndarray], labels: Mapping[str
 def score(teachers: Teachers) -> dict:
     """Each teacher member temperature-scaled, scored, and the scores averaged over members."""
     val = teachers.val
-    probs = [temperature_scaling_cv(logits, val.labels, val.masks, seed=teachers.seed) for logits in teachers.logits]
+    probs = [temperature_scaling_cv(val.tasks, logits, val.labels, val.masks, seed=teachers.seed)
+             for logits in teachers.logits]
     scores = mean_scores([uncertainty_scores(val, {t: p[t] for t in teachers.tasks if t in p}) for p in probs])
     return {"label": LABEL, "nll": scores["nll"], "ece": scores["ece"]}

@@ -53,6 +53,6 @@ def train_run(root: Path, config: RunConfig, device: torch.device, progress: boo
               log: Callable[[str], None] = print) -> Run:
     """Train (or continue) a run here: teacher ensemble, then `config.generations` student ensembles."""
     run = Run(root)
-    train, val, class_weights = start_run(run, config, progress, log)
+    config, train, val, class_weights = start_run(run, config, progress, log)
     frozen = frozen_features(config, train, val, device, log)
     return distil(run, config, LocalBackend(run, config, train, val, class_weights, device, frozen, progress, log), log)

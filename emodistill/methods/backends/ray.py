@@ -337,7 +337,7 @@ def train_run_ray(
         raise InputError(f"--max-retries must be 0 or more, got {max_retries}")
     run = Run(shared_path(root))
     # The driver reads the data first, so the frame cache is built once, before workers map it.
-    train, _, class_weights = start_run(run, config, progress, log)
+    config, train, _, class_weights = start_run(run, config, progress, log)
 
     started_here = not ray.is_initialized()
     if started_here:
