@@ -130,7 +130,8 @@ def onet_on_box_agreement(mtcnn, detectors: dict) -> dict[str, float]:
 
 def speed(detectors: dict) -> dict[str, dict[str, float]]:
     """Milliseconds a frame: 640x480 with one 96 px face, carphone's 176x144 frames; and the
-    tracker (detection every 10 frames, O-net in between) on carphone. Rounds interleaved."""
+    tracker (its default schedule: detection every DETECT_EVERY frames, O-net in between) on
+    carphone. Rounds interleaved."""
     from emodistill.bench import face_frame
 
     big = [face_frame(k, 50, (640, 480)) for k in range(20)]
