@@ -19,13 +19,8 @@ import torch
 from emodistill.data.synth import generate
 from emodistill.evaluation.evaluate import evaluate_run
 from emodistill.methods.backends.local import train_run
-from emodistill.methods.pretraining import (
-    PretrainConfig,
-    backbone_record_path,
-    finetune_backbone,
-    finetune_config,
-    pretrain_backbone,
-)
+from emodistill.methods.finetuning import finetune_backbone, finetune_config
+from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
 from emodistill.report.tables import summary_table
 from emodistill.report.writer import write_report
 from emodistill.run import RunConfig, TrainConfig

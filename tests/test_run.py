@@ -80,7 +80,7 @@ def test_killed_run_resumes_without_retraining_finished_members(tiny_data: Path,
 
     resumed = subprocess.run(_train_command(tiny_data, run, members=3), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "teacher member 1: already trained, kept" in resumed.stdout
+    assert "teacher member 0: already trained, kept" in resumed.stdout
     assert first.read_text() == record_before and first.stat().st_mtime_ns == mtime_before
     for member in range(3):
         assert (run / "teacher" / f"member-{member}.safetensors").exists()

@@ -87,7 +87,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from emodistill.core.runtime import resolve_device
-    from emodistill.methods.pretraining import finetune_backbone, finetune_config
+    from emodistill.methods.finetuning import finetune_backbone, finetune_config
 
     config = finetune_config(args.epochs, args.batches_per_epoch, args.frames, reweight=not args.no_reweight)
     finetune_backbone(args.data, args.backbone_weights, args.out, config, args.preset, resolve_device(args.device),

@@ -21,7 +21,6 @@ from emodistill.data.audio import SAMPLE_RATE, decode_audio, silence
 from emodistill.data.faces import EyeLocator, make_detector
 from emodistill.data.media import FaceTracker, prefetch
 from emodistill.models import PRESETS
-from emodistill.models.inference import activate
 from emodistill.models.members import SeparateMembers
 from emodistill.models.speed import BF16_OOD_FLOOR, Levers, StackedMembers, torch_threads
 from emodistill.predict.columns import PARTS, FramePrediction, frame_row, output_columns, python_value, summarise
@@ -298,7 +297,7 @@ class Predictor:
             hidden[:] = list(state)  # per member, carried to the next chunk
 
         def probs(member_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return activate({k: v.reshape(self.n_members, len(found), -1) for k, v in member_logits.items()},
-                            self.tasks)
+            return self.tasks.activate({k: v.reshape(self.n_members, len(found), -1)
+                                        for k, v in member_logits.items()})
 
         return probs(logits), None if alone_logits is None else probs(alone_logits)  # task -> (T, N, n)
