@@ -3,7 +3,7 @@
 `make demo` runs the full version (400 simulated identities; a backbone pretrained on their
 landmarks, fine-tuned once on their labels and frozen below its last 2 blocks, which every
 member learns itself; 5 members x teacher + 3 student generations); `--quick` is a tiny
-version for the tests.
+version for the tests; `--seeds N` runs N complete demos and summarises them with intervals.
 """
 
 from __future__ import annotations
@@ -16,14 +16,20 @@ from pathlib import Path
 
 import torch
 
+from emodistill.core.atomic import atomic_write
+from emodistill.core.checkpoints import write_json
+from emodistill.core.errors import InputError
 from emodistill.data.synth import generate
 from emodistill.evaluation.evaluate import evaluate_run
 from emodistill.methods.backends.local import train_run
 from emodistill.methods.finetuning import finetune_backbone, finetune_config
 from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
+from emodistill.report.seeds import render_summary, summarise_seeds
 from emodistill.report.tables import summary_table
 from emodistill.report.writer import write_report
 from emodistill.run import RunConfig, TrainConfig
+
+SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"  # of a demo over several seeds
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,32 @@ def demo_backbone(
         finetune_backbone(data, landmarks, shared, config, plan.preset, device, seed=seed, progress=progress,
                           log=log, landmark_weight=plan.finetune_landmarks)
     return shared
+
+
+def run_seeds(
+    out: Path,
+    seeds: int,
+    quick: bool = False,
+    device: torch.device | None = None,
+    first_seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """`seeds` complete demos, seed k (from `first_seed`) in OUT/seed-k (each resumes like one demo),
+    then OUT/summary.json and summary.md: every headline figure and every claimed difference over
+    the seeds (`report.seeds`). Returns the summary."""
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
+    reports = []
+    for seed in range(first_seed, first_seed + seeds):
+        log(f"\n=== seed {seed} ({seed - first_seed + 1} of {seeds}) -> {out / f'seed-{seed}'}")
+        reports.append(run_demo(out / f"seed-{seed}", quick, device, seed, progress, log))
+    summary = summarise_seeds(reports)
+    write_json(out / SUMMARY_JSON, summary)
+    markdown = render_summary(summary, seeds)
+    atomic_write(out / SUMMARY_MD, lambda tmp: tmp.write_text(markdown))
+    log(f"\nsummary over {seeds} seeds: {out / SUMMARY_MD} ({out / SUMMARY_JSON})")
+    return summary
 
 
 def run_demo(

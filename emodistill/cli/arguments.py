@@ -222,5 +222,8 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-run"))
     p.add_argument("--quick", action="store_true", help="a tiny version in under 2 minutes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of the data, backbone and members (the first one)")
+    p.add_argument("--seeds", type=whole(1), default=None,
+                   help="N complete demos, seeds SEED..SEED+N-1, in OUT/seed-k, then OUT/summary.json and "
+                        "summary.md with 95%% intervals")
     add_common(p, device=True)

@@ -120,11 +120,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from emodistill.core.runlock import run_lock
     from emodistill.core.runtime import resolve_device
-    from emodistill.demo import run_demo
+    from emodistill.demo import run_demo, run_seeds
 
     with run_lock(args.out):  # the demo folder holds its data, backbone and run: one writer
-        run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
-                 progress=not args.quiet)
+        if args.seeds is None:
+            run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
+                     progress=not args.quiet)
+        else:
+            run_seeds(args.out, args.seeds, quick=args.quick, device=resolve_device(args.device),
+                      first_seed=args.seed, progress=not args.quiet)
     return 0
 
 
