@@ -28,6 +28,7 @@ from emodistill.report.seeds import render_summary, summarise_seeds
 from emodistill.report.tables import summary_table
 from emodistill.report.writer import write_report
 from emodistill.run import RunConfig, TrainConfig
+from emodistill.tasks import PAPER_RELEASE
 
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"  # of a demo over several seeds
 
@@ -108,6 +109,7 @@ def run_seeds(
     first_seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    release: str = PAPER_RELEASE,
 ) -> dict[str, dict]:
     """`seeds` complete demos, seed k (from `first_seed`) in OUT/seed-k (each resumes like one demo),
     then OUT/summary.json and summary.md: every headline figure and every claimed difference over
@@ -117,7 +119,7 @@ def run_seeds(
     reports = []
     for seed in range(first_seed, first_seed + seeds):
         log(f"\n=== seed {seed} ({seed - first_seed + 1} of {seeds}) -> {out / f'seed-{seed}'}")
-        reports.append(run_demo(out / f"seed-{seed}", quick, device, seed, progress, log))
+        reports.append(run_demo(out / f"seed-{seed}", quick, device, seed, progress, log, release))
     summary = summarise_seeds(reports)
     write_json(out / SUMMARY_JSON, summary)
     markdown = render_summary(summary, seeds)
@@ -133,8 +135,10 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    release: str = PAPER_RELEASE,
 ) -> dict:
-    """Generate data (once), train or resume the run, evaluate it and write the report."""
+    """Generate data (once; in the layout of `release`, the paper's 2021 one by default), train or
+    resume the run, evaluate it and write the report."""
     plan = QUICK if quick else FULL
     device = device or torch.device("cpu")
     started = time.perf_counter()
@@ -142,7 +146,7 @@ def run_demo(
     if not (data / "synth.json").exists():
         shutil.rmtree(data, ignore_errors=True)  # synth.json is written last: a cut-short generation
         summary = generate(data, videos=plan.videos, frames=plan.frames, size=plan.crop_size, seed=seed,
-                           preview=True, progress=progress)
+                           preview=True, progress=progress, release=release)
         log(f"simulated data: {summary}")
     backbone = demo_backbone(out, data, plan, device, seed, progress, log)
     config = RunConfig(

@@ -226,4 +226,6 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=whole(1), default=None,
                    help="N complete demos, seeds SEED..SEED+N-1, in OUT/seed-k, then OUT/summary.json and "
                         "summary.md with 95%% intervals")
+    add_release(p, "simulate this release's layout and classes (default ABAW2, the paper's, so the tables stay "
+                   "comparable with its)")
     add_common(p, device=True)

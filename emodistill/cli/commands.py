@@ -125,10 +125,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with run_lock(args.out):  # the demo folder holds its data, backbone and run: one writer
         if args.seeds is None:
             run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
-                     progress=not args.quiet)
+                     progress=not args.quiet, release=args.release or "ABAW2")
         else:
             run_seeds(args.out, args.seeds, quick=args.quick, device=resolve_device(args.device),
-                      first_seed=args.seed, progress=not args.quiet)
+                      first_seed=args.seed, progress=not args.quiet, release=args.release or "ABAW2")
     return 0
 
 
