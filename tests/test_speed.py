@@ -19,7 +19,6 @@ from torch import nn
 from emodistill.core.errors import InputError
 from emodistill.data.frontend import iter_frames, prefetch
 from emodistill.models.emenet import build_model
-from emodistill.models.inference import activate
 from emodistill.models.members import TorchMember
 from emodistill.models.speed import (
     Levers,
@@ -170,8 +169,8 @@ def test_bf16_probabilities_are_within_1e_2_of_fp32() -> None:
     fp32, _ = StackedMembers(models).forward_stateful(frames, None, None)
     bf16, _ = StackedMembers(models, bf16=True).forward_stateful(frames, None, None)
     for m in range(2):
-        p32 = activate({k: v[m] for k, v in fp32.items()}, PAPER_TASKS)
-        p16 = activate({k: v[m] for k, v in bf16.items()}, PAPER_TASKS)
+        p32 = PAPER_TASKS.activate({k: v[m] for k, v in fp32.items()})
+        p16 = PAPER_TASKS.activate({k: v[m] for k, v in bf16.items()})
         worst = max(float(np.abs(p32[k] - p16[k]).max()) for k in p32)
         assert 0 < worst < BF16_PROB_TOL
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from emodistill import __version__
 from emodistill.cli import arguments, commands
@@ -49,14 +50,21 @@ COMMANDS: tuple[tuple[str, Handler, str, Callable[[argparse.ArgumentParser], Non
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes read like every other user mistake: one sentence, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="emodistill",
         description="Multitask facial emotion recognition with honest uncertainty "
                     "(deep ensembles + iterative self-distillation).",
     )
     parser.add_argument("--version", action="version", version=f"emodistill {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, handler, help_text, add_arguments in COMMANDS:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(handler=handler)
@@ -66,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # a mistake in the arguments (said already) or --help: a status, not an exit
+        return int(stop.code or 0)
     from emodistill.core.runtime import tune_allocator
 
     tune_allocator()

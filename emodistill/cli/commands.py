@@ -88,7 +88,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from emodistill.core.runtime import resolve_device
-    from emodistill.methods.pretraining import finetune_backbone, finetune_config
+    from emodistill.methods.finetuning import finetune_backbone, finetune_config
 
     config = finetune_config(args.epochs, args.batches_per_epoch, args.frames, reweight=not args.no_reweight)
     finetune_backbone(args.data, args.backbone_weights, args.out, config, args.preset, resolve_device(args.device),
@@ -121,11 +121,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from emodistill.core.runlock import run_lock
     from emodistill.core.runtime import resolve_device
-    from emodistill.demo import run_demo
+    from emodistill.demo import run_demo, run_seeds
 
     with run_lock(args.out):  # the demo folder holds its data, backbone and run: one writer
-        run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
-                 progress=not args.quiet)
+        if args.seeds is None:
+            run_demo(args.out, quick=args.quick, device=resolve_device(args.device), seed=args.seed,
+                     progress=not args.quiet, release=args.release or "ABAW2")
+        else:
+            run_seeds(args.out, args.seeds, quick=args.quick, device=resolve_device(args.device),
+                      first_seed=args.seed, progress=not args.quiet, release=args.release or "ABAW2")
     return 0
 
 

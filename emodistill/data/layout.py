@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emodistill.core.errors import InputError
+from emodistill.data.crops import CROPS
 from emodistill.data.frontend.decode import VIDEO_SUFFIXES
 from emodistill.tasks import PAPER_RELEASE, RELEASES, Release, release
 
@@ -42,7 +43,7 @@ CHALLENGE_FOLDERS = (*(n for names in TASK_FOLDERS.values() for n in names[1:]),
 # split -> the multi-task file names: ABAW3's MTL_Challenge, then ABAW4 / ABAW7.
 MTL_FILES = {"train": ("train_set.txt", "training_set_annotations.txt"),
              "val": ("validation_set.txt", "validation_set_annotations.txt")}
-CROP_PREFIX = "cropped_aligned"  # cropped_aligned, cropped_aligned_new_50_vids
+CROP_PREFIX = CROPS  # cropped_aligned, cropped_aligned_new_50_vids
 VIDEO_FOLDERS = ("videos", "batch1", "batch2", "new_vids")
 MANIFEST = "labels.csv"
 ORDINALS = {"second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8}

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from emodistill.core.errors import InputError
+from emodistill.data.crops import CROPS
 from emodistill.data.frontend import (
     DETECT_EVERY,
     LANDMARK_COLUMNS,
@@ -37,7 +38,6 @@ from emodistill.data.frontend import (
 )
 from emodistill.data.manifest import raw_video_name
 
-CROPS = "cropped_aligned"  # out/cropped_aligned/<video>/{frame:05d}.jpg, as Aff-wild2
 RAW = Path("videos") / "batch1"  # out/videos/batch1/<video file>: audio and frame rate
 TRACKS = "tracks"  # out/tracks/<video>.csv: that video's manifest rows; written last
 SCRATCH = ".partial"  # videos being prepared

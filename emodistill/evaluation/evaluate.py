@@ -16,7 +16,7 @@ import torch
 
 from emodistill.core.checkpoints import read_json
 from emodistill.core.errors import InputError
-from emodistill.data.affwild import load_split
+from emodistill.data.affwild import load_splits
 from emodistill.data.audio import silence
 from emodistill.data.dataset import Split
 from emodistill.data.ood import OOD_LIMIT, load_ood
@@ -27,7 +27,6 @@ from emodistill.evaluation.uncertainty import decompose_task, ood_score, task_ep
 from emodistill.methods.distillation import backbone_provenance
 from emodistill.models import PRESETS
 from emodistill.models.inference import (
-    activate,
     encode_images,
     encode_split,
     ensemble_mean,
@@ -129,7 +128,7 @@ class OODProbe:
             else:
                 inside = predict_images(model, self.in_images, device, self.in_audio)
                 outside = predict_images(model, self.ood_images, device, self.ood_audio)
-            inside, outside = activate(inside, task_set, tasks), activate(outside, task_set, tasks)
+            inside, outside = task_set.activate(inside, tasks), task_set.activate(outside, tasks)
             member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
         return stack_members(member_probs)
 
@@ -182,7 +181,7 @@ def evaluate_generation(
         else predict_split(m, val, device, length, batch, use_audio)
         for m in models
     ]
-    member_probs = [activate(logits, val.tasks, tasks) for logits in member_logits]
+    member_probs = [val.tasks.activate(logits, tasks) for logits in member_logits]
     ensemble = ensemble_mean(member_probs)
     entry: dict = {"name": generation_name(generation)}
     emotion = emotion_summary(val, member_probs, ensemble)
@@ -283,11 +282,9 @@ def evaluate_run(
     generations = [g for g in finished if g == 0 or g - 1 in finished]
     size = PRESETS[config.preset].input_size
     root_dir = run.data_root(data)
-    val, summary = load_split(root_dir, "val", size=size, audio=config.modality == "va", progress=progress,
-                              release=config.release)
-    log(f"val: {summary}")
+    train, val, summaries = load_splits(root_dir, size, config.modality == "va", progress, config.release)
+    log(f"val: {summaries[1]}")
     check_task_sets(run, config.task_set, val.tasks, root_dir)
-    train, _ = load_split(root_dir, "train", size=size, progress=progress, release=config.release)
     tasks = val.tasks_present
     probe = OODProbe(val, size, ood_dir, ood_limit, seed)
     log(f"out-of-domain set: {probe.name} ({len(probe.ood_images)} images) "

@@ -23,7 +23,6 @@ from emodistill.core.runtime import resolve_device
 from emodistill.data.audio import SAMPLE_RATE, decode_audio, silence
 from emodistill.data.frontend import DETECT_EVERY, FaceCrop, FrontEnd, prefetch
 from emodistill.models import PRESETS
-from emodistill.models.inference import activate
 from emodistill.models.members import SeparateMembers
 from emodistill.models.speed import BF16_OOD_FLOOR, Levers, StackedMembers, torch_threads
 from emodistill.predict.columns import PARTS, FramePrediction, frame_row, output_columns, python_value, summarise
@@ -319,7 +318,7 @@ class Predictor:
                 (logits, state), alone_logits = self.members.forward_stateful(frames, audio, hidden), None
 
         def probs(member_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return activate({k: v.reshape(self.n_members, n, -1) for k, v in member_logits.items()}, self.tasks)
+            return self.tasks.activate({k: v.reshape(self.n_members, n, -1) for k, v in member_logits.items()})
 
         return probs(logits), None if alone_logits is None else probs(alone_logits), list(state)
 
