@@ -15,7 +15,14 @@ from emodistill.evaluation.baselines.temperature_scaling import (
     fit_temperatures,
     temperature_scaling_cv,
 )
-from emodistill.evaluation.calibration import Calibration, calibrate, fit_affine, folds_by_video, generation_shift
+from emodistill.evaluation.calibration import (
+    Calibration,
+    calibrate,
+    fit_affine,
+    fit_or_keep,
+    folds_by_video,
+    generation_shift,
+)
 from emodistill.evaluation.metrics import nll_binary, nll_categorical
 from emodistill.tasks import AU, EXPR, PAPER_TASKS, VA, VA_BINS, VA_CENTRES
 
@@ -207,8 +214,22 @@ def test_undoing_the_prior_shift_and_fitting_biases_beats_the_prior():
     assert nll_categorical(labels[score], tempered) > calibrated + 0.02
 
 
+def test_a_fit_that_does_not_earn_its_parameters_keeps_the_prior_shift_alone():
+    # Logits that carry nothing but the base rates, on 30 frames: a scale and a bias per class
+    # would fit noise, so the shift alone is kept; on 3,000 overconfident frames the fit is kept.
+    rng = np.random.default_rng(2)
+    labels = rng.choice(7, size=30, p=[0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
+    base = np.log([0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05]) + rng.normal(0, 0.3, (30, 7))
+    scale, bias = fit_or_keep(EXPR, base, labels)
+    assert np.array_equal(scale, np.ones(7)) and np.array_equal(bias, np.zeros(7))
+    z, _, many, _ = shifted_expression_data(3000, seed=3)
+    scale, _ = fit_or_keep(EXPR, 3.0 * z, many)
+    assert scale == pytest.approx(np.full(7, 1 / 3), abs=0.08)
+
+
 def test_cross_fitted_calibration_never_scores_a_frame_with_its_own_label(tmp_path):
-    _, logits, labels, weights = shifted_expression_data(600, seed=1)
+    z, _, labels, weights = shifted_expression_data(600, seed=1)
+    logits = 2.5 * z + np.log(weights)  # overconfident as well as shifted: a fit earns its keep
     video = np.repeat(np.arange(30), 20)
     member_logits = [{"EXPR": logits.astype(np.float32)}, {"EXPR": (logits + 0.3).astype(np.float32)}]
     shifts = {"EXPR": np.log(weights)}
@@ -230,5 +251,6 @@ def test_cross_fitted_calibration_never_scores_a_frame_with_its_own_label(tmp_pa
     stacked = {"EXPR": np.stack([m["EXPR"][:5] for m in member_logits])}
     applied = loaded.apply(stacked)["EXPR"]
     for m in range(2):
-        scale, bias = fit_affine(EXPR, member_logits[m]["EXPR"] - shifts["EXPR"], labels)
+        scale, bias = fit_or_keep(EXPR, member_logits[m]["EXPR"] - shifts["EXPR"], labels)
+        assert not np.allclose(scale, 1.0)
         assert applied[m] == pytest.approx(scale * (stacked["EXPR"][m] - shifts["EXPR"]) + bias, abs=1e-5)
