@@ -29,6 +29,7 @@ from emodistill.core.runtime import set_threads, tune_allocator, usable_cpus
 from emodistill.methods.losses import supervision_loss, training_class_weights
 from emodistill.methods.training import member_seed
 from emodistill.models import PRESETS, build_model, count_macs
+from emodistill.models.batchnorm import reestimate_batchnorm
 from emodistill.models.mobilefacenet import PReLU
 from emodistill.models.speed import BF16_TOLERANCE, Levers, bf16_fast
 from emodistill.predict.predictor import Predictor
@@ -260,23 +261,11 @@ def crops_as_input(crops: np.ndarray, size: int, B: int, L: int) -> np.ndarray:
     return frames.reshape(B, L, 3, size, size)
 
 
-@torch.no_grad()
 def estimate_batchnorm(model: torch.nn.Module, frames: np.ndarray) -> None:
-    """Set BatchNorm statistics from real face crops (a trained model's activation scale).
-
-    A freshly initialised MobileFaceNet shrinks activations towards 1e-7 by the last layer,
-    which no trained model does; timing and quantising such a model would mislead.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the passes below
-    model.train()
-    for clip in torch.from_numpy(frames).split(1):  # a batch per clip: (1, L, 3, S, S)
-        model(clip, _silent_audio(model, clip))
-    for norm in norms:
-        norm.momentum = 0.1
-    model.eval()
+    """BatchNorm statistics from real face crops (a trained model's activation scale), a clip at a
+    time: a freshly initialised MobileFaceNet shrinks activations towards 1e-7 by the last layer,
+    which no trained model does; timing and quantising such a model would mislead."""
+    reestimate_batchnorm(model, ((clip, _silent_audio(model, clip)) for clip in torch.from_numpy(frames).split(1)))
 
 
 def _silent_audio(model: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor | None:

@@ -3,7 +3,7 @@
 `make demo` runs the full version (400 simulated identities; a backbone pretrained on their
 landmarks, fine-tuned once on their labels and frozen below its last 2 blocks, which every
 member learns itself; 5 members x teacher + 3 student generations); `--quick` is a tiny
-version for the tests.
+version for the tests; `--seeds N` runs N complete demos and summarises them with intervals.
 """
 
 from __future__ import annotations
@@ -16,19 +16,21 @@ from pathlib import Path
 
 import torch
 
+from emodistill.core.atomic import atomic_write
+from emodistill.core.checkpoints import write_json
+from emodistill.core.errors import InputError
 from emodistill.data.synth import generate
 from emodistill.evaluation.evaluate import evaluate_run
 from emodistill.methods.backends.local import train_run
-from emodistill.methods.pretraining import (
-    PretrainConfig,
-    backbone_record_path,
-    finetune_backbone,
-    finetune_config,
-    pretrain_backbone,
-)
+from emodistill.methods.finetuning import finetune_backbone, finetune_config
+from emodistill.methods.pretraining import PretrainConfig, backbone_record_path, pretrain_backbone
+from emodistill.report.seeds import render_summary, summarise_seeds
 from emodistill.report.tables import summary_table
 from emodistill.report.writer import write_report
 from emodistill.run import RunConfig, TrainConfig
+from emodistill.tasks import PAPER_RELEASE
+
+SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"  # of a demo over several seeds
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,33 @@ def demo_backbone(
     return shared
 
 
+def run_seeds(
+    out: Path,
+    seeds: int,
+    quick: bool = False,
+    device: torch.device | None = None,
+    first_seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    release: str = PAPER_RELEASE,
+) -> dict[str, dict]:
+    """`seeds` complete demos, seed k (from `first_seed`) in OUT/seed-k (each resumes like one demo),
+    then OUT/summary.json and summary.md: every headline figure and every claimed difference over
+    the seeds (`report.seeds`). Returns the summary."""
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
+    reports = []
+    for seed in range(first_seed, first_seed + seeds):
+        log(f"\n=== seed {seed} ({seed - first_seed + 1} of {seeds}) -> {out / f'seed-{seed}'}")
+        reports.append(run_demo(out / f"seed-{seed}", quick, device, seed, progress, log, release))
+    summary = summarise_seeds(reports)
+    write_json(out / SUMMARY_JSON, summary)
+    markdown = render_summary(summary, seeds)
+    atomic_write(out / SUMMARY_MD, lambda tmp: tmp.write_text(markdown))
+    log(f"\nsummary over {seeds} seeds: {out / SUMMARY_MD} ({out / SUMMARY_JSON})")
+    return summary
+
+
 def run_demo(
     out: Path,
     quick: bool = False,
@@ -106,8 +135,10 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    release: str = PAPER_RELEASE,
 ) -> dict:
-    """Generate data (once), train or resume the run, evaluate it and write the report."""
+    """Generate data (once; in the layout of `release`, the paper's 2021 one by default), train or
+    resume the run, evaluate it and write the report."""
     plan = QUICK if quick else FULL
     device = device or torch.device("cpu")
     started = time.perf_counter()
@@ -115,7 +146,7 @@ def run_demo(
     if not (data / "synth.json").exists():
         shutil.rmtree(data, ignore_errors=True)  # synth.json is written last: a cut-short generation
         summary = generate(data, videos=plan.videos, frames=plan.frames, size=plan.crop_size, seed=seed,
-                           preview=True, progress=progress)
+                           preview=True, progress=progress, release=release)
         log(f"simulated data: {summary}")
     backbone = demo_backbone(out, data, plan, device, seed, progress, log)
     config = RunConfig(

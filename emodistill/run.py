@@ -80,8 +80,10 @@ class TrainConfig:
         """The paper's schedule for a modality (Sec. 4.2): 10 epochs, lr / 10 every 3 (visual);
         15 epochs, lr / 10 every 4 (audio-visual). Fewer epochs keep the same proportion."""
         audio_visual = modality == "va"
-        epochs = epochs or (15 if audio_visual else 10)
-        lr_step = lr_step or max(1, round(epochs * (4 / 15 if audio_visual else 3 / 10)))
+        if epochs is None:  # 0 is a number the user gave, refused by `check`, not "the default"
+            epochs = 15 if audio_visual else 10
+        if lr_step is None:
+            lr_step = max(1, round(epochs * (4 / 15 if audio_visual else 3 / 10)))
         return cls(epochs=epochs, lr_step=lr_step, **rest)  # type: ignore[arg-type]
 
     def per_frame(self) -> TrainConfig:
@@ -119,9 +121,16 @@ class RunConfig:
             raise InputError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.modality not in ("v", "va"):
             raise InputError(f"--modality must be v or va, got {self.modality!r}")
-        for name, value in (("--members", self.members), ("--epochs", self.train.epochs)):
+        train = self.train
+        counts = (("--members", self.members), ("--epochs", train.epochs), ("--lr-step", train.lr_step),
+                  ("--clip-length", train.clip_length), ("--clips-per-task", train.clips_per_task),
+                  ("--batches-per-epoch", 1 if train.batches_per_epoch is None else train.batches_per_epoch),
+                  ("eval_batch_clips", train.eval_batch_clips))
+        for name, value in counts:
             if value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
+        if not train.lr > 0:
+            raise InputError(f"--lr must be above 0, got {train.lr}")
         if self.generations < 0:
             raise InputError(f"--generations must be 0 or more, got {self.generations}")
         if self.backbone_weights and not Path(self.backbone_weights).is_file():
@@ -368,3 +377,12 @@ def export_run(root: Path | str, generation: str | int | None = None,
     `RUN/<generation>/onnx/member-<m>.onnx` unless `out_dir` is given."""
     run = Run(root)
     return run.export_onnx(run.finished_generation(generation), out_dir)
+
+
+def load_run(path: Path | str) -> Run:
+    """A trained run folder (or a generation folder inside one, RUN/student2), its config read:
+    `run.config()`, `run.task_set()`, `run.finished_generations()`, and the members of a generation
+    with `run.load_ensemble(generation)`. One sentence for a folder that is not a run."""
+    run, _ = open_run(path)
+    run.config()
+    return run

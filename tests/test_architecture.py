@@ -89,6 +89,17 @@ def test_predicting_does_not_load_training_or_the_report() -> None:
     assert out.strip() == "[]", out
 
 
+def test_the_public_api_is_listed_and_predictor_loads_no_training_or_reader() -> None:
+    code = ("import sys, emodistill; names = dir(emodistill); emodistill.Predictor; "
+            "print(sorted(m for m in sys.modules if m.startswith(('emodistill.methods', 'emodistill.report', "
+            "'emodistill.data.affwild', 'emodistill.data.annotations', 'emodistill.data.layout', "
+            "'emodistill.data.manifest', 'emodistill.data.sampler', 'emodistill.data.prepare')))); "
+            "print(all(n in names for n in emodistill.__all__), emodistill.load_run.__doc__ is not None, "
+            "emodistill.prepare.__doc__ is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "True True True"], out
+
+
 SAVED_RUN = Path(__file__).parent / "data" / "run-0.1.0"  # trained by the code before the layout change
 
 

@@ -20,11 +20,11 @@ from emodistill.data.synth.face import LANDMARK_NAMES
 from emodistill.evaluation.evaluate import OODProbe, SharedFront, class_prior, evaluate_run, skill
 from emodistill.evaluation.metrics import nll_binary
 from emodistill.methods.backends.local import train_run
+from emodistill.methods.finetuning import finetune_backbone
 from emodistill.methods.pretraining import (
     LandmarkNet,
     PretrainConfig,
     backbone_record_path,
-    finetune_backbone,
     landmark_data,
     landmark_error,
     pretrain_backbone,
@@ -393,7 +393,7 @@ def test_tail_blocks_are_refused_without_freezing(tiny_data: Path, tmp_path: Pat
     assert code == 2 and "--tail-blocks must be between 0 and" in capsys.readouterr().err
     code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
                  "--va-bins", "-1", "--quiet", "--device", "cpu"])
-    assert code == 2 and "--va-bins must be 0 or more, got -1.0" in capsys.readouterr().err
+    assert code == 2 and "--va-bins: must be 0 or more, got -1" in capsys.readouterr().err
 
 
 def _still_image_data(source: Path, out: Path) -> Path:

@@ -84,7 +84,7 @@ class FirstAttemptKiller(threading.Thread):
 @pytest.fixture(scope="module")
 def runs(ray_cluster, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """The same tiny run (2 members, teacher + 1 student) trained locally and on Ray, both on
-    one PyTorch thread; on Ray the worker of teacher member 1 is killed mid-task."""
+    one PyTorch thread; on Ray the worker of teacher member 0 is killed mid-task."""
     root = tmp_path_factory.mktemp("ray-runs")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the Ray tasks below take 1 CPU, hence 1 thread
@@ -113,8 +113,8 @@ def weights_of(run: Run, generation: int, member: int) -> dict[str, torch.Tensor
 @pytest.mark.ray
 def test_killed_worker_is_retried_and_its_member_finishes(runs) -> None:
     _, ray_run, logs, killer = runs
-    assert killer.killed_pid is not None, "the first attempt at teacher member 1 never started"
-    assert not killer.finished_before_kill, "teacher member 1 finished before its worker was killed"
+    assert killer.killed_pid is not None, "the first attempt at teacher member 0 never started"
+    assert not killer.finished_before_kill, "teacher member 0 finished before its worker was killed"
     attempts = read_attempts(ray_run, 0, 0)
     assert [a["attempt"] for a in attempts] == [1, 2]
     assert attempts[0]["pid"] == killer.killed_pid != attempts[1]["pid"]
@@ -122,7 +122,7 @@ def test_killed_worker_is_retried_and_its_member_finishes(runs) -> None:
     for generation, member in MEMBERS[1:]:
         assert len(read_attempts(ray_run, generation, member)) == 1, (generation, member)
     assert all(ray_run.is_complete(g, m) for g, m in MEMBERS)
-    assert any(line.startswith("teacher member 1:") and line.endswith("attempt 2") for line in logs)
+    assert any(line.startswith("teacher member 0:") and line.endswith("attempt 2") for line in logs)
     assert not list(ray_run.root.rglob("*.tmp")), "a half-written file was left behind"
 
 
@@ -161,9 +161,9 @@ def test_rerun_from_the_command_line_trains_only_the_missing_member(runs, tmp_pa
     assert main(["train", "--data", data, "--out", str(run.root), *TINY_FLAGS, "--device", "cpu",
                  "--backend", "ray", "--cpus-per-member", "1"]) == 0
     out = capsys.readouterr().out
-    for name in ("teacher member 1", "student1 member 1", "student1 member 2"):
+    for name in ("teacher member 0", "student1 member 0", "student1 member 1"):
         assert f"{name}: already trained, kept" in out
-    assert "teacher member 2: best epoch" in out
+    assert "teacher member 1: best epoch" in out
     assert [path.stat().st_mtime_ns for path in kept] == mtimes
     assert len(read_attempts(run, 0, 0)) == 2 and len(read_attempts(run, 0, 1)) == 2
     retrained, first = weights_of(run, 0, 1), weights_of(finished, 0, 1)
@@ -181,7 +181,7 @@ def test_an_error_inside_a_member_is_reported_once_and_not_retried(ray_cluster, 
         train_run_ray(tmp_path / "run", config, cpus_per_member=1, max_retries=2, progress=False,
                       log=silent)
     message = str(error.value)
-    assert message.startswith("teacher members, member 1: ") and str(missing) in message
+    assert message.startswith("teacher members, member 0: ") and str(missing) in message
     assert "Traceback" not in message and "\n" not in message
     assert len(read_attempts(Run(tmp_path / "run"), 0, 0)) == 1
 

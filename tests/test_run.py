@@ -11,7 +11,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from emodistill.cli import main
 from emodistill.report.compare import compare_runs
@@ -20,10 +22,24 @@ TINY_TRAIN = ["--preset", "tiny", "--epochs", "1", "--batches-per-epoch", "2", "
               "--device", "cpu"]
 
 
-def test_demo_quick_writes_a_sane_report(tmp_path: Path) -> None:
+def test_demo_quick_over_two_seeds_writes_sane_reports_and_a_summary(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--quick", "--quiet", "--device", "cpu"]) == 0
-    report_dir = out / "run" / "report"
+    assert main(["demo", "--out", str(out), "--quick", "--quiet", "--device", "cpu", "--seeds", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    reports = [json.loads((out / f"seed-{k}" / "run" / "report" / "report.json").read_text()) for k in (0, 1)]
+    total = summary["Tea ens total"]
+    assert total["values"] == [r["generations"][0]["ensemble"]["total"] for r in reports]
+    assert total["mean"] == pytest.approx(np.mean(total["values"]))
+    half = stats.t.ppf(0.975, 1) * np.std(total["values"], ddof=1) / np.sqrt(2)
+    assert total["ci95"] == pytest.approx([total["mean"] - half, total["mean"] + half])
+    difference = summary["Stu1 EXPR NLL - Tea EXPR NLL"]
+    per_seed = [r["generations"][1]["nll"]["EXPR"] - r["generations"][0]["nll"]["EXPR"] for r in reports]
+    assert difference["values"] == pytest.approx(per_seed)
+    assert {"Stu1 AU NLL - TS AU NLL", "Tea ens total - Tea single total"} <= set(summary)
+    assert "| Stu1 EXPR NLL - Tea EXPR NLL |" in (out / "summary.md").read_text()
+    table = compare_runs([out])
+    assert str(out / "seed-0" / "run") in table and str(out / "seed-1" / "run") in table
+    report_dir = out / "seed-0" / "run" / "report"
     report = json.loads((report_dir / "report.json").read_text())
     assert [g["name"] for g in report["generations"]] == ["teacher", "student1"]
     for g in report["generations"]:
@@ -63,7 +79,6 @@ def test_demo_quick_writes_a_sane_report(tmp_path: Path) -> None:
         assert (out / "run" / "student1" / name).exists(), name
     # The backbone line traces both stages, and the fine-tuning's kept landmark loss with its error.
     assert "landmark loss kept on" in markdown and "held-out landmark error after it" in markdown
-    assert str(out / "run") in compare_runs([out / "run"])
 
 
 def _train_command(data: Path, run: Path, members: int) -> list[str]:
@@ -88,7 +103,7 @@ def test_killed_run_resumes_without_retraining_finished_members(tiny_data: Path,
 
     resumed = subprocess.run(_train_command(tiny_data, run, members=3), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "teacher member 1: already trained, kept" in resumed.stdout
+    assert "teacher member 0: already trained, kept" in resumed.stdout
     assert first.read_text() == record_before and first.stat().st_mtime_ns == mtime_before
     for member in range(3):
         assert (run / "teacher" / f"member-{member}.safetensors").exists()

@@ -19,7 +19,6 @@ from emodistill.core.errors import InputError
 from emodistill.data.faces import Box
 from emodistill.data.media import BoxSmoother, FaceTracker, iter_frames, prefetch
 from emodistill.models.emenet import build_model
-from emodistill.models.inference import activate
 from emodistill.models.members import TorchMember
 from emodistill.models.speed import (
     Levers,
@@ -29,7 +28,6 @@ from emodistill.models.speed import (
     cpu_flags,
     fold_batch_norm,
     torch_threads,
-    widen,
 )
 from emodistill.tasks import PAPER_TASKS
 
@@ -121,11 +119,11 @@ def test_torch_threads_sets_and_restores_the_setting() -> None:
 # ------------------------------------------------------------------------ stacked members
 
 
-@pytest.mark.parametrize(("modality", "layout"), [("v", "separate"), ("v", "grouped"), ("va", "grouped")])
-def test_stacked_members_match_separate_members(modality: str, layout: str) -> None:
+@pytest.mark.parametrize("modality", ["v", "va"])
+def test_stacked_members_match_separate_members(modality: str) -> None:
     models = [calibrated(seed, modality) for seed in range(3)]
     separate = [TorchMember(m, torch.device("cpu")) for m in models]
-    stacked = StackedMembers(models, layout=layout)
+    stacked = StackedMembers(models)
     first, audio = inputs(models[0], B=2, L=5, seed=0)
     second, audio2 = inputs(models[0], B=2, L=3, seed=1)
     # Chunk 1 from zero states (given as M Nones), chunk 2 carrying the stacked state on.
@@ -157,12 +155,11 @@ def test_stacked_heads_match_each_members_decode() -> None:
             assert float((state[m] - one_state).abs().max()) < FP32_TOL
 
 
-@pytest.mark.parametrize("layout", ["separate", "grouped"])
-def test_folded_batch_norm_is_within_tolerance(layout: str) -> None:
+def test_folded_batch_norm_is_within_tolerance() -> None:
     models = [calibrated(seed) for seed in range(2)]
     frames, _ = inputs(models[0], B=1, L=6, seed=2)
-    plain, _ = StackedMembers(models, layout=layout).forward_stateful(frames, None, None)
-    folded, _ = StackedMembers(models, layout=layout, fold_bn=True).forward_stateful(frames, None, None)
+    plain, _ = StackedMembers(models).forward_stateful(frames, None, None)
+    folded, _ = StackedMembers(models, fold_bn=True).forward_stateful(frames, None, None)
     assert 0 < max(float(np.abs(plain[k] - folded[k]).max()) for k in plain) < FOLD_TOL
     backbone = fold_batch_norm(models[0].backbone)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
@@ -175,8 +172,8 @@ def test_bf16_probabilities_are_within_1e_2_of_fp32() -> None:
     fp32, _ = StackedMembers(models).forward_stateful(frames, None, None)
     bf16, _ = StackedMembers(models, bf16=True).forward_stateful(frames, None, None)
     for m in range(2):
-        p32 = activate({k: v[m] for k, v in fp32.items()}, PAPER_TASKS)
-        p16 = activate({k: v[m] for k, v in bf16.items()}, PAPER_TASKS)
+        p32 = PAPER_TASKS.activate({k: v[m] for k, v in fp32.items()})
+        p16 = PAPER_TASKS.activate({k: v[m] for k, v in bf16.items()})
         worst = max(float(np.abs(p32[k] - p16[k]).max()) for k in p32)
         assert 0 < worst < BF16_PROB_TOL
 
@@ -184,10 +181,6 @@ def test_bf16_probabilities_are_within_1e_2_of_fp32() -> None:
 def test_stacking_refuses_what_it_cannot_stack() -> None:
     with pytest.raises(InputError, match="one config"):
         StackedMembers([build_model("tiny"), build_model("demo")])
-    with pytest.raises(InputError, match="not per channel"):
-        widen([nn.Sequential(nn.Linear(4, 4)), nn.Sequential(nn.Linear(4, 4))])
-    with pytest.raises(InputError, match="layout"):
-        StackedMembers([build_model("tiny")], layout="diagonal")
     stacked = StackedMembers([build_model("tiny")] * 2)
     frames, _ = inputs(stacked, B=1, L=2, seed=0)
     with pytest.raises(InputError, match="states for 2 members"):

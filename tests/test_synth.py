@@ -24,7 +24,8 @@ from emodistill.data.synth.affect import (
     va_bin_probs,
 )
 from emodistill.data.synth.audio import SAMPLE_RATE, mouth_opening, plan_speech
-from emodistill.data.synth.face import random_identity, render_face
+from emodistill.data.synth.face import CROP_CENTRE_Y, CROP_SPAN, SUPERSAMPLE, draw_face
+from emodistill.data.synth.identity import Identity, Pose, random_identity
 from emodistill.tasks import (
     AU,
     PAPER_AU_POSITIVE_RATE,
@@ -53,6 +54,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthSummary]:
 def meta(data: tuple[Path, SynthSummary]) -> dict:
     return json.loads((data[0] / "synth.json").read_text())
 
+
+
+def render_face(who: Identity, au: np.ndarray, size: int) -> np.ndarray:
+    """One face alone, framed like an aligned crop: (size, size, 3) BGR uint8."""
+    big = size * SUPERSAMPLE
+    canvas = np.full((big, big, 3), (120, 130, 140), np.uint8)
+    scale = big / CROP_SPAN
+    draw_face(canvas, who, au, Pose(big / 2, big / 2 - CROP_CENTRE_Y * scale, scale, 0.0, 0.0, 0.0))
+    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
 def _annotated(root: Path) -> dict[tuple[str, str], Path]:
     """(task, video) -> annotation file."""

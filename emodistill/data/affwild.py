@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -30,6 +29,7 @@ from emodistill.data.cache import (
     default_cache_dir,
     file_signature,
 )
+from emodistill.data.crops import crop_name, read_crop
 from emodistill.data.dataset import Split
 from emodistill.data.layout import Layout, crop_folders, find_layout, raw_video_files
 from emodistill.data.manifest import LabelSet, raw_video_name
@@ -38,7 +38,6 @@ from emodistill.tasks import TaskSet, task_set
 
 DEFAULT_FPS = 30.0  # assumed for a video whose raw file is absent
 DECODE_CHUNK = 512  # crops handed to the decoding threads at a time
-JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 
 @dataclass
@@ -100,11 +99,6 @@ class _Rows:
         return digest.hexdigest()
 
 
-def crop_name(frame_index: int) -> str:
-    """0-based frame -> its crop file name: frame 0 is 00001.jpg."""
-    return f"{frame_index + 1:05d}.jpg"
-
-
 def _frame_rows(label_set: LabelSet, layout: Layout) -> _Rows:
     names, video, frame_index, folders, crops = [], [], [], [], {}
     listed = 0
@@ -157,24 +151,6 @@ def _label_arrays(
             mask[start + at[keep]] = True
         labels[task.name], masks[task.name] = values, mask
     return labels, masks
-
-
-def read_crop(path: Path, size: int) -> np.ndarray:
-    """One face crop -> (size, size, 3) uint8 RGB, resized with INTER_AREA."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise InputError(f"{path} could not be read ({err.strerror})") from None
-    # OpenCV decodes a truncated JPEG without failing (grey rows at the bottom), so check that
-    # the end-of-image marker is there; it cannot occur inside the entropy-coded data.
-    if not data.startswith(JPEG_START) or JPEG_END not in data[-64:]:
-        raise InputError(f"{path} is not a complete JPEG file (corrupt or truncated)")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)  # (H, W, 3) BGR
-    if image is None:
-        raise InputError(f"{path} could not be decoded as a JPEG image")
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _decode_crops(
@@ -414,3 +390,12 @@ def load_split(
         notes=notes,
     )
     return result, summary
+
+
+def load_splits(root: Path, size: int = 112, audio: bool = False, progress: bool = True,
+                release: str | None = None, labels: Path | None = None) -> tuple[Split, Split, list[LoadSummary]]:
+    """Both splits of one data root, read alike (`load_split`): (train, val, their summaries).
+    The one way a run's data is read, by training, evaluation and backbone training."""
+    train, train_summary = load_split(root, "train", size, audio, progress=progress, labels=labels, release=release)
+    val, val_summary = load_split(root, "val", size, audio, progress=progress, labels=labels, release=release)
+    return train, val, [train_summary, val_summary]

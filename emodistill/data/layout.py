@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emodistill.core.errors import InputError
+from emodistill.data.crops import CROPS
 from emodistill.data.media import VIDEO_SUFFIXES
 from emodistill.tasks import PAPER_RELEASE, RELEASES, Release, release
 
@@ -42,7 +43,7 @@ CHALLENGE_FOLDERS = (*(n for names in TASK_FOLDERS.values() for n in names[1:]),
 # split -> the multi-task file names: ABAW3's MTL_Challenge, then ABAW4 / ABAW7.
 MTL_FILES = {"train": ("train_set.txt", "training_set_annotations.txt"),
              "val": ("validation_set.txt", "validation_set_annotations.txt")}
-CROP_PREFIX = "cropped_aligned"  # cropped_aligned, cropped_aligned_new_50_vids
+CROP_PREFIX = CROPS  # cropped_aligned, cropped_aligned_new_50_vids
 VIDEO_FOLDERS = ("videos", "batch1", "batch2", "new_vids")
 MANIFEST = "labels.csv"
 ORDINALS = {"second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8}
@@ -82,14 +83,13 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _opaque(folder: Path) -> bool:
-    """Crop and raw-video folders hold thousands of entries and never a layout's other parts."""
-    name = folder.name.lower()
-    return name.startswith(CROP_PREFIX) or name in VIDEO_FOLDERS
+    """A crop folder holds a folder of thousands of crops per video and none of a layout's other parts."""
+    return folder.name.lower().startswith(CROP_PREFIX)
 
 
 def _folders(root: Path, depth: int, top: bool = True) -> Iterator[tuple[Path, int]]:
-    """(folder, depth) of root and every folder below it up to `depth` levels, sorted; crop and
-    video folders below the root are yielded but not looked into."""
+    """(folder, depth) of root and every folder below it up to `depth` levels, sorted; crop
+    folders below the root are yielded but not looked into."""
     yield root, 0
     if depth == 0 or (not top and _opaque(root)):
         return

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from emodistill.core.errors import InputError
+from emodistill.data.crops import CROPS
 from emodistill.data.faces import EyeLocator, make_detector
 from emodistill.data.media import (
     VIDEO_SUFFIXES,
@@ -32,7 +33,6 @@ from emodistill.data.media import (
     write_jpeg,
 )
 
-CROPS = "cropped_aligned"  # out/cropped_aligned/<video>/{frame:05d}.jpg, as Aff-wild2
 RAW = Path("videos") / "batch1"  # out/videos/batch1/<video file>: audio and frame rate
 TRACKS = "tracks"  # out/tracks/<video>.csv: that video's manifest rows; written last
 SCRATCH = ".partial"  # videos being prepared

@@ -17,7 +17,7 @@ import torch
 
 from emodistill.core.checkpoints import read_json
 from emodistill.core.errors import InputError
-from emodistill.data.affwild import load_split
+from emodistill.data.affwild import load_splits
 from emodistill.data.dataset import Split
 from emodistill.data.ood import OOD_LIMIT
 from emodistill.evaluation.baselines import Teachers, baselines
@@ -29,7 +29,7 @@ from emodistill.evaluation.uncertainty import decompose_task, ood_score, task_ep
 from emodistill.methods.distillation import backbone_provenance
 from emodistill.methods.losses import ClassWeights
 from emodistill.models import PRESETS
-from emodistill.models.inference import activate, ensemble_mean, predict_features, predict_split
+from emodistill.models.inference import ensemble_mean, predict_features, predict_split
 from emodistill.run import Run, RunConfig, generation_name
 from emodistill.tasks import TaskSet
 from emodistill.tasks.challenge import challenge_scores, decisions_of
@@ -116,7 +116,7 @@ def calibrated_scores(scoring: Scoring, generation: int, member_logits: list[dic
     calibration, crossed = calibrate(val.tasks, member_logits, val.labels, val.masks, shifts, val.video,
                                      scoring.seed)
     calibration.save(scoring.run.calibration_path(generation))
-    member_probs = [activate(logits, val.tasks, tasks) for logits in crossed]
+    member_probs = [val.tasks.activate(logits, tasks) for logits in crossed]
     ensemble = ensemble_mean(member_probs)
     return {"calibrated": mean_scores([uncertainty_scores(val, p) for p in member_probs]),
             "ensemble_calibrated": uncertainty_scores(val, ensemble),
@@ -138,7 +138,7 @@ def evaluate_generation(
         else predict_split(m, val, device, length, batch, use_audio)
         for m in models
     ]
-    member_probs = [activate(logits, val.tasks, tasks) for logits in member_logits]
+    member_probs = [val.tasks.activate(logits, tasks) for logits in member_logits]
     ensemble = ensemble_mean(member_probs)
     entry: dict = {"name": generation_name(generation)}
     emotion = emotion_summary(val, member_probs, ensemble)
@@ -241,11 +241,9 @@ def evaluate_run(
     generations = [g for g in finished if g == 0 or g - 1 in finished]
     size = PRESETS[config.preset].input_size
     root_dir = run.data_root(data)
-    val, summary = load_split(root_dir, "val", size=size, audio=config.modality == "va", progress=progress,
-                              release=config.release)
-    log(f"val: {summary}")
+    train, val, summaries = load_splits(root_dir, size, config.modality == "va", progress, config.release)
+    log(f"val: {summaries[1]}")
     check_task_sets(run, config.task_set, val.tasks, root_dir)
-    train, _ = load_split(root_dir, "train", size=size, progress=progress, release=config.release)
     tasks = val.tasks_present
     probe = OODProbe(val, size, ood_dir, ood_limit, seed)
     log(f"out-of-domain set: {probe.name} ({len(probe.ood_images)} images) "

@@ -17,7 +17,6 @@ from emodistill.data.ood import load_nonfaces, load_ood
 from emodistill.evaluation.density import EnsembleDensity, distance, ensemble_thresholds, fit_gaussians, threshold
 from emodistill.evaluation.metrics import roc_auc, roc_curve
 from emodistill.models.inference import (
-    activate,
     encode_images,
     encode_split,
     features_from_front,
@@ -64,7 +63,7 @@ class OODProbe:
             else:
                 inside = predict_images(model, self.in_images, device, self.in_audio)
                 outside = predict_images(model, self.ood_images, device, self.ood_audio)
-            inside, outside = activate(inside, task_set, tasks), activate(outside, task_set, tasks)
+            inside, outside = task_set.activate(inside, tasks), task_set.activate(outside, tasks)
             member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
         return {t: np.stack([p[t] for p in member_probs]) for t in member_probs[0]}
 

@@ -21,7 +21,7 @@ from emodistill.core.checkpoints import (
     save_weights,
     write_json,
 )
-from emodistill.data.affwild import load_split
+from emodistill.data.affwild import load_splits
 from emodistill.data.cache import content_hash
 from emodistill.data.dataset import Split
 from emodistill.methods.backends import Backend
@@ -35,7 +35,7 @@ from emodistill.methods.training import (
     train_member,
 )
 from emodistill.models import PRESETS, build_model
-from emodistill.models.inference import activate, encode_split, ensemble_mean, predict_features, predict_split
+from emodistill.models.inference import encode_split, ensemble_mean, predict_features, predict_split
 from emodistill.models.weights import load_backbone_weights
 from emodistill.run import Run, RunConfig, generation_name
 
@@ -64,7 +64,7 @@ def distil(run: Run, config: RunConfig, backend: Backend, log: Callable[[str], N
         todo = []
         for member in range(config.members):
             if run.is_complete(generation, member):
-                log(f"{generation_name(generation)} member {member + 1}: already trained, kept")
+                log(f"{generation_name(generation)} member {member}: already trained, kept")
             else:
                 todo.append(member)
         if todo:
@@ -78,12 +78,9 @@ def load_data(config: RunConfig, progress: bool = True, log: Callable[[str], Non
     """The training and validation splits at the preset's input size."""
     size = PRESETS[config.preset].input_size
     audio = config.modality == "va"
-    train, train_summary = load_split(Path(config.data), "train", size=size, audio=audio, progress=progress,
-                                      release=config.release)
-    val, val_summary = load_split(Path(config.data), "val", size=size, audio=audio, progress=progress,
-                                  release=config.release)
-    log(f"train: {train_summary}")
-    log(f"val: {val_summary}")
+    train, val, summaries = load_splits(Path(config.data), size, audio, progress, config.release)
+    log(f"train: {summaries[0]}")
+    log(f"val: {summaries[1]}")
     if still_images(train):
         length, clips = clip_shape(train, config.train)
         log(f"still images: every training video is one frame, so clips have length {length} and a batch "
@@ -119,9 +116,9 @@ def ensemble_probs(
     use_audio = config.modality == "va"
     length, batch = config.train.clip_length, config.train.eval_batch_clips
     if features is not None:
-        return [activate(predict_features(m, features, split, device, length, batch, config.train.tail_blocks),
-                         split.tasks) for m in models]
-    return [activate(predict_split(m, split, device, length, batch, use_audio), split.tasks) for m in models]
+        return [split.tasks.activate(predict_features(m, features, split, device, length, batch,
+                                                      config.train.tail_blocks)) for m in models]
+    return [split.tasks.activate(predict_split(m, split, device, length, batch, use_audio)) for m in models]
 
 
 def initial_model(config: RunConfig) -> torch.nn.Module:
@@ -171,22 +168,16 @@ def saved_soft_labels(run: Run, generation: int, n_frames: int) -> dict[str, np.
     return None
 
 
-def make_soft_labels(
-    run: Run,
-    generation: int,
-    train: Split,
-    device: torch.device,
-    config: RunConfig,
-    frozen: FrozenFeatures | None = None,
-) -> dict[str, np.ndarray]:
-    """Mean of the ensemble's probabilities on every training frame, all tasks (Sec. 3.4)."""
-    soft = saved_soft_labels(run, generation, len(train))
-    if soft is not None:
-        return soft
-    features = None if frozen is None else frozen.train
-    member_probs = ensemble_probs(run.load_ensemble(generation, device), train, device, config, features)
-    soft = ensemble_mean(member_probs, train.tasks_present, np.float32)
-    save_arrays(run.soft_labels_path(generation), soft)
+def make_soft_labels(run: Run, generation: int, n_frames: int, tasks: tuple[str, ...],
+                     member_probs: Callable[[], list[dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """The one soft-label maker of every backend (Sec. 3.4): the generation's stored soft labels
+    when they cover all `n_frames` training frames, else the mean of `member_probs()` (each
+    member's probabilities on every training frame, in member order, however a backend computes
+    them) over `tasks`, stored as float32."""
+    soft = saved_soft_labels(run, generation, n_frames)
+    if soft is None:
+        soft = ensemble_mean(member_probs(), tasks, np.float32)
+        save_arrays(run.soft_labels_path(generation), soft)
     return soft
 
 
@@ -215,7 +206,7 @@ def train_generation_member(
     name = generation_name(generation)
     result = train_member(
         model, train, val, config.train, class_weights, seed, device, soft_labels,
-        description=f"{name} {member + 1}/{config.members}", progress=progress, frozen=frozen,
+        description=f"{name} member {member} (of 0-{config.members - 1})", progress=progress, frozen=frozen,
     )
     save_weights(run.weights_path(generation, member), model.cpu())
     record = {
@@ -241,7 +232,7 @@ def summary_line(record: dict) -> str:
     scores = record["scores"]
     parts = " ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "total")
     return (
-        f"{record['generation']} member {record['member'] + 1}: best epoch {record['best_epoch']}"
+        f"{record['generation']} member {record['member']}: best epoch {record['best_epoch']}"
         f"/{record['epochs']}, total {scores.get('total', float('nan')):.3f} ({parts}), "
         f"{record['seconds']:.0f} s"
     )

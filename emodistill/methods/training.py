@@ -20,7 +20,6 @@ from emodistill.data.sampler import ClipSampler, gather
 from emodistill.methods.balancing import TaskBalancer
 from emodistill.methods.losses import ClassWeights, distillation_loss, supervision_loss
 from emodistill.models.inference import (
-    activate,
     audio_to_input,
     decode_cached,
     frames_to_input,
@@ -143,7 +142,7 @@ def validation_scores(
                                   config.tail_blocks)
     else:
         logits = predict_split(model, val, device, config.clip_length, config.eval_batch_clips, use_audio)
-    return emotion_metrics(val.tasks, val.labels, activate(logits, val.tasks), val.masks)
+    return emotion_metrics(val.tasks, val.labels, val.tasks.activate(logits), val.masks)
 
 
 def task_scores(scores: dict[str, float], split: Split, tasks: tuple[str, ...]) -> dict[str, float]:

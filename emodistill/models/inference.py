@@ -15,7 +15,6 @@ import torch
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import sequential_clips
 from emodistill.models.emenet import EMENet
-from emodistill.tasks import TaskSet
 
 # A model-like callable: (frames (B, L, 3, S, S), audio (B, L, 64, 64) | None) -> task -> (B, L, n).
 Forward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
@@ -181,17 +180,6 @@ def predict_images(
         return forward(frames, None if audio is None else audio_to_input(audio[rows, None], device))
 
     return _over_images(run_batch, len(images), batch_size)
-
-
-def activate(logits: dict[str, np.ndarray], tasks: TaskSet,
-             names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Logits -> probabilities of each task of `tasks` in `logits` (only `names`, when given), by
-    the task's kind: sigmoids for AU, a softmax for EXPR and per VA dimension."""
-    return {
-        t.name: t.activate(torch.from_numpy(logits[t.name])).numpy()
-        for t in tasks
-        if t.name in logits and (names is None or t.name in names)
-    }
 
 
 def ensemble_mean(member_probs: Sequence[dict[str, np.ndarray]], tasks: Sequence[str] | None = None,

@@ -2,10 +2,8 @@
 
 - `StackedMembers`: M EMENets of one config behind one `TorchMember`-like object, outputs stacked
   on a leading member axis. The GRU heads of all members run as one batched recurrence
-  (`StackedHeads`, 1.25-2.7x faster than M x 3 `nn.GRU`s); the CNNs run either in turn
-  ("separate") or as one network of grouped convolutions over the members' channels laid side
-  by side ("grouped", `widen`). Optionally BatchNorm folded into the convolutions
-  (`fold_batch_norm`) and bf16 autocast.
+  (`StackedHeads`, 1.25-2.7x faster than M x 3 `nn.GRU`s); the CNNs run in turn on the shared
+  input. Optionally BatchNorm folded into the convolutions (`fold_batch_norm`) and bf16 autocast.
 - `bf16_fast`: bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX),
   checked at run time from the CPU flags.
 - `Levers`: which levers a run uses, for `bench` and `predict` to record.
@@ -139,70 +137,6 @@ def torch_threads(n: int) -> Iterator[None]:
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _widen_conv(wide: nn.Conv1d | nn.Conv2d, members: list[nn.Module]) -> None:
-    """Member convolutions -> one with `groups` x M: member m's filters read member m's channels.
-
-    A grouped convolution splits its inputs and outputs into `groups` equal consecutive blocks
-    and connects block g to block g only; with the members' channels side by side and their
-    filters concatenated in the same order, member m's groups are m * g .. (m + 1) * g - 1.
-    """
-    M = len(members)
-    wide.in_channels *= M
-    wide.out_channels *= M
-    wide.groups *= M
-    wide.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
-    if wide.bias is not None:
-        wide.bias = nn.Parameter(torch.cat([m.bias.detach() for m in members]), requires_grad=False)
-
-
-def _widen_batch_norm(wide: nn.BatchNorm1d | nn.BatchNorm2d, members: list[nn.Module]) -> None:
-    if not all(m.track_running_stats and m.running_mean is not None for m in members):
-        raise InputError("stacking needs BatchNorm layers with running statistics (eval mode)")
-    wide.num_features *= len(members)
-    for name in ("weight", "bias"):
-        if getattr(wide, name) is not None:
-            value = torch.cat([getattr(m, name).detach() for m in members])
-            setattr(wide, name, nn.Parameter(value, requires_grad=False))
-    for name in ("running_mean", "running_var"):
-        setattr(wide, name, torch.cat([getattr(m, name) for m in members]))
-
-
-def _widen_prelu(wide: nn.PReLU, members: list[nn.Module]) -> None:
-    if wide.num_parameters == 1:
-        # One slope for all channels: the widened layer would need to know the channel count.
-        raise InputError("stacking needs per-channel PReLU layers, got one with a single slope")
-    wide.num_parameters *= len(members)
-    wide.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
-
-
-def widen(members: Sequence[nn.Module]) -> nn.Module:
-    """M networks of one architecture -> one network on their channels side by side, eval mode.
-
-    The result takes the members' input repeated M times along the channel axis (N, M * C, ...)
-    and returns their outputs side by side, (N, M * F, ...). Only convolutions, BatchNorm
-    (running statistics) and per-channel PReLU may hold weights; the code between them must act
-    per channel (residual adds, ReLU, flatten, means over time or space), as in MobileFaceNet and
-    MarbleNet. Anything else with weights is an InputError rather than a silent mix of members.
-    """
-    wide = copy.deepcopy(members[0]).eval()
-    by_name = [dict(m.named_modules()) for m in members]
-    for name, module in wide.named_modules():
-        others = [modules[name] for modules in by_name]
-        if isinstance(module, nn.Conv1d | nn.Conv2d):
-            if module.padding_mode != "zeros":
-                raise InputError(f"stacking supports zero-padded convolutions only, not {name!r}")
-            _widen_conv(module, others)
-        elif isinstance(module, _BATCH_NORMS):
-            _widen_batch_norm(module, others)
-        elif isinstance(module, nn.PReLU):
-            _widen_prelu(module, others)
-        elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
-            raise InputError(f"cannot stack layer {name!r} ({type(module).__name__}): it is not per channel")
-    for parameter in wide.parameters():
-        parameter.requires_grad_(False)
-    return wide
-
-
 def fold_batch_norm(module: nn.Module) -> nn.Module:
     """A copy of an eval-mode network with each BatchNorm folded into the convolution before it
     (weights scaled, bias added): one layer call instead of two, the same function up to rounding
@@ -298,23 +232,15 @@ class StackedHeads(nn.Module):
         return logits, h.view(M, T, B, H)
 
 
-CNN_LAYOUTS = ("separate", "grouped")
-
-
 class MemberCNNs(nn.Module):
-    """M CNNs of one architecture on one shared input: (N, C, ...) -> (N, M, F), float32 eval.
-
-    `layout` "grouped": one network on the members' channels side by side (`widen`), the input
-    repeated M times along the channels; "separate": the M networks in turn on the same input.
-    `fold_bn` folds BatchNorm into the convolutions first (`fold_batch_norm`). Images (4-D
+    """M CNNs of one architecture on one shared input, in turn: (N, C, ...) -> (N, M, F), float32
+    eval. `fold_bn` folds BatchNorm into the convolutions first (`fold_batch_norm`). Images (4-D
     inputs) run channels-last, as `TorchMember` runs them.
     """
 
-    def __init__(self, parts: Sequence[nn.Module], layout: str = "separate", fold_bn: bool = False) -> None:
+    def __init__(self, parts: Sequence[nn.Module], fold_bn: bool = False) -> None:
         super().__init__()
-        if layout not in CNN_LAYOUTS:
-            raise InputError(f"unknown CNN layout {layout!r}; expected one of {', '.join(CNN_LAYOUTS)}")
-        self.layout, self.n_members = layout, len(parts)
+        self.n_members = len(parts)
 
         def prepared(network: nn.Module) -> nn.Module:
             network = fold_batch_norm(network) if fold_bn else copy.deepcopy(network).eval()
@@ -322,18 +248,11 @@ class MemberCNNs(nn.Module):
                 parameter.requires_grad_(False)
             return network.to(memory_format=torch.channels_last)
 
-        if layout == "grouped":
-            self.networks = nn.ModuleList([prepared(widen(parts))])
-        else:
-            self.networks = nn.ModuleList([prepared(part) for part in parts])
+        self.networks = nn.ModuleList([prepared(part) for part in parts])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout == "grouped":
-            x = x.repeat(1, self.n_members, *([1] * (x.dim() - 2)))  # (N, M*C, ...)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.layout == "grouped":
-            return self.networks[0](x).unflatten(1, (self.n_members, -1))  # (N, M, F)
         return torch.stack([network(x) for network in self.networks], dim=1)  # (N, M, F)
 
 
@@ -355,11 +274,10 @@ class StackedMembers:
     used in eval mode: BatchNorm with its running statistics, dropout off. With `bf16`, the face
     CNN runs under bf16 autocast; the audio CNN and the GRU heads always run in fp32. `fold_bn` folds
     each BatchNorm into its convolution (`fold_batch_norm`): fewer layer calls, outputs equal up
-    to rounding instead of bit for bit. `layout` (`MemberCNNs`): "separate" runs the members'
-    CNNs in turn, "grouped" as one network of grouped convolutions; the heads are always one
-    `StackedHeads`. "separate" is the default: on the 2-core AVX2 machine grouped convolutions
-    ran EMENet-V at 0.55x the members' own speed, and matched "separate" only for the small demo
-    preset once BatchNorm was folded (numbers in the module docstring).
+    to rounding instead of bit for bit. The CNNs run in turn (`MemberCNNs`), the heads as one
+    `StackedHeads`. (One network of grouped convolutions over the members' channels side by
+    side ran EMENet-V at 0.55x the members' own speed on the 2-core AVX2 machine and was
+    dropped; numbers in the module docstring.)
 
     Measured differences from 5 `TorchMember`s (tiny, demo and EMENet-V, 16 frames): logits
     1.5e-7 fp32 (either layout), 2.6e-6 with `fold_bn`; probabilities 7.4e-3 with `bf16` on
@@ -372,7 +290,6 @@ class StackedMembers:
         device: torch.device | str = "cpu",
         bf16: bool = False,
         fold_bn: bool = False,
-        layout: str = "separate",
     ) -> None:
         if not models:
             raise InputError("stacking needs at least one member")
@@ -384,10 +301,9 @@ class StackedMembers:
         self.device = torch.device(device)
         self.bf16 = bf16
         self.n_members = len(models)
-        self.layout = layout
-        self.backbone = MemberCNNs([m.backbone for m in models], layout, fold_bn).to(self.device)
+        self.backbone = MemberCNNs([m.backbone for m in models], fold_bn).to(self.device)
         audio = [m.audio_encoder for m in models]
-        self.audio_encoder = MemberCNNs(audio, layout, fold_bn).to(self.device) if config.audio else None
+        self.audio_encoder = MemberCNNs(audio, fold_bn).to(self.device) if config.audio else None
         self.heads = StackedHeads(models).to(self.device)
 
     def _autocast(self) -> torch.autocast:

@@ -31,6 +31,9 @@ class FramePrediction:
     # "entropy" (total), and for an ensemble "aleatoric" and "epistemic": (len(output_names),)
     # each; None without a face
     uncertainty: dict[str, np.ndarray] | None
+    # The members' own mean probabilities, task -> (n_logits,), before calibration: what the
+    # decision columns show and `submit` turns into the challenge's decisions; None without a face
+    probs: dict[str, np.ndarray] | None = None
 
 
 PARTS = ("entropy", "aleatoric", "epistemic")  # total, and its two parts (Eq. 14)

@@ -24,7 +24,6 @@ from emodistill.data.media import FaceTracker, prefetch
 from emodistill.evaluation.calibration import Calibration
 from emodistill.evaluation.density import EnsembleDensity
 from emodistill.models import PRESETS
-from emodistill.models.inference import activate
 from emodistill.models.members import SeparateMembers
 from emodistill.models.speed import Levers, StackedMembers, torch_threads
 from emodistill.predict.columns import PARTS, FramePrediction, frame_row, output_columns, python_value, summarise
@@ -237,14 +236,15 @@ class Predictor:
         found = [f for f in pending if f.crop is not None]
         values: dict[str, np.ndarray] = {}
         groups: dict[str, np.ndarray] = {}
+        means: dict[str, np.ndarray] = {}
         if found:
             logits, features = self._forward(found, hidden, sequence)
-            own = activate(logits, self.tasks)  # task -> (T, N, n)
-            if self.calibration is None:
-                values, groups = summarise(self.tasks, own, ood=self._ood(features))
-            else:
-                calibrated = activate(self.calibration.apply(logits), self.tasks)
-                values, groups = summarise(self.tasks, calibrated, own, self._ood(features))
+            own = self.tasks.activate(logits)  # task -> (T, N, n)
+            calibrated = own if self.calibration is None else self.tasks.activate(self.calibration.apply(logits))
+            values, groups = summarise(self.tasks, calibrated, None if self.calibration is None else own,
+                                       self._ood(features))
+            # What `submit` decides on: the members' own outputs, as evaluate's challenge scores
+            means = {name: probs.mean(0) for name, probs in own.items()}  # (N, n_logits) each
         parts = PARTS if self.ensemble else PARTS[:1]
         index = 0
         for frame in pending:
@@ -253,7 +253,8 @@ class Predictor:
                 yield FramePrediction(row, None, None)
                 continue
             row.update({k: python_value(v[index]) for k, v in values.items() if k in row})
-            yield FramePrediction(row, frame.display, {p: groups[p][index] for p in parts})
+            yield FramePrediction(row, frame.display, {p: groups[p][index] for p in parts},
+                                  {name: mean[index] for name, mean in means.items()})
             index += 1
         pending.clear()
 

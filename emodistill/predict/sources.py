@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from emodistill.core.errors import InputError
-from emodistill.data.affwild import read_crop
 from emodistill.data.audio import HOP_SECONDS, WINDOW_COLUMNS, log_mel_per_frame
+from emodistill.data.crops import CROPS, read_crop
 from emodistill.data.media import Box, FaceTracker, VideoInfo, is_image_file, iter_frames, probe_video, read_image
-from emodistill.data.prepare import CROPS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CROP_SUFFIXES = (".jpg", ".jpeg")  # Aff-wild2 and `prepare` write JPEG crops

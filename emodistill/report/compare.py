@@ -11,10 +11,21 @@ from emodistill.run import Run
 from emodistill.tasks import PAPER_TASKS
 
 
+def expand_seeds(paths: list[Path]) -> list[Path]:
+    """Run folders, with a demo over several seeds (a folder of seed-k/ demos) standing for the run
+    of each of its seeds, in seed order."""
+    runs = []
+    for path in map(Path, paths):
+        seeds = sorted(path.glob("seed-*/run"), key=lambda p: int(p.parent.name.removeprefix("seed-")))
+        runs += seeds if not Run(path).exists() and seeds else [path]
+    return runs
+
+
 def compare_runs(runs: list[Path]) -> str:
-    """Several runs' reports side by side (e.g. the paper's ablations, Tables 1 and 5)."""
+    """Several runs' reports side by side (e.g. the paper's ablations, Tables 1 and 5); a demo over
+    several seeds (`demo --seeds N`) gives one row per seed."""
     rows = []
-    for root in runs:
+    for root in expand_seeds(runs):
         run = Run(root)
         if not run.report_path.exists():
             raise InputError(f"{run.report_path} does not exist; run `emodistill evaluate {root}` first")

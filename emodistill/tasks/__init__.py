@@ -10,10 +10,11 @@ subclass; a new task is an entry in `TEMPLATES`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from emodistill.core.errors import InputError
 from emodistill.tasks.binary import BinaryTask
@@ -82,6 +83,12 @@ class TaskSet:
     @property
     def info(self) -> Release:
         return release(self.release)
+
+    def activate(self, logits: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Logits -> probabilities of each of these tasks in `logits` (only `names`, when given), by
+        the task's kind: sigmoids for AU, a softmax for EXPR and per VA dimension."""
+        return {t.name: t.activate(torch.from_numpy(np.asarray(logits[t.name]))).numpy()
+                for t in self.tasks if t.name in logits and (names is None or t.name in names)}
 
     def describe(self) -> str:
         """"AU (12), EXPR (8 classes, with Other), VA (valence, arousal)", for summaries."""

@@ -39,7 +39,7 @@ from emodistill.data.synth.audio import (
     soundtrack,
     voice,
 )
-from emodistill.data.synth.face import random_identity
+from emodistill.data.synth.identity import random_identity
 from emodistill.data.synth.scene import camera, head_track, raw_shape, render
 from emodistill.data.synth.writer import (
     MTL_HEADER,

@@ -12,16 +12,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from emodistill.data.synth.face import (
-    CROP_CENTRE_Y,
-    CROP_SPAN,
-    SUPERSAMPLE,
-    Identity,
-    Pose,
-    anchor,
-    draw_face,
-    face_landmarks,
-)
+from emodistill.data.synth.face import CROP_CENTRE_Y, CROP_SPAN, SUPERSAMPLE, draw_face, face_landmarks
+from emodistill.data.synth.identity import Identity, Pose
+from emodistill.data.synth.painter import anchor
 from emodistill.data.synth.signals import ou_process, smoothstep
 
 RAW_SCALE = 1.7  # raw frame height per crop size: the crop is cut from a wider view

@@ -6,12 +6,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emodistill.core.checkpoints import load_arrays
 from emodistill.data.dataset import Split
 from emodistill.methods.distillation import (
     distil,
+    ensemble_probs,
     frozen_features,
     make_soft_labels,
     start_run,
@@ -37,7 +39,13 @@ class LocalBackend:
     where: str = ""
 
     def soft_labels(self, generation: int) -> None:
-        make_soft_labels(self.run, generation, self.train, self.device, self.config, self.frozen)
+        features = None if self.frozen is None else self.frozen.train
+
+        def member_probs() -> list[dict[str, np.ndarray]]:
+            return ensemble_probs(self.run.load_ensemble(generation, self.device), self.train, self.device,
+                                  self.config, features)
+
+        make_soft_labels(self.run, generation, len(self.train), self.train.tasks_present, member_probs)
 
     def train_members(self, generation: int, members: Sequence[int]) -> None:
         soft = None if generation == 0 else load_arrays(self.run.soft_labels_path(generation - 1))

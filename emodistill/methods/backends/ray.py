@@ -19,20 +19,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emodistill.core.checkpoints import load_arrays, read_json, save_arrays, write_json
+from emodistill.core.checkpoints import load_arrays, read_json, write_json
 from emodistill.core.errors import InputError
 from emodistill.core.runtime import tune_allocator
 from emodistill.methods.distillation import (
     distil,
     ensemble_probs,
     load_data,
-    saved_soft_labels,
+    make_soft_labels,
     start_run,
     summary_line,
     train_generation_member,
 )
 from emodistill.methods.losses import ClassWeights
-from emodistill.models.inference import ensemble_mean
 from emodistill.run import Run, RunConfig, generation_name
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -245,7 +244,7 @@ def _wait_all(
                 try:
                     result = ray.get(ready[0])
                 except ray.exceptions.RayError as error:
-                    name = f"{what}, member {member + 1}"
+                    name = f"{what}, member {member}"
                     failures.append(_failure(ray, error, name, max_retries))
                 else:
                     with tqdm.external_write_mode():
@@ -286,16 +285,15 @@ class RayBackend:
 
     def soft_labels(self, generation: int) -> None:
         """Soft labels of `generation` for the next one: a task per member, averaged here."""
-        if saved_soft_labels(self.run, generation, self.n_train) is not None:
-            return
-        refs = {self.probs_task.remote(*self.remote_args, generation, m, self.resources): m
-                for m in range(self.config.members)}
-        member_probs: dict[int, dict[str, np.ndarray]] = {}
-        _wait_all(self.ray, refs, member_probs.__setitem__,
-                  f"{generation_name(generation)} soft labels", self.max_retries, self.progress)
-        # Averaged in member order, as the local backend does, whoever finished first.
-        ordered = [member_probs[member] for member in range(self.config.members)]
-        save_arrays(self.run.soft_labels_path(generation), ensemble_mean(ordered, self.tasks, np.float32))
+        def member_probs() -> list[dict[str, np.ndarray]]:
+            refs = {self.probs_task.remote(*self.remote_args, generation, m, self.resources): m
+                    for m in range(self.config.members)}
+            found: dict[int, dict[str, np.ndarray]] = {}
+            _wait_all(self.ray, refs, found.__setitem__, f"{generation_name(generation)} soft labels",
+                      self.max_retries, self.progress)
+            return [found[member] for member in range(self.config.members)]  # member order, whoever finished first
+
+        make_soft_labels(self.run, generation, self.n_train, self.tasks, member_probs)
 
     def train_members(self, generation: int, members: Sequence[int]) -> None:
         """Train these members of `generation` in parallel."""
