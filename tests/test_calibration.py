@@ -18,8 +18,9 @@ from emodistill.evaluation.baselines.temperature_scaling import (
 from emodistill.evaluation.calibration import (
     Calibration,
     calibrate,
+    choose_family,
     fit_affine,
-    fit_or_keep,
+    fit_family,
     folds_by_video,
     generation_shift,
 )
@@ -214,17 +215,23 @@ def test_undoing_the_prior_shift_and_fitting_biases_beats_the_prior():
     assert nll_categorical(labels[score], tempered) > calibrated + 0.02
 
 
-def test_a_fit_that_does_not_earn_its_parameters_keeps_the_prior_shift_alone():
-    # Logits that carry nothing but the base rates, on 30 frames: a scale and a bias per class
-    # would fit noise, so the shift alone is kept; on 3,000 overconfident frames the fit is kept.
+def test_the_family_is_the_one_that_scores_best_on_other_videos():
+    # Logits that carry nothing but the base rates: any fit only adds noise, so nothing is fitted.
     rng = np.random.default_rng(2)
-    labels = rng.choice(7, size=30, p=[0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
-    base = np.log([0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05]) + rng.normal(0, 0.3, (30, 7))
-    scale, bias = fit_or_keep(EXPR, base, labels)
-    assert np.array_equal(scale, np.ones(7)) and np.array_equal(bias, np.zeros(7))
+    rates = np.array([0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
+    labels = rng.choice(7, size=60, p=rates)
+    video = np.repeat(np.arange(12), 5)
+    assert choose_family(EXPR, np.log(rates) + rng.normal(0, 0.3, (60, 7)), labels, video) == "shift"
+    # Three times overconfident: a temperature (1/3) fixes it (the per-logit fit may add noise's
+    # worth on top, so either is fine), and it is fitted.
     z, _, many, _ = shifted_expression_data(3000, seed=3)
-    scale, _ = fit_or_keep(EXPR, 3.0 * z, many)
-    assert scale == pytest.approx(np.full(7, 1 / 3), abs=0.08)
+    videos = np.repeat(np.arange(100), 30)
+    assert choose_family(EXPR, 3.0 * z, many, videos) in ("temperature", "affine")
+    scale, bias = fit_family(EXPR, 3.0 * z, many, "temperature")
+    assert scale == pytest.approx(np.full(7, 1 / 3), abs=0.03) and np.array_equal(bias, np.zeros(7))
+    # Overconfident and shifted by class weights the shift does not know of: only biases fix it.
+    weights = np.array([0.2, 3.0, 3.0, 1.0, 1.0, 5.0, 5.0])
+    assert choose_family(EXPR, 3.0 * z + np.log(weights), many, videos) == "affine"
 
 
 def test_cross_fitted_calibration_never_scores_a_frame_with_its_own_label(tmp_path):
@@ -251,6 +258,7 @@ def test_cross_fitted_calibration_never_scores_a_frame_with_its_own_label(tmp_pa
     stacked = {"EXPR": np.stack([m["EXPR"][:5] for m in member_logits])}
     applied = loaded.apply(stacked)["EXPR"]
     for m in range(2):
-        scale, bias = fit_or_keep(EXPR, member_logits[m]["EXPR"] - shifts["EXPR"], labels)
+        shifted = member_logits[m]["EXPR"] - shifts["EXPR"]
+        scale, bias = fit_family(EXPR, shifted, labels, choose_family(EXPR, shifted, labels, video))
         assert not np.allclose(scale, 1.0)
         assert applied[m] == pytest.approx(scale * (stacked["EXPR"][m] - shifts["EXPR"]) + bias, abs=1e-5)
