@@ -44,8 +44,10 @@ def _quiet(_: str) -> None:
     pass
 
 
-def test_evaluate_writes_the_prior_row_and_skill(tiny_run: Path, tiny_data: Path) -> None:
-    report = evaluate_run(tiny_run, CPU, ood_limit=32, mc_passes=2, progress=False, log=_quiet)
+def test_evaluate_writes_the_prior_row_and_skill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    # A copy: evaluating stores a density and a calibration in the run, which the shared run lacks
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    report = evaluate_run(run, CPU, ood_limit=32, mc_passes=2, progress=False, log=_quiet)
     prior = report["prior"]
     train, _ = load_split(tiny_data, "train", size=32, progress=False)
     val, _ = load_split(tiny_data, "val", size=32, progress=False)

@@ -76,7 +76,7 @@ def test_demo_quick_over_two_seeds_writes_sane_reports_and_a_summary(tmp_path: P
     assert "| epistemic AUC | AU epistemic | EXPR epistemic | VA epistemic |" in markdown
     assert "| Generation | AU NLL (single) raw -> calibrated | EXPR NLL (single) raw -> calibrated |" in markdown
     for name in ("density.safetensors", "calibration.safetensors"):  # what `predict` reads
-        assert (out / "run" / "student1" / name).exists(), name
+        assert (out / "seed-0" / "run" / "student1" / name).exists(), name
     # The backbone line traces both stages, and the fine-tuning's kept landmark loss with its error.
     assert "landmark loss kept on" in markdown and "held-out landmark error after it" in markdown
 
