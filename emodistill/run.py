@@ -9,6 +9,8 @@ here and nowhere else:
     RUN/backbone.json                   which backbone the members start from
     RUN/<generation>/member-<m>.safetensors, member-<m>.json (written last: "finished")
     RUN/<generation>/soft_labels.safetensors   this ensemble's soft labels for the next one
+    RUN/<generation>/density.safetensors       each member's feature density and the OOD thresholds (evaluate)
+    RUN/<generation>/calibration.safetensors   each member's calibration of its probabilities (evaluate)
     RUN/<generation>/onnx/member-<m>.onnx      exported members
     RUN/ray/<generation>-member-<m>.json       Ray attempts at one member
     RUN/report/report.json, report.md, figures
@@ -35,6 +37,8 @@ RUN_FILE = "run.json"
 CLASS_WEIGHTS_FILE = "class_weights.json"
 BACKBONE_FILE = "backbone.json"  # which backbone the run starts from, frozen or not, its pretraining
 SOFT_LABELS_FILE = "soft_labels.safetensors"
+DENSITY_FILE = "density.safetensors"
+CALIBRATION_FILE = "calibration.safetensors"
 ONNX_DIR = "onnx"
 ATTEMPTS_DIR = "ray"
 REPORT_DIR = "report"
@@ -268,6 +272,14 @@ class Run:
         """Soft labels made by this generation's ensemble, for the next generation."""
         return self.generation_dir(generation) / SOFT_LABELS_FILE
 
+    def density_path(self, generation: int) -> Path:
+        """The feature densities of this generation's members and their OOD thresholds."""
+        return self.generation_dir(generation) / DENSITY_FILE
+
+    def calibration_path(self, generation: int) -> Path:
+        """Each member's calibration (prior shift, scale and bias per logit)."""
+        return self.generation_dir(generation) / CALIBRATION_FILE
+
     def onnx_dir(self, generation: int) -> Path:
         return self.generation_dir(generation) / ONNX_DIR
 
@@ -321,8 +333,9 @@ class Run:
                 device: torch.device | None = None, threads: int | None = None,
                 log: Callable[[str], None] = print) -> list[Member]:
         """The first `count` members of a finished generation, each with the NumPy interface
-        `forward_stateful` / `forward_with_alone`: PyTorch models, or ONNX Runtime sessions
-        (exported once, again whenever the weights are newer than the file)."""
+        `forward_stateful` / `forward_with_features`: PyTorch models, or ONNX Runtime sessions
+        (exported once, again whenever the weights are newer than the file or the file lacks the
+        features output of this version)."""
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; expected {' or '.join(BACKENDS)}")
         device = device or torch.device("cpu")
@@ -335,7 +348,12 @@ class Run:
                    for p, w in zip(paths, weights, strict=True)):
             log(f"exporting {generation_name(generation)} to ONNX in {folder} (once)")
             self.export_onnx(generation)
-        return [OnnxMember(p, threads) for p in paths]
+        members = [OnnxMember(p, threads) for p in paths]
+        if not all(m.has_features for m in members):
+            log(f"exporting {generation_name(generation)} to ONNX in {folder} again, with the features output")
+            self.export_onnx(generation)
+            members = [OnnxMember(p, threads) for p in paths]
+        return members
 
 
 def open_run(path: Path | str, generation: str | int | None = None) -> tuple[Run, int | None]:

@@ -1,4 +1,5 @@
-"""Temperature scaling (fit, apply, test-time cross-validation) and MC dropout on a small model."""
+"""Temperature scaling (fit, apply, test-time cross-validation), MC dropout on a small model, and the
+prior shift and per-logit calibration that `predict` applies."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ from emodistill.evaluation.baselines.temperature_scaling import (
     fit_temperatures,
     temperature_scaling_cv,
 )
+from emodistill.evaluation.calibration import (
+    Calibration,
+    calibrate,
+    choose_family,
+    fit_affine,
+    fit_family,
+    folds_by_video,
+    generation_shift,
+)
 from emodistill.evaluation.metrics import nll_binary, nll_categorical
-from emodistill.tasks import PAPER_TASKS, VA_BINS, VA_CENTRES
+from emodistill.tasks import AU, EXPR, PAPER_TASKS, VA, VA_BINS, VA_CENTRES
 
 
 def overconfident_data(n: int, scale: float, seed: int = 0):
@@ -160,3 +170,95 @@ def test_mc_dropout_encodes_once_and_matches_full_passes() -> None:
         torch.testing.assert_close(fast[name], slow[name], atol=1e-6, rtol=1e-5)
     single = {k: v for k, v in mc_dropout_probs(model, frames, passes=1, seed=5).items()}
     assert any(not torch.allclose(fast[k], single[k]) for k in fast), "dropout had no effect"
+
+
+# ------------------------------------------------------------ prior shift and per-logit calibration
+
+
+def test_the_prior_shift_follows_the_losses_generation_by_generation():
+    au_weights, expr_weights = np.array([3.0, 0.5] + [1.0] * 10), np.array([0.2, 2.0, 1, 1, 1, 1, 1])
+    # AU: Eq. 2 and Eq. 9 both weight the positive term, so each generation adds log w again.
+    for generation in range(3):
+        assert generation_shift(AU, au_weights, generation) == pytest.approx((1 + generation) * np.log(au_weights))
+    # EXPR: the teachers' weighted CE shifts once; students copy it by an unweighted KL (Eq. 10).
+    for generation in range(3):
+        assert generation_shift(EXPR, expr_weights, generation) == pytest.approx(np.log(expr_weights))
+    assert generation_shift(VA, np.array([1.0]), 2) == pytest.approx(np.zeros(40))
+    assert not VA.calibrated and AU.calibrated and EXPR.calibrated
+
+
+def shifted_expression_data(n: int, seed: int = 0):
+    """Labels drawn from softmax(z), and logits z + log w: what a member trained with class
+    weights w gives where the truth is z (the optimum of the weighted cross entropy)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.0, (n, 7)) + np.log(np.array([0.5, 0.05, 0.05, 0.05, 0.2, 0.1, 0.05]))
+    labels = np.array([rng.choice(7, p=row) for row in softmax(z, axis=1)])
+    weights = 1 / np.bincount(labels, minlength=7).clip(1) * n / 7
+    return z, z + np.log(weights), labels, weights
+
+
+def test_undoing_the_prior_shift_and_fitting_biases_beats_the_prior():
+    z, logits, labels, weights = shifted_expression_data(4000)
+    fit, score = slice(0, 2000), slice(2000, None)
+    prior = np.bincount(labels[fit], minlength=7) / 2000
+    raw_nll = nll_categorical(labels[score], softmax(logits[score], axis=1))
+    prior_nll = nll_categorical(labels[score], np.broadcast_to(prior, (2000, 7)))
+    assert raw_nll > prior_nll  # the reweighted member is worse than knowing nothing
+    shift = np.log(weights)
+    scale, bias = fit_affine(EXPR, logits[fit] - shift, labels[fit])
+    calibrated = nll_categorical(labels[score], softmax(scale * (logits[score] - shift) + bias, axis=1))
+    truth = nll_categorical(labels[score], softmax(z[score], axis=1))
+    assert calibrated < prior_nll and calibrated == pytest.approx(truth, abs=0.02)
+    # One temperature cannot move a base rate: it stays above the calibrated NLL.
+    temperatures = fit_temperatures(PAPER_TASKS, {"EXPR": logits[fit]}, {"EXPR": labels[fit]}, {})
+    tempered = apply_temperatures(PAPER_TASKS, {"EXPR": logits[score]}, temperatures)["EXPR"]
+    assert nll_categorical(labels[score], tempered) > calibrated + 0.02
+
+
+def test_the_family_is_the_one_that_scores_best_on_other_videos():
+    # Logits that carry nothing but the base rates: any fit only adds noise, so nothing is fitted.
+    rng = np.random.default_rng(2)
+    rates = np.array([0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
+    labels = rng.choice(7, size=60, p=rates)
+    video = np.repeat(np.arange(12), 5)
+    assert choose_family(EXPR, np.log(rates) + rng.normal(0, 0.3, (60, 7)), labels, video) == "shift"
+    # Three times overconfident: a temperature (1/3) fixes it (the per-logit fit may add noise's
+    # worth on top, so either is fine), and it is fitted.
+    z, _, many, _ = shifted_expression_data(3000, seed=3)
+    videos = np.repeat(np.arange(100), 30)
+    assert choose_family(EXPR, 3.0 * z, many, videos) in ("temperature", "affine")
+    scale, bias = fit_family(EXPR, 3.0 * z, many, "temperature")
+    assert scale == pytest.approx(np.full(7, 1 / 3), abs=0.03) and np.array_equal(bias, np.zeros(7))
+    # Overconfident and shifted by class weights the shift does not know of: only biases fix it.
+    weights = np.array([0.2, 3.0, 3.0, 1.0, 1.0, 5.0, 5.0])
+    assert choose_family(EXPR, 3.0 * z + np.log(weights), many, videos) == "affine"
+
+
+def test_cross_fitted_calibration_never_scores_a_frame_with_its_own_label(tmp_path):
+    z, _, labels, weights = shifted_expression_data(600, seed=1)
+    logits = 2.5 * z + np.log(weights)  # overconfident as well as shifted: a fit earns its keep
+    video = np.repeat(np.arange(30), 20)
+    member_logits = [{"EXPR": logits.astype(np.float32)}, {"EXPR": (logits + 0.3).astype(np.float32)}]
+    shifts = {"EXPR": np.log(weights)}
+    calibration, crossed = calibrate(PAPER_TASKS, member_logits, {"EXPR": labels}, {}, shifts, video)
+    # Relabel one video: its own cross-fitted logits stay as they were, other folds' move.
+    changed = labels.copy()
+    changed[video == 7] = (labels[video == 7] + 3) % 7
+    _, again = calibrate(PAPER_TASKS, member_logits, {"EXPR": changed}, {}, shifts, video)
+    fold = folds_by_video(video)
+    own = video == 7
+    assert np.array_equal(again[0]["EXPR"][own], crossed[0]["EXPR"][own])
+    assert not np.allclose(again[0]["EXPR"][fold != fold[own][0]], crossed[0]["EXPR"][fold != fold[own][0]])
+    # Every video lies in one fold, and the folds share the videos out.
+    assert all(len(set(fold[video == v])) == 1 for v in range(30))
+    assert sorted(np.bincount(fold)) == [120] * 5
+    # The stored calibration is each member's fit on all frames, and reads back the same.
+    calibration.save(tmp_path / "calibration.safetensors")
+    loaded = Calibration.load(tmp_path / "calibration.safetensors", PAPER_TASKS)
+    stacked = {"EXPR": np.stack([m["EXPR"][:5] for m in member_logits])}
+    applied = loaded.apply(stacked)["EXPR"]
+    for m in range(2):
+        shifted = member_logits[m]["EXPR"] - shifts["EXPR"]
+        scale, bias = fit_family(EXPR, shifted, labels, choose_family(EXPR, shifted, labels, video))
+        assert not np.allclose(scale, 1.0)
+        assert applied[m] == pytest.approx(scale * (stacked["EXPR"][m] - shifts["EXPR"]) + bias, abs=1e-5)

@@ -12,6 +12,7 @@ import torch
 from emodistill.cli import main
 from emodistill.core.errors import InputError
 from emodistill.models import build_model
+from emodistill.models.members import TorchMember
 from emodistill.models.onnx import OnnxMember, export_member
 from emodistill.run import Run, export_run, parse_generation
 from emodistill.tasks import PAPER_TASKS
@@ -71,11 +72,26 @@ def test_streaming_in_chunks_equals_one_pass(tmp_path: Path) -> None:
         np.testing.assert_allclose(chunked, whole[task.name], atol=1e-5)
 
 
+def test_exported_features_are_the_visual_features(tmp_path: Path) -> None:
+    # The OOD score reads the backbone's features only, never the sound's, in both backends.
+    torch.manual_seed(2)
+    model = build_model("tiny", "va").eval()
+    member = OnnxMember(export_member(model, tmp_path / "m.onnx"))
+    rng = np.random.default_rng(3)
+    frames = rng.random((2, 3, 3, 32, 32), np.float32)
+    audio = rng.normal(size=(2, 3, 64, 64)).astype(np.float32)
+    logits, _, features = member.forward_with_features(frames, audio, None)
+    _, _, from_torch = TorchMember(model, torch.device("cpu")).forward_with_features(frames, audio, None)
+    assert features.shape == (6, model.config.feature_dim)
+    np.testing.assert_allclose(features, from_torch, atol=1e-4)
+    np.testing.assert_allclose(logits["AU"], member.forward_stateful(frames, audio)[0]["AU"], atol=1e-6)
+
+
 def test_exported_graph_has_the_documented_interface(tmp_path: Path) -> None:
     path = export_member(build_model("tiny", "va").eval(), tmp_path / "m.onnx")
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["frames", "audio", "hidden"]
-    assert [o.name for o in graph.output] == ["AU", "EXPR", "VA", "hidden_out"]
+    assert [o.name for o in graph.output] == ["AU", "EXPR", "VA", "features", "hidden_out"]
     frames_dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert frames_dims == ["batch", "length", 3, 32, 32]
     assert not list(tmp_path.glob("*.tmp")), "a temporary file was left behind"

@@ -17,8 +17,9 @@ from emodistill.core.checkpoints import save_weights
 from emodistill.data.affwild import load_split
 from emodistill.data.landmarks import read_landmarks_csv, split_landmarks
 from emodistill.data.synth.face import LANDMARK_NAMES
-from emodistill.evaluation.evaluate import OODProbe, SharedFront, class_prior, evaluate_run, skill
+from emodistill.evaluation.evaluate import class_prior, evaluate_run, skill
 from emodistill.evaluation.metrics import nll_binary
+from emodistill.evaluation.ood import OODProbe, SharedFront
 from emodistill.methods.backends.local import train_run
 from emodistill.methods.finetuning import finetune_backbone
 from emodistill.methods.pretraining import (
@@ -43,8 +44,10 @@ def _quiet(_: str) -> None:
     pass
 
 
-def test_evaluate_writes_the_prior_row_and_skill(tiny_run: Path, tiny_data: Path) -> None:
-    report = evaluate_run(tiny_run, CPU, ood_limit=32, mc_passes=2, progress=False, log=_quiet)
+def test_evaluate_writes_the_prior_row_and_skill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    # A copy: evaluating stores a density and a calibration in the run, which the shared run lacks
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    report = evaluate_run(run, CPU, ood_limit=32, mc_passes=2, progress=False, log=_quiet)
     prior = report["prior"]
     train, _ = load_split(tiny_data, "train", size=32, progress=False)
     val, _ = load_split(tiny_data, "val", size=32, progress=False)
@@ -377,7 +380,7 @@ def test_evaluation_runs_a_shared_frozen_backbone_once_with_the_same_scores(tiny
     # A member whose frozen part differs is not covered: it runs its whole network.
     models = run.load_ensemble(0, CPU)
     val, _ = load_split(tiny_data, "val", size=32, progress=False)
-    front = SharedFront(models[0], 2, val, OODProbe(val, 32, None, 16), CPU)
+    front = SharedFront(models[0], 2, val, OODProbe(val, 32, None, 16), np.asarray(val.frames[:8]), CPU)
     assert front.covers(models)
     with torch.no_grad():
         models[1].backbone.stem.bn.running_mean.add_(1e-3)

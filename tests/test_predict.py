@@ -20,6 +20,9 @@ from test_media import FPS, background, face_frame, write_video
 from emodistill.core.errors import InputError
 from emodistill.data.audio import log_mel_per_frame
 from emodistill.data.frontend import LANDMARK_COLUMNS, FrontEnd, iter_frames
+from emodistill.evaluation.density import EnsembleDensity, distance, fit_gaussians
+from emodistill.models.members import TorchMember
+from emodistill.models.speed import Levers
 from emodistill.predict.command import predict_command
 from emodistill.predict.predictor import Predictor
 from emodistill.predict.sources import AudioTrack
@@ -62,7 +65,9 @@ def expected_columns(ensemble: bool, ood: bool, file: bool = False) -> list[str]
 
 
 FACE_COLUMNS = ["face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS]
-PREDICTION_COLUMNS = [c for c in expected_columns(True, True) if c not in ("frame", "timestamp", "face", *FACE_COLUMNS)]
+# What a run without `evaluate`'s stored density predicts (no OOD columns: nothing to score with).
+PREDICTION_COLUMNS = [c for c in expected_columns(True, False)
+                      if c not in ("frame", "timestamp", "face", *FACE_COLUMNS)]
 
 
 def reference_probs(run: Path, crops: np.ndarray, members: int = 2) -> dict[str, np.ndarray]:
@@ -88,15 +93,14 @@ def tracked_crops(video: Path) -> list[np.ndarray | None]:
 
 def test_video_rows_columns_and_value_ranges(video_table: pd.DataFrame):
     table = video_table
-    assert list(table.columns) == expected_columns(ensemble=True, ood=True)
+    assert list(table.columns) == expected_columns(ensemble=True, ood=False)
     assert table["frame"].tolist() == list(range(1, N_FRAMES + 1))
     assert table["timestamp"].to_numpy() == pytest.approx(np.arange(N_FRAMES) / FPS)
     assert table["face"].tolist() == FACE_FLAGS
     empty, found = table[table["face"] == 0], table[table["face"] == 1]
     assert empty[[*PREDICTION_COLUMNS, *FACE_COLUMNS]].isna().all().all()
-    assert found[[*PREDICTION_COLUMNS[:-1], *FACE_COLUMNS]].notna().all().all()  # ood_flag: no report yet
+    assert found[[*PREDICTION_COLUMNS, *FACE_COLUMNS]].notna().all().all()
     assert (found["face_id"] == 1).all()  # the face that comes back near where it left is the same person
-    assert table["ood_flag"].isna().all()
     au = found[list(AU.names)].to_numpy(float)
     assert ((au >= 0) & (au <= 1)).all()
     present = found[[f"{n}_present" for n in AU.names]].to_numpy(int)
@@ -111,14 +115,6 @@ def test_video_rows_columns_and_value_ranges(video_table: pd.DataFrame):
         assert ((total >= 0) & (total <= 1 + 1e-9)).all()
         assert (epistemic >= 0).all()
         assert aleatoric + epistemic == pytest.approx(total, abs=1e-9)  # Eq. 14
-    # The OOD score is the epistemic part averaged over the tasks with each frame seen alone
-    # (zero GRU state, as `evaluate` scores it); at the first face of a stretch the carried
-    # state is zero too, so there it equals the row's own mean epistemic part.
-    mean_epistemic = found[["AU_epistemic", "EXPR_epistemic", "VA_epistemic"]].mean(axis=1)
-    first = found["frame"].astype(float).diff().to_numpy() != 1  # NaN for the first row: True
-    assert first.sum() >= 2 and (~first).sum() > 0
-    assert found["ood_score"].to_numpy()[first] == pytest.approx(mean_epistemic.to_numpy()[first], abs=1e-9)
-    assert (found["ood_score"] >= 0).all()
 
 
 def test_face_boxes_are_where_the_face_is(video_table: pd.DataFrame):
@@ -204,7 +200,7 @@ def test_image_folder_and_single_image(tiny_run: Path, tmp_path: Path):
     (folder / "notes.txt").write_text("not an image\n")
     predictor = Predictor(tiny_run, batch_frames=2, log=lambda s: None)
     table = predictor.predict(folder)
-    assert list(table.columns) == expected_columns(ensemble=True, ood=True, file=True)
+    assert list(table.columns) == expected_columns(ensemble=True, ood=False, file=True)
     assert table["file"].tolist() == ["a_face.png", "b_wall.jpg", "c_astronaut.jpg"]
     assert table["frame"].tolist() == [1, 2, 3]
     assert table["face"].tolist() == [1, 0, 1]
@@ -238,7 +234,7 @@ def test_cropped_aligned_folders(tiny_run: Path, tiny_data: Path, tmp_path: Path
                                       (("holed", (1, 2, 3, 5, 6)), ("whole", range(1, 7)))
                                       for n in numbers]
     assert table["frame"].tolist() == [1, 2, 3, 5, 6, 1, 2, 3, 4, 5, 6]
-    assert (table["face"] == 1).all() and table[PREDICTION_COLUMNS[:-1]].notna().all().all()
+    assert (table["face"] == 1).all() and table[PREDICTION_COLUMNS].notna().all().all()
     au = table[list(AU.names)].to_numpy(float)
     assert au[:3] == pytest.approx(au[5:8], abs=1e-6)  # the same crops, the same history
     # After the missing crop the sequence starts again, as a folder of crops 5 and 6 alone.
@@ -262,21 +258,47 @@ def test_onnx_backend_exports_on_the_fly_and_matches_torch(tiny_run: Path, tiny_
                                                           abs=1e-5, nan_ok=True)
 
 
-def test_ood_flag_uses_the_reports_threshold(tiny_run: Path, gap_video: Path,
-                                             video_table: pd.DataFrame, tmp_path: Path):
+def member_features(run: Path, member: int, frames: np.ndarray) -> np.ndarray:
+    """Teacher `member`'s visual features (L, F) of frames (1, L, 3, S, S), by its own forward."""
+    return TorchMember(Run(run).load_member(0, member), torch.device("cpu")).forward_with_features(
+        frames, None, None)[2]
+
+
+def stored_density(run: Path, crops: np.ndarray) -> EnsembleDensity:
+    """A density of each teacher member fitted on `crops` (two classes, alternate frames), its
+    thresholds at the median of the members' mean distances, saved where `evaluate` saves it."""
+    frames = (crops.transpose(0, 3, 1, 2).astype(np.float32) / 255)[None]  # (1, L, 3, S, S)
+    features = [member_features(run, m, frames) for m in range(2)]
+    members = tuple(fit_gaussians(f, np.arange(len(f)) % 2) for f in features)
+    scores = np.array([distance(g, f) for g, f in zip(members, features, strict=True)])
+    thresholds = np.array([np.median(scores[:1].mean(0)), np.median(scores.mean(0))])
+    density = EnsembleDensity(members, thresholds)
+    density.save(Run(run).density_path(0))
+    return density
+
+
+def test_ood_flag_uses_the_stored_density_with_any_number_of_members(tiny_run: Path, gap_video: Path,
+                                                                     tmp_path: Path):
     run = shutil.copytree(tiny_run, tmp_path / "run")
-    scores = video_table["ood_score"].dropna()
-    threshold = float(scores.median())
-    report = {"tasks": ["AU", "EXPR", "VA"], "members": 2,
-              "generations": [{"name": "teacher", "ood_threshold": threshold}]}
-    (run / "report").mkdir()
-    (run / "report" / "report.json").write_text(json.dumps(report))
-    notes = []
-    table = Predictor(run / "teacher", batch_frames=4, log=notes.append).predict(gap_video)
-    assert notes == []
-    found = table[table["face"] == 1]
-    assert found["ood_flag"].tolist() == (found["ood_score"] > threshold).tolist()
-    assert table.loc[table["face"] == 0, "ood_flag"].isna().all()
+    crops = np.stack([c for c in tracked_crops(gap_video) if c is not None])
+    density = stored_density(run, crops)
+    for members in (2, 1):
+        notes: list[str] = []
+        # The plain path runs each member's own forward, as `member_features` does (the levers'
+        # folded BatchNorm moves features by rounding, which the whitening can magnify).
+        table = Predictor(run / "teacher", members=members, batch_frames=4, log=notes.append,
+                          levers=Levers()).predict(gap_video)
+        assert list(table.columns) == expected_columns(ensemble=members > 1, ood=True)
+        assert not any("density" in note for note in notes)
+        found = table[table["face"] == 1]
+        frames = (crops.transpose(0, 3, 1, 2).astype(np.float32) / 255)[None]
+        features = np.stack([member_features(run, m, frames) for m in range(members)])
+        # The score is the first members' mean distance, however the frames were batched.
+        assert found["ood_score"].to_numpy(float) == pytest.approx(density.score(features), rel=1e-5)
+        flag = found["ood_score"] > density.thresholds[members - 1]
+        assert found["ood_flag"].astype(bool).tolist() == flag.tolist()
+        assert 0 < found["ood_flag"].astype(bool).mean() < 1
+        assert table.loc[table["face"] == 0, "ood_flag"].isna().all()
 
 
 def test_predict_fp32_keeps_every_lever_but_bf16(tiny_run: Path, gap_video: Path, tmp_path: Path,
@@ -399,7 +421,8 @@ def test_predict_flags_validation_crops_at_the_false_alarm_rate_evaluate_chose(
     frames, and `predict` on those same frames' crop folders (whole videos, GRU state carried)
     flags about 5% of them. Tolerance: 5 +/- 2.5 percentage points (quantile ties and JPEG
     round trips aside, the two compute the same score)."""
-    from emodistill.evaluation.evaluate import OOD_FALSE_ALARM, evaluate_run
+    from emodistill.evaluation.density import FALSE_ALARM
+    from emodistill.evaluation.evaluate import evaluate_run
     from emodistill.report.writer import write_report
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
@@ -414,27 +437,4 @@ def test_predict_flags_validation_crops_at_the_false_alarm_rate_evaluate_chose(
     table = Predictor(run, batch_frames=8, log=lambda s: None).predict(tmp_path / "val")
     flagged = table.loc[table["face"] == 1, "ood_flag"].astype(bool)
     assert len(flagged) > 100
-    assert abs(flagged.mean() - OOD_FALSE_ALARM) <= 0.025, flagged.mean()
-
-
-def test_predict_keeps_fp32_where_bf16_rounding_would_move_the_ood_flag(tiny_run: Path, tmp_path: Path,
-                                                                        monkeypatch):
-    """bf16 rounds each member differently, which reads as epistemic uncertainty: with the tiny
-    run's threshold (about 2.5e-4, under BF16_OOD_FLOOR) bf16 flagged 93% of the validation
-    frames on a CPU with AMX, so `predict` keeps fp32 there and says why."""
-    import emodistill.models.speed as speed
-    from emodistill.evaluation.evaluate import evaluate_run
-    from emodistill.report.writer import write_report
-
-    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_tile"])
-    run = shutil.copytree(tiny_run, tmp_path / "run")
-    said: list[str] = []
-    assert Predictor(run, log=said.append).levers.bf16  # no report, no threshold: bf16
-    report = evaluate_run(run, torch.device("cpu"), ood_limit=200, mc_passes=2, progress=False,
-                          log=lambda s: None)
-    write_report(report, run / "report")
-    predictor = Predictor(run, log=said.append)
-    assert predictor.ood_threshold < speed.BF16_OOD_FLOOR
-    assert not predictor.levers.bf16 and predictor.levers.batched
-    assert any("bf16" in line and "fp32" in line for line in said)
-    assert Predictor(run, log=said.append, levers=speed.Levers(bf16=True)).levers.bf16  # asked for
+    assert abs(flagged.mean() - FALSE_ALARM) <= 0.025, flagged.mean()

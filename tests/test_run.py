@@ -49,7 +49,10 @@ def test_demo_quick_over_two_seeds_writes_sane_reports_and_a_summary(tmp_path: P
                                                            ("AU", "EXPR", "valence", "arousal")))
         assert len(g["nll"]["AU"]) == 12 and g["nll"]["AU_mean"] > 0 and g["nll"]["EXPR"] > 0
         assert set(g["rmse"]) == {"valence", "arousal"} and set(g["ece"]) == {"AU", "EXPR"}
-        assert 0.0 <= g["ood_auc"] <= 1.0
+        assert 0.0 <= g["ood_auc"] <= 1.0 and 0.0 <= g["ood_auc_epistemic"] <= 1.0
+        assert set(g["ood_flagged"]) == set(g["ood_flagged_single"]) == {
+            "validation (held out)", report["ood_set"], report["nonface_set"]}
+        assert set(g["calibrated"]["nll"]) == {"AU", "AU_mean", "EXPR"}
         assert set(g["ood_auc_by_task"]) == {"AU", "EXPR", "VA"}
         assert all(0.0 <= auc <= 1.0 for auc in g["ood_auc_by_task"].values())
         # The ensemble averages probabilities, so its NLL is at most the members' mean NLL
@@ -68,7 +71,12 @@ def test_demo_quick_over_two_seeds_writes_sane_reports_and_a_summary(tmp_path: P
     assert (report_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (report_dir / "report.md").read_text()
     assert "| Tea |" in markdown and "| Stu1 |" in markdown and "| TS |" in markdown
-    assert "| Generation | ROC AUC | threshold (5% false alarms) | AU alone | EXPR alone | VA alone |" in markdown
+    assert ("| Generation | density AUC (ens.) | density AUC (single) | threshold | flagged: validation (held out) |"
+            in markdown)
+    assert "| epistemic AUC | AU epistemic | EXPR epistemic | VA epistemic |" in markdown
+    assert "| Generation | AU NLL (single) raw -> calibrated | EXPR NLL (single) raw -> calibrated |" in markdown
+    for name in ("density.safetensors", "calibration.safetensors"):  # what `predict` reads
+        assert (out / "seed-0" / "run" / "student1" / name).exists(), name
     # The backbone line traces both stages, and the fine-tuning's kept landmark loss with its error.
     assert "landmark loss kept on" in markdown and "held-out landmark error after it" in markdown
 

@@ -124,15 +124,15 @@ def test_stacked_members_match_separate_members(modality: str) -> None:
     first, audio = inputs(models[0], B=2, L=5, seed=0)
     second, audio2 = inputs(models[0], B=2, L=3, seed=1)
     # Chunk 1 from zero states (given as M Nones), chunk 2 carrying the stacked state on.
-    logits, hidden, alone = stacked.forward_with_alone(first, audio, [None] * 3)
+    logits, hidden, features = stacked.forward_with_features(first, audio, [None] * 3)
     logits2, hidden2 = stacked.forward_stateful(second, audio2, hidden)
-    assert logits["VA"].shape == (3, 2, 5, 40) and alone["AU"].shape == (3, 10, 1, 12)
+    assert logits["VA"].shape == (3, 2, 5, 40) and features.shape == (3, 10, models[0].config.feature_dim)
     assert hidden.shape == (3, len(PAPER_TASKS), 2, models[0].config.gru_hidden)
     for m, member in enumerate(separate):
-        one, state, one_alone = member.forward_with_alone(first, audio, None)
+        one, state, one_features = member.forward_with_features(first, audio, None)
         one2, state2 = member.forward_stateful(second, audio2, state)
         assert max_difference(logits, m, one) < FP32_TOL
-        assert max_difference(alone, m, one_alone) < FP32_TOL
+        assert float(np.abs(features[m] - one_features).max()) < FP32_TOL
         assert max_difference(logits2, m, one2) < FP32_TOL
         assert float((hidden2[m] - state2).abs().max()) < FP32_TOL
     # Per-member states in a list are the same as the stacked tensor.

@@ -94,6 +94,35 @@ def load_ood(
     return OODSet("lfw-nonfaces+digits", _subset(images, limit, seed))
 
 
+# scikit-image's bundled pictures without a person in them: natural photos, then textures.
+NONFACE_PICTURES = ("rocket", "coffee", "chelsea", "hubble_deep_field", "immunohistochemistry", "moon", "coins",
+                    "clock", "retina", "cell", "brick", "grass", "gravel")
+NONFACE_TILES = 24  # square crops of each picture
+
+
+def load_nonfaces(size: int, seed: int = 0) -> OODSet:
+    """Real non-face pictures as a face model's input might meet them, (N, size, size, 3) RGB:
+    square crops of 1/4 to all of the short side of scikit-image's bundled photos and textures
+    (`NONFACE_TILES` of each), and LFW's 100 background patches."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for name in NONFACE_PICTURES:
+        picture = np.asarray(getattr(data, name)())
+        picture = picture if picture.ndim == 3 else np.repeat(picture[..., None], 3, axis=-1)
+        picture = picture[..., :3].astype(np.uint8)  # (H, W, 3) RGB
+        short = min(picture.shape[:2])
+        for _ in range(NONFACE_TILES):
+            side = int(rng.integers(short // 4, short + 1))
+            top, left = (int(rng.integers(0, n - side + 1)) for n in picture.shape[:2])
+            tiles.append(cv2.resize(picture[top : top + side, left : left + side], (size, size),
+                                    interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR))
+    nonfaces, _ = _bundled_nonfaces()
+    return OODSet("scikit-image photos and textures, LFW non-faces", np.concatenate([np.stack(tiles),
+                                                                                     _to_rgb(nonfaces, size)]))
+
+
 def _subset(images: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """A seeded random subset of `limit` images, kept in their original order."""
     if limit is None or limit >= len(images):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +18,21 @@ import torch
 from emodistill.core.checkpoints import read_json
 from emodistill.core.errors import InputError
 from emodistill.data.affwild import load_splits
-from emodistill.data.audio import silence
 from emodistill.data.dataset import Split
-from emodistill.data.ood import OOD_LIMIT, load_ood
+from emodistill.data.ood import OOD_LIMIT
 from emodistill.evaluation.baselines import Teachers, baselines
+from emodistill.evaluation.calibration import calibrate, generation_shift
 from emodistill.evaluation.metrics import emotion_metrics, reliability, roc_auc, roc_curve
+from emodistill.evaluation.ood import OODProbe, SharedFront, density_frames, density_scores, thinned_curve
 from emodistill.evaluation.scores import Probs, mean_scores, uncertainty_scores
 from emodistill.evaluation.uncertainty import decompose_task, ood_score, task_epistemic
 from emodistill.methods.distillation import backbone_provenance
+from emodistill.methods.losses import ClassWeights
 from emodistill.models import PRESETS
-from emodistill.models.inference import (
-    encode_images,
-    encode_split,
-    ensemble_mean,
-    predict_encoded_images,
-    predict_features,
-    predict_images,
-    predict_split,
-)
+from emodistill.models.inference import ensemble_mean, predict_features, predict_split
 from emodistill.run import Run, RunConfig, generation_name
 from emodistill.tasks import TaskSet
 from emodistill.tasks.challenge import challenge_scores, decisions_of
-
-OOD_FALSE_ALARM = 0.05  # the stored OOD threshold flags 5% of in-domain validation frames
 
 
 def skill_scores(tasks: TaskSet) -> dict[str, tuple[str, str]]:
@@ -98,82 +91,46 @@ def reliability_data(split: Split, member_probs: list[Probs]) -> dict:
     return out
 
 
-class OODProbe:
-    """In-domain validation frames and OOD images, both as length-1 sequences."""
+@dataclass(frozen=True)
+class Scoring:
+    """What every generation is scored with: the splits, probes and the run's settings."""
 
-    def __init__(self, val: Split, size: int, directory: Path | None, limit: int, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        n_in = min(limit, len(val))
-        self.in_index = np.sort(rng.choice(len(val), size=n_in, replace=False))
-        ood = load_ood(size, directory=directory, limit=limit, seed=seed)
-        self.name = ood.name
-        self.in_images = np.asarray(val.frames[self.in_index])
-        self.ood_images = ood.images
-        self.in_audio = None if val.audio is None else np.asarray(val.audio[self.in_index])
-        # OOD images have no sound: they hear the same silence as images do in `predict`.
-        self.ood_audio = None if val.audio is None else silence(len(ood.images))
-
-    @property
-    def is_ood(self) -> np.ndarray:
-        return np.concatenate([np.zeros(len(self.in_images), bool), np.ones(len(self.ood_images), bool)])
-
-    def member_probs(self, models: list[torch.nn.Module], device: torch.device, task_set: TaskSet,
-                     tasks: tuple[str, ...], front: SharedFront | None = None) -> dict[str, np.ndarray]:
-        """Task -> the members' probabilities (T, N, n_logits) for in-domain then OOD images."""
-        member_probs = []
-        for model in models:
-            if front is not None:
-                inside = predict_encoded_images(model, front.probe_in, device, front.tail_blocks)
-                outside = predict_encoded_images(model, front.probe_out, device, front.tail_blocks)
-            else:
-                inside = predict_images(model, self.in_images, device, self.in_audio)
-                outside = predict_images(model, self.ood_images, device, self.ood_audio)
-            inside, outside = task_set.activate(inside, tasks), task_set.activate(outside, tasks)
-            member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
-        return stack_members(member_probs)
+    run: Run
+    config: RunConfig
+    train: Split
+    val: Split
+    probe: OODProbe
+    fit: tuple[np.ndarray, np.ndarray]  # the density's training frames and their classes
+    weights: ClassWeights  # the members' class weights, whose prior shift calibration undoes
+    device: torch.device
+    tasks: tuple[str, ...]  # tasks with validation labels
+    seed: int
 
 
-class SharedFront:
-    """In a frozen-backbone run every member of every generation computes the same backbone
-    below its own tail (`MobileFaceNet.front`), so evaluation runs that part once, on the
-    validation frames and the OOD probe's images, and each member only its tail and heads:
-    the same outputs as full forward passes, within float rounding."""
-
-    def __init__(self, model: torch.nn.Module, tail_blocks: int, val: Split, probe: OODProbe,
-                 device: torch.device) -> None:
-        self.tail_blocks = tail_blocks
-        self.reference = [t.detach().clone() for t in model.backbone.front_tensors(tail_blocks)]
-        self.val = encode_split(model, val, device, tail_blocks=tail_blocks)
-        self.probe_in = encode_images(model, probe.in_images, device, tail_blocks=tail_blocks)
-        self.probe_out = encode_images(model, probe.ood_images, device, tail_blocks=tail_blocks)
-
-    def covers(self, models: list[torch.nn.Module]) -> bool:
-        """True when each model's front has exactly the reference's weights and statistics."""
-        for model in models:
-            tensors = model.backbone.front_tensors(self.tail_blocks)
-            if len(tensors) != len(self.reference) or not all(
-                    torch.equal(a, b) for a, b in zip(tensors, self.reference, strict=True)):
-                return False
-        return True
-
-
-def thinned_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 200) -> dict[str, list[float]]:
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
-    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
+def calibrated_scores(scoring: Scoring, generation: int, member_logits: list[dict[str, np.ndarray]]) -> dict:
+    """Fit and store the generation's calibration, and score its cross-fitted probabilities:
+    single members (mean), their ensemble, and the challenge with the calibrated decisions."""
+    val, tasks = scoring.val, scoring.tasks
+    shifts = {t.name: generation_shift(t, scoring.weights.array_for(t), generation)
+              for t in val.tasks if t.calibrated and t.name in tasks}
+    calibration, crossed = calibrate(val.tasks, member_logits, val.labels, val.masks, shifts, val.video,
+                                     scoring.seed)
+    calibration.save(scoring.run.calibration_path(generation))
+    member_probs = [val.tasks.activate(logits, tasks) for logits in crossed]
+    ensemble = ensemble_mean(member_probs)
+    return {"calibrated": mean_scores([uncertainty_scores(val, p) for p in member_probs]),
+            "ensemble_calibrated": uncertainty_scores(val, ensemble),
+            "challenge_calibrated": challenge_scores(val.tasks, val.tasks.info.scoring, val.labels,
+                                                     decisions_of(val.tasks, ensemble), val.masks)}
 
 
 def evaluate_generation(
-    generation: int,
-    models: list[torch.nn.Module],
-    val: Split,
-    probe: OODProbe,
-    device: torch.device,
-    config: RunConfig,
-    tasks: tuple[str, ...],
-    front: SharedFront | None = None,
+    generation: int, models: list[torch.nn.Module], scoring: Scoring, front: SharedFront | None = None,
 ) -> tuple[dict, list[dict[str, np.ndarray]]]:
     """All scores of one generation, plus its members' logits on the validation split; with a
-    `front` that covers the members, only their tails and heads run."""
+    `front` that covers the members, only their tails and heads run. Stores the generation's
+    calibration and feature densities in the run."""
+    val, probe, device, config, tasks = scoring.val, scoring.probe, scoring.device, scoring.config, scoring.tasks
     use_audio = config.modality == "va"
     length, batch = config.train.clip_length, config.train.eval_batch_clips
     member_logits = [
@@ -190,15 +147,17 @@ def evaluate_generation(
                                           decisions_of(val.tasks, ensemble), val.masks)
     entry.update(mean_scores([uncertainty_scores(val, p) for p in member_probs]))
     entry["ensemble_uncertainty"] = uncertainty_scores(val, ensemble)
+    entry.update(calibrated_scores(scoring, generation, member_logits))
+    entry.update(density_scores(models, scoring.train, scoring.fit, val, probe, device,
+                                scoring.run.density_path(generation), scoring.seed, front))
+    # The paper's OOD score (Fig. 5), beside the density score that `predict` flags with.
     probe_probs = probe.member_probs(models, device, val.tasks, tasks, front)
     scores = ood_score(val.tasks, probe_probs)
-    fpr, tpr = roc_curve(probe.is_ood, scores)
-    entry["ood_auc"] = roc_auc(probe.is_ood, scores)
+    entry["ood_auc_epistemic"] = roc_auc(probe.is_ood, scores)
     # Diagnostic, not the score: how well each task's epistemic part alone separates the sets.
     entry["ood_auc_by_task"] = {name: roc_auc(probe.is_ood, epistemic)
                                 for name, epistemic in task_epistemic(val.tasks, probe_probs).items()}
-    entry["ood_threshold"] = float(np.quantile(scores[~probe.is_ood], 1.0 - OOD_FALSE_ALARM))
-    entry["roc"] = thinned_curve(fpr, tpr)
+    entry["roc_epistemic"] = thinned_curve(*roc_curve(probe.is_ood, scores))
     entry["reliability"] = reliability_data(val, member_probs)
     gaps = aleatoric_vs_truth(val, member_probs)
     if gaps:
@@ -288,11 +247,15 @@ def evaluate_run(
     tasks = val.tasks_present
     probe = OODProbe(val, size, ood_dir, ood_limit, seed)
     log(f"out-of-domain set: {probe.name} ({len(probe.ood_images)} images) "
-        f"against {len(probe.in_images)} validation frames")
+        f"against {len(probe.in_images)} validation frames; {len(probe.nonface_images)} {probe.nonface_name}")
+    weights = (ClassWeights.from_dict(read_json(run.class_weights_path)) if run.class_weights_path.exists()
+               else ClassWeights.uniform(val.tasks))
+    scoring = Scoring(run, config, train, val, probe, density_frames(train, seed), weights, device, tasks, seed)
     report: dict = {"run": str(run.root), "data": str(root_dir), "preset": config.preset,
                     "modality": config.modality, "members": config.members, "tasks": list(tasks),
                     "task_set": val.tasks.as_dict(), "release": val.tasks.info.label,
                     "scoring": val.tasks.info.scoring, "ood_set": probe.name,
+                    "nonface_set": probe.nonface_name,
                     "losses": {"reweight": config.train.reweight, "balance": config.train.balance,
                                "va_bins": config.train.va_bins},
                     "backbone": read_json(run.backbone_path) if run.backbone_path.exists()
@@ -304,14 +267,17 @@ def evaluate_run(
         models = run.load_ensemble(generation, device)
         if front is None and config.train.freeze_backbone:
             started = time.perf_counter()
-            front = SharedFront(models[0], config.train.tail_blocks, val, probe, device)
-            log(f"frozen backbone: computed once for the {len(val):,} validation frames and "
-                f"{len(probe.is_ood):,} probe images ({time.perf_counter() - started:.1f} s)")
+            front = SharedFront(models[0], config.train.tail_blocks, val, probe,
+                                np.asarray(train.frames[scoring.fit[0]]), device)
+            log(f"frozen backbone: computed once for the {len(val):,} validation frames, "
+                f"{len(probe.is_ood) + len(probe.nonface_images):,} probe images and {len(scoring.fit[0]):,} "
+                f"training frames ({time.perf_counter() - started:.1f} s)")
         shared = front if front is not None and front.covers(models) else None
-        entry, member_logits = evaluate_generation(generation, models, val, probe, device, config, tasks, shared)
+        entry, member_logits = evaluate_generation(generation, models, scoring, shared)
         report["generations"].append(entry)
         log(f"{entry['name']}: ensemble total {entry['ensemble'].get('total', float('nan')):.3f}, "
-            f"single {entry['single_mean'].get('total', float('nan')):.3f}, OOD AUC {entry['ood_auc']:.3f}")
+            f"single {entry['single_mean'].get('total', float('nan')):.3f}, OOD AUC {entry['ood_auc']:.3f} "
+            f"(epistemic {entry['ood_auc_epistemic']:.3f})")
         if generation == 0:
             teachers = Teachers(models, member_logits, val, device, config, tasks, mc_passes, seed,
                                 None if shared is None else shared.val, config.train.tail_blocks)

@@ -100,6 +100,18 @@ def encode_split(
     return encode_images(model, split.frames, device, batch, tail_blocks)
 
 
+@torch.no_grad()
+def features_from_front(
+    model: EMENet, cached: np.ndarray, device: torch.device, tail_blocks: int, batch: int = 256
+) -> np.ndarray:
+    """The visual features (N, feature_dim) float32 from what `encode_images` cached for N images
+    with `tail_blocks`: the backbone's tail, as `encode_images` without it would give them."""
+    model.eval()
+    chunks = [model.encode_tail(torch.from_numpy(cached[start : start + batch, None]).to(device), tail_blocks)
+              [:, 0].float().cpu().numpy() for start in range(0, len(cached), batch)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.feature_dim), np.float32)
+
+
 def decode_cached(
     model: EMENet, cached: torch.Tensor, tail_blocks: int
 ) -> dict[str, torch.Tensor]:

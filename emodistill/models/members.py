@@ -1,5 +1,5 @@
 """A trained member behind one NumPy interface, whatever runs it (PyTorch here, ONNX Runtime
-in `models.onnx`): streaming over a sequence, and each frame alone for the OOD score."""
+in `models.onnx`): streaming over a sequence, with each frame's visual features for the OOD score."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ class Member(Protocol):
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: object | None
     ) -> tuple[dict[str, np.ndarray], object]: ...
 
-    def forward_with_alone(
+    def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: object | None
-    ) -> tuple[dict[str, np.ndarray], object, dict[str, np.ndarray]]: ...
+    ) -> tuple[dict[str, np.ndarray], object, np.ndarray]: ...
 
 
 def numpy_logits(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -44,25 +44,25 @@ class TorchMember:
         return numpy_logits(logits), hidden
 
     @torch.inference_mode()
-    def forward_with_alone(
+    def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: torch.Tensor | None
-    ) -> tuple[dict[str, np.ndarray], torch.Tensor, dict[str, np.ndarray]]:
-        """As `forward_stateful`, plus every frame's logits as its own length-1 sequence from a
-        zero state, (B * L, 1, n): the CNN runs once, only the heads run twice."""
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor, np.ndarray]:
+        """As `forward_stateful`, plus every frame's visual features (B * L, feature_dim), the
+        feature-density OOD score's input (the sound's features are left out)."""
         x = torch.from_numpy(frames).to(self.device)
         sound = None if audio is None else torch.from_numpy(audio).to(self.device)
         features = self.model.encode(x, sound)  # (B, L, D)
         logits, hidden = self.model.decode(features, hidden)
-        alone, _ = self.model.decode(features.flatten(0, 1)[:, None])
-        return numpy_logits(logits), hidden, numpy_logits(alone)
+        visual = features[..., : self.model.config.feature_dim].flatten(0, 1)  # (B * L, F)
+        return numpy_logits(logits), hidden, visual.float().cpu().numpy()
 
 
 class SeparateMembers:
     """The plain path of an ensemble: each member's forward in turn, their outputs stacked on a
     leading member axis, as `models.speed.StackedMembers` returns them from one batched forward.
 
-    logits: task -> (M, B, L, n); hidden: a list of M per-member states (None: zeros); alone
-    logits (`forward_with_alone`): task -> (M, B * L, 1, n).
+    logits: task -> (M, B, L, n); hidden: a list of M per-member states (None: zeros); visual
+    features (`forward_with_features`): (M, B * L, feature_dim).
     """
 
     def __init__(self, members: list[Member]) -> None:
@@ -76,12 +76,12 @@ class SeparateMembers:
         outputs = [m.forward_stateful(frames, audio, h) for m, h in zip(self.members, states, strict=True)]
         return _stack([o[0] for o in outputs]), [o[1] for o in outputs]
 
-    def forward_with_alone(
+    def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: list | None
-    ) -> tuple[dict[str, np.ndarray], list, dict[str, np.ndarray]]:
+    ) -> tuple[dict[str, np.ndarray], list, np.ndarray]:
         states = hidden if hidden is not None else [None] * self.n_members
-        outputs = [m.forward_with_alone(frames, audio, h) for m, h in zip(self.members, states, strict=True)]
-        return _stack([o[0] for o in outputs]), [o[1] for o in outputs], _stack([o[2] for o in outputs])
+        outputs = [m.forward_with_features(frames, audio, h) for m, h in zip(self.members, states, strict=True)]
+        return _stack([o[0] for o in outputs]), [o[1] for o in outputs], np.stack([o[2] for o in outputs])
 
 
 def _stack(per_member: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

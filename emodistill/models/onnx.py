@@ -1,7 +1,8 @@
 """ONNX export of one member and an ONNX Runtime twin of `EMENet.forward_stateful`.
 
-One file per member: frames [+ audio] + GRU state in, per-task logits + GRU state out, with
-dynamic batch and length, so a video can be streamed chunk by chunk like the PyTorch model.
+One file per member: frames [+ audio] + GRU state in, per-task logits, the frames' visual
+features (the OOD score's input) and the GRU state out, with dynamic batch and length, so a video
+can be streamed chunk by chunk like the PyTorch model.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from emodistill.models import EMENet, ModelConfig
 
 OPSET = 17
 CONFIG_KEY = "emodistill.model_config"  # ONNX metadata: the member's ModelConfig as JSON
-HIDDEN_OUT = "hidden_out"  # the last ONNX output, the GRU state; the ones before it are the task logits
+HIDDEN_OUT = "hidden_out"  # the last ONNX output, the GRU state
+FEATURES_OUT = "features"  # the output before it, each frame's visual features; the ones before are the logits
 _ORT_LOAD_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
 
 
@@ -43,8 +45,10 @@ class _ExportWrapper(nn.Module):
 
     def forward(self, frames: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         audio, hidden = rest if len(rest) == 2 else (None, rest[0])
-        logits, hidden = self.model.forward_stateful(frames, audio, hidden)
-        return (*(logits[t.name] for t in self.model.tasks), hidden)
+        features = self.model.encode(frames, audio)  # (B, L, D)
+        logits, hidden = self.model.decode(features, hidden)
+        visual = features[..., : self.model.config.feature_dim]  # (B, L, F)
+        return (*(logits[t.name] for t in self.model.tasks), visual, hidden)
 
 
 def input_names(config: ModelConfig) -> list[str]:
@@ -67,8 +71,8 @@ def export_member(model: EMENet, path: Path) -> Path:
     names = input_names(config)
     clip_axes = {0: "batch", 1: "length"}
     dynamic_axes = {name: clip_axes for name in names if name != "hidden"}
-    outputs = [*model.tasks.names, HIDDEN_OUT]  # the task names name the logits
-    dynamic_axes |= {name: clip_axes for name in model.tasks.names}
+    outputs = [*model.tasks.names, FEATURES_OUT, HIDDEN_OUT]  # the task names name the logits
+    dynamic_axes |= {name: clip_axes for name in (*model.tasks.names, FEATURES_OUT)}
     dynamic_axes |= {"hidden": {1: "batch"}, HIDDEN_OUT: {1: "batch"}}
     # Export a plain-layout copy: ONNX convolutions are NCHW, and ONNX Runtime picks its own
     # blocked layout; a channels_last source only adds transposes to the graph.
@@ -140,22 +144,29 @@ class OnnxMember:
         if stored is None:
             raise InputError(f"{self.path} was not exported by emodistill (no model config inside)")
         self.config = ModelConfig(**json.loads(stored))
-        self.outputs = [o.name for o in self.session.get_outputs()]  # the tasks' logits, then HIDDEN_OUT
-        self.n_tasks = len(self.outputs) - 1
+        self.outputs = [o.name for o in self.session.get_outputs()]  # the tasks' logits, FEATURES_OUT, HIDDEN_OUT
+        # A file exported before the features were an output has the logits and the state only.
+        self.has_features = FEATURES_OUT in self.outputs
+        self.logit_names = [o for o in self.outputs if o not in (FEATURES_OUT, HIDDEN_OUT)]
+        self.n_tasks = len(self.logit_names)
 
-    def forward_with_alone(
+    def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: np.ndarray | None
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-        """As `forward_stateful`, plus every frame alone as a length-1 sequence from a zero state."""
-        logits, state = self.forward_stateful(frames, audio, hidden)
-        flat = frames.reshape(-1, 1, *frames.shape[2:])
-        alone, _ = self.forward_stateful(flat, None if audio is None else audio.reshape(-1, 1, *audio.shape[2:]))
-        return logits, state, alone
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """As `forward_stateful`, plus every frame's visual features (B * L, feature_dim)."""
+        outputs = self._run(frames, audio, hidden)
+        features = outputs[FEATURES_OUT]
+        return {n: outputs[n] for n in self.logit_names}, outputs[HIDDEN_OUT], features.reshape(-1, features.shape[-1])
 
     def forward_stateful(self, frames: np.ndarray, audio: np.ndarray | None = None,
                          hidden: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """frames (B, L, 3, S, S) float32 in [0, 1] [+ audio (B, L, 64, 64)], GRU state
         (n_tasks, B, H) or None for zeros -> ({task: (B, L, n_logits)}, state (n_tasks, B, H))."""
+        outputs = self._run(frames, audio, hidden)
+        return {n: outputs[n] for n in self.logit_names}, outputs[HIDDEN_OUT]
+
+    def _run(self, frames: np.ndarray, audio: np.ndarray | None, hidden: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Every output of the session by name, for checked inputs."""
         cfg = self.config
         frames = np.ascontiguousarray(frames, dtype=np.float32)
         if frames.ndim != 5 or frames.shape[2:] != (3, cfg.input_size, cfg.input_size):
@@ -174,10 +185,10 @@ class OnnxMember:
                 )
             feeds["audio"] = np.ascontiguousarray(audio, dtype=np.float32)
         try:
-            *logits, state = self.session.run(self.outputs, feeds)
+            values = self.session.run(self.outputs, feeds)
         except (InvalidArgument, Fail) as error:
             raise InputError(f"{self.path.name} cannot take these inputs ({error})") from None
-        return dict(zip(self.outputs[:-1], logits, strict=True)), state
+        return dict(zip(self.outputs, values, strict=True))
 
     def forward(self, frames: np.ndarray, audio: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Logits from a zero GRU state, as `EMENet.forward`."""

@@ -9,14 +9,14 @@
 - `Levers`: which levers a run uses, for `bench` and `predict` to record.
 
 Measured on the 2-core AVX2 machine: 5 members, one clip of 32 frames, side by side in one
-process, medians of 5 rounds, speed relative to 5 `TorchMember`s (forward_stateful /
-forward_with_alone). Two threads on a quiet machine: EMENet-V stacked 1.02 / 1.01x, stacked +
-folded BN 1.15 / 1.22x (folding alone 1.14 / 1.17x), grouped 0.54 / 0.55x, grouped + folded
-0.77 / 0.76x, vmap (torch.func) 0.26x; demo preset 1.07 / 1.09x, 1.36 / 1.33x, grouped 1.34 /
-1.24x, grouped + folded 1.36 / 1.31x, vmap 0.52 / 0.49x. One thread, CPU time: EMENet-V stacked +
-folded 1.12 / 1.21x, grouped 0.50 / 0.59x. Grouped 1x1 convolutions on the 28x28 maps ran at a
-third of the dense speed (64 -> 128 channels, 5 members: 113 against 35 ms), and 5 members'
-activations side by side overflow the caches.
+process, medians of 5 rounds, speed relative to 5 `TorchMember`s (streaming / streaming with
+each frame's heads run again alone, the OOD pass of the time). Two threads on a quiet machine:
+EMENet-V stacked 1.02 / 1.01x, stacked + folded BN 1.15 / 1.22x (folding alone 1.14 / 1.17x),
+grouped 0.54 / 0.55x, grouped + folded 0.77 / 0.76x, vmap (torch.func) 0.26x; demo preset 1.07
+/ 1.09x, 1.36 / 1.33x, grouped 1.34 / 1.24x, grouped + folded 1.36 / 1.31x, vmap 0.52 / 0.49x.
+One thread, CPU time: EMENet-V stacked + folded 1.12 / 1.21x, grouped 0.50 / 0.59x. Grouped 1x1
+convolutions on the 28x28 maps ran at a third of the dense speed (64 -> 128 channels, 5
+members: 113 against 35 ms), and 5 members' activations side by side overflow the caches.
 
 Measured on a 2-core Xeon with AMX (native bf16), 5 EMENet-V members, 16 frames, model only:
 fp32 39 frames/s, folded BN 53, bf16 74, bf16 + folded 91 (2.3x); on one thread 19, 24, 39, 52.
@@ -54,12 +54,6 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
 # spread over the network: keeping the stem, the last 1 or 3 blocks, the output layers, the
 # residual adds or the depthwise convolutions in fp32 left it at 0.013-0.017.
 BF16_TOLERANCE = 2.5e-2
-# bf16 rounds each member differently, and that reads as disagreement: on the same crops it moved
-# the demo ensembles' OOD scores (epistemic entropy) by up to 2.5e-4 (median 0.5%; thresholds
-# 0.0065-0.012, the same frames flagged), but nearly untrained members, whose threshold is tiny,
-# were flagged on 93% of validation frames instead of 5%. `predict` keeps fp32 when the run's
-# OOD threshold is under this floor, ten times the largest shift measured.
-BF16_OOD_FLOOR = 2.5e-3
 
 
 def cpu_flags(cpuinfo: Path | str = "/proc/cpuinfo") -> list[str]:
@@ -270,7 +264,7 @@ class StackedMembers:
     - hidden: one tensor (M, n_tasks, B, gru_hidden); `hidden[m]` is member m's GRU state. As an
       argument it may also be None (zeros, the start of a video) or a sequence of M per-member
       states (None for zeros);
-    - alone logits (`forward_with_alone`): task -> (M, B * L, 1, n_logits).
+    - visual features (`forward_with_features`): (M, B * L, feature_dim) float32 NumPy.
 
     The members' weights are copied at construction (later changes to them are not seen) and
     used in eval mode: BatchNorm with its running statistics, dropout off. With `bf16`, the face
@@ -378,12 +372,12 @@ class StackedMembers:
         return numpy_logits(logits), hidden
 
     @torch.inference_mode()
-    def forward_with_alone(
+    def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: HiddenState
-    ) -> tuple[dict[str, np.ndarray], torch.Tensor, dict[str, np.ndarray]]:
-        """As `forward_stateful`, plus every frame's logits as its own length-1 sequence from a
-        zero state, task -> (M, B * L, 1, n): the CNNs run once, only the heads twice."""
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor, np.ndarray]:
+        """As `forward_stateful`, plus every member's visual features of every frame,
+        (M, B * L, feature_dim): the feature-density OOD score's input."""
         features = self.encode(*self._inputs(frames, audio))  # (M, B, L, D)
         logits, hidden = self.decode(features, hidden)
-        alone, _ = self.decode(features.flatten(1, 2)[:, :, None])  # (M, B*L, 1, D)
-        return numpy_logits(logits), hidden, numpy_logits(alone)
+        visual = features[..., : self.config.feature_dim].flatten(1, 2)  # (M, B*L, F)
+        return numpy_logits(logits), hidden, visual.float().cpu().numpy()

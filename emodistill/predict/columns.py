@@ -1,5 +1,6 @@
 """The columns of a prediction table and how a frame's member probabilities fill them:
-per-task values, the normalised entropy of each task and its two parts (Eq. 14), the OOD score."""
+per-task values, the normalised entropy of each task and its two parts (Eq. 14), the OOD score
+(the feature density's, `evaluation.density`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emodistill.data.frontend import LANDMARK_COLUMNS, FaceCrop
-from emodistill.evaluation.uncertainty import decompose_task, ood_score
+from emodistill.evaluation.uncertainty import decompose_task
 from emodistill.predict.sources import Frame
 from emodistill.tasks import TaskSet
 
@@ -32,8 +33,8 @@ class FramePrediction:
     # "entropy" (total), and for an ensemble "aleatoric" and "epistemic": (len(output_names),)
     # each; None without a face
     uncertainty: dict[str, np.ndarray] | None
-    # The ensemble's mean probabilities, task -> (n_logits,), as the columns show them; None
-    # without a face (what `submit` turns into the challenge's decisions)
+    # The members' own mean probabilities, task -> (n_logits,), before calibration: what the
+    # decision columns show and `submit` turns into the challenge's decisions; None without a face
     probs: dict[str, np.ndarray] | None = None
 
 
@@ -54,30 +55,26 @@ def output_columns(tasks: TaskSet, ensemble: bool, with_ood: bool, with_file: bo
 def summarise(
     tasks: TaskSet,
     member_probs: dict[str, np.ndarray],
-    ood_tasks: tuple[str, ...] | None,
-    threshold: float | None,
-    alone_probs: dict[str, np.ndarray] | None = None,
+    decided: dict[str, np.ndarray] | None = None,
+    ood: tuple[np.ndarray, float] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Members' probabilities, task -> (T, N, n_logits) -> (column -> (N,), part -> (N, outputs)).
 
     Uncertainty is normalised entropy (REFERENCE Sec. 2); a task's column averages its groups
-    (12 AUs, 2 VA dimensions); the second dict keeps every group for Figure 1. The OOD score
-    comes from `alone_probs` (each frame seen alone, from a zero GRU state, as `evaluate` scores
-    it when it sets the threshold) when given, else from `member_probs`.
+    (12 AUs, 2 VA dimensions); the second dict keeps every group for Figure 1. `decided`: the
+    members' own probabilities, which the decision columns follow when `member_probs` are
+    calibrated. `ood`: the feature-density score (N,) and its threshold, for the OOD columns.
     """
     columns: dict[str, np.ndarray] = {}
     groups: dict[str, list[np.ndarray]] = {part: [] for part in PARTS}
     for task in tasks:
         probs = member_probs[task.name]
-        columns.update(task.output_values(probs.mean(0)))
+        columns.update(task.output_values(probs.mean(0), None if decided is None else decided[task.name].mean(0)))
         for part, values in zip(PARTS, decompose_task(task, probs), strict=True):  # (N, G) each
             columns[f"{task.name}_{part}"] = values.mean(-1)
             groups[part].append(values)
-    if ood_tasks is not None:
-        scored = member_probs if alone_probs is None else alone_probs
-        score = ood_score(tasks, {name: scored[name] for name in ood_tasks})  # (N,)
-        columns["ood_score"] = score
-        columns["ood_flag"] = np.full(len(score), None) if threshold is None else score > threshold
+    if ood is not None:
+        columns["ood_score"], columns["ood_flag"] = ood[0], ood[0] > ood[1]
     return columns, {part: np.concatenate(values, axis=-1) for part, values in groups.items()}
 
 

@@ -2,8 +2,10 @@
 how sure the model is (paper Fig. 1 as a product).
 
 Per face: AU probabilities, expression, valence/arousal, the normalised entropy of each task
-(split into aleatoric and epistemic parts for an ensemble, Eq. 14) and an out-of-domain flag.
-Each person of a video is a time series of their own: the GRU heads carry one state per face_id.
+(split into aleatoric and epistemic parts for an ensemble, Eq. 14) and an out-of-domain flag from
+the distance of the face's features to the training frames' (one member or many). Each person of
+a video is a time series of their own: the GRU heads carry one state per face_id. The run's
+evaluation stores what the probabilities are calibrated with and what the flag is thresholded at.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from emodistill.core.checkpoints import read_json
 from emodistill.core.errors import InputError
 from emodistill.core.runtime import resolve_device
 from emodistill.data.audio import SAMPLE_RATE, decode_audio, silence
 from emodistill.data.frontend import DETECT_EVERY, FaceCrop, FrontEnd, prefetch
+from emodistill.evaluation.calibration import Calibration
+from emodistill.evaluation.density import EnsembleDensity
 from emodistill.models import PRESETS
 from emodistill.models.members import SeparateMembers
-from emodistill.models.speed import BF16_OOD_FLOOR, Levers, StackedMembers, torch_threads
+from emodistill.models.speed import Levers, StackedMembers, torch_threads
 from emodistill.predict.columns import PARTS, FramePrediction, frame_row, output_columns, python_value, summarise
 from emodistill.predict.sources import (
     AudioTrack,
@@ -84,7 +87,11 @@ class Predictor:
         self.n_members = self._pick_members(members)
         self.device = resolve_device(device)
         self.input_size = PRESETS[self.config.preset].input_size
-        self.ood_tasks, self.ood_threshold = self._ood_setting()
+        self.density = self._stored("feature density", self.run.density_path(self.generation), EnsembleDensity.load,
+                                    "no OOD score")
+        self.ood_threshold = None if self.density is None else self.density.threshold_for(self.n_members)
+        self.calibration = self._stored("calibration", self.run.calibration_path(self.generation),
+                                        lambda path: Calibration.load(path, self.tasks), "uncalibrated probabilities")
         self.levers = self._auto_levers() if levers is None else levers
         self.members = self._ensemble(backend)
         self.audio = self.config.modality == "va"
@@ -114,16 +121,9 @@ class Predictor:
                                                 log=self._say))
 
     def _auto_levers(self) -> Levers:
-        """`Levers.auto()`, without bf16 where its rounding could move the OOD flag: bf16 rounds
-        each member differently, which reads as disagreement, i.e. epistemic uncertainty."""
-        if self.device.type != "cpu":
-            return Levers.auto(bf16=False)  # the CPU's flags say nothing of a GPU; bf16 was measured on CPUs
-        levers = Levers.auto()
-        if levers.bf16 and self.ood_threshold is not None and self.ood_threshold < BF16_OOD_FLOOR:
-            self._say(f"OOD threshold {self.ood_threshold:.2g} is within bf16's rounding of the members' "
-                      "disagreement: the members run in fp32")
-            return Levers.auto(bf16=False)
-        return levers
+        """`Levers.auto()`; bf16 only on a CPU, whose flags say it multiplies bf16 natively (a
+        GPU's are not what was measured)."""
+        return Levers.auto(bf16=False) if self.device.type != "cpu" else Levers.auto()
 
     def _pick_members(self, members: int | None) -> int:
         available = self.config.members
@@ -134,32 +134,17 @@ class Predictor:
                              f"got {members}")
         return members
 
-    def _ood_setting(self) -> tuple[tuple[str, ...] | None, float | None]:
-        """Tasks of the OOD score and its threshold from the run's evaluation report, if any."""
-        if not self.ensemble:
-            return None, None  # one model has no epistemic part: its OOD score is always 0
-        path = self.run.report_path
+    def _stored(self, what: str, path: Path, load: Callable[[Path], object], without: str) -> object | None:
+        """What `evaluate` stored for this generation at `path`, loaded; None, and a note saying
+        what the table lacks, when it is missing or unreadable."""
         if not path.exists():
-            self._say(f"{path} does not exist (run `emodistill evaluate`): OOD scores are given "
-                      "without a flag")
-            return self.tasks.names, None
+            self._say(f"{path} does not exist (run `emodistill evaluate`): {without}")
+            return None
         try:
-            report = read_json(path)
+            return load(path)
         except InputError as error:
-            self._say(f"{error}: OOD scores are given without a flag")
-            return self.tasks.names, None
-        tasks = tuple(report.get("tasks") or self.tasks.names)
-        entry = next((g for g in report.get("generations", [])
-                      if g.get("name") == generation_name(self.generation)), None)
-        if entry is None or "ood_threshold" not in entry:
-            self._say(f"{path} has no OOD threshold for {generation_name(self.generation)}: "
-                      "OOD scores are given without a flag")
-            return tasks, None
-        if self.n_members != report.get("members", self.config.members):
-            self._say("the OOD threshold was chosen for the whole ensemble: with fewer members "
-                      "OOD scores are given without a flag")
-            return tasks, None
-        return tasks, float(entry["ood_threshold"])
+            self._say(f"{error}: {without}")
+            return None
 
     def _say(self, message: str) -> None:
         """Log a note once per predictor."""
@@ -168,7 +153,7 @@ class Predictor:
             self.log(f"note: {message}")
 
     def columns(self, source: Source) -> list[str]:
-        return output_columns(self.tasks, self.ensemble, self.ood_tasks is not None, source.has_file_column)
+        return output_columns(self.tasks, self.ensemble, self.density is not None, source.has_file_column)
 
     def sequences(self, source: Source, faces: bool = False) -> Iterator[FrameSequence]:
         """The input as sequences of frames, their faces aligned at the model's input size."""
@@ -281,21 +266,31 @@ class Predictor:
                        sequence: FrameSequence, results: dict[tuple[int, int], _Result]) -> list[object]:
         """Put each face's result in `results`, keyed by (frame number, face_id); returns the
         members' GRU states after the last face."""
-        member_probs, alone_probs, state = self._member_probs(faces, hidden, sequence)
-        values, groups = summarise(self.tasks, member_probs, self.ood_tasks, self.ood_threshold, alone_probs)
-        means = {name: probs.mean(0) for name, probs in member_probs.items()}  # (N, n_logits) each
+        logits, state, features = self._forward(faces, hidden, sequence)
+        own = self.tasks.activate(logits)  # task -> (T, N, n)
+        calibrated = own if self.calibration is None else self.tasks.activate(self.calibration.apply(logits))
+        values, groups = summarise(self.tasks, calibrated, None if self.calibration is None else own,
+                                   self._ood(features))
+        # What `submit` decides on: the members' own outputs, as evaluate's challenge scores
+        means = {name: probs.mean(0) for name, probs in own.items()}  # (N, n_logits) each
         for index, (frame, face) in enumerate(faces):
             results[(frame.number, face.face_id)] = _Result(
                 {k: python_value(v[index]) for k, v in values.items()}, {p: g[index] for p, g in groups.items()},
                 {name: mean[index] for name, mean in means.items()})
         return state
 
-    def _member_probs(
+    def _ood(self, features: np.ndarray | None) -> tuple[np.ndarray, float] | None:
+        """The members' visual features (T, N, F) -> the density score (N,) and its threshold."""
+        if self.density is None or features is None:
+            return None
+        return self.density.score(features), self.density.threshold_for(self.n_members)
+
+    def _forward(
         self, faces: list[tuple[Frame, FaceCrop]], hidden: list[object] | None, sequence: FrameSequence
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, list[object]]:
-        """Every member's probabilities, task -> (T, N, n_logits), for the N faces; for a time
-        series with an OOD threshold, the same with each frame seen alone (None otherwise:
-        independent images already are); and the members' GRU states after the last face."""
+    ) -> tuple[dict[str, np.ndarray], list[object], np.ndarray | None]:
+        """Every member's logits, task -> (T, N, n_logits), for the N faces; the members' GRU
+        states after the last face; and with a density, their visual features (T, N, F) (None
+        without one)."""
         n = len(faces)
         crops = np.stack([face.crop for _, face in faces])  # (N, S, S, 3)
         # A time series is one sequence (B=1, L=N); independent images are N sequences of one.
@@ -310,17 +305,14 @@ class Predictor:
                 audio = sequence.audio.windows(np.array([frame.number - 1 for frame, _ in faces]))
             audio = audio.reshape(*shape, *audio.shape[1:])  # (B, L, 64, 64)
         hidden = [None] * self.n_members if hidden is None else hidden
-        alone = sequence.continuous and self.ood_tasks is not None
+        features = None
         with torch_threads(self.levers.model_threads):
-            if alone:
-                logits, state, alone_logits = self.members.forward_with_alone(frames, audio, hidden)
+            if self.density is not None:
+                logits, state, features = self.members.forward_with_features(frames, audio, hidden)
             else:
-                (logits, state), alone_logits = self.members.forward_stateful(frames, audio, hidden), None
-
-        def probs(member_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return self.tasks.activate({k: v.reshape(self.n_members, n, -1) for k, v in member_logits.items()})
-
-        return probs(logits), None if alone_logits is None else probs(alone_logits), list(state)
+                logits, state = self.members.forward_stateful(frames, audio, hidden)
+        # (T, B, L, n) -> (T, N, n): B * L is the faces in input order either way
+        return {k: v.reshape(self.n_members, n, -1) for k, v in logits.items()}, list(state), features
 
 
 @dataclass(frozen=True)

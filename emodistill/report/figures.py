@@ -34,15 +34,21 @@ def figure_emotion(report: dict, path: Path) -> None:
     plt.close(fig)
 
 def figure_roc(report: dict, path: Path) -> None:
-    """ROC curves of the averaged epistemic uncertainty, one per generation (Figure 5)."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for g in report["generations"]:
-        ax.plot(g["roc"]["fpr"], g["roc"]["tpr"], label=f"{short_name(g['name'])} (AUC {g['ood_auc']:.3f})")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"OOD detection: validation vs {report['ood_set']}")
-    ax.legend(loc="lower right")
+    """ROC curves, one per generation: of the feature-density score, and of the paper's averaged
+    epistemic uncertainty (Figure 5; a report from before the density has that one only)."""
+    gens = report["generations"]
+    panels = [("roc", "ood_auc", "feature density")] if "roc_epistemic" in gens[0] else []
+    panels.append(("roc_epistemic" if "roc_epistemic" in gens[0] else "roc",
+                   "ood_auc_epistemic" if "roc_epistemic" in gens[0] else "ood_auc", "epistemic (paper Fig. 5)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+    for ax, (curve, auc, title) in zip(axes[0], panels, strict=True):
+        for g in gens:
+            ax.plot(g[curve]["fpr"], g[curve]["tpr"], label=f"{short_name(g['name'])} (AUC {g[auc]:.3f})")
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"{title}: validation vs {report['ood_set']}", fontsize="medium")
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

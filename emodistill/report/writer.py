@@ -15,6 +15,7 @@ from emodistill.report.figures import FIGURES
 from emodistill.report.tables import (
     au_nll_table,
     baseline_rows,
+    calibration_table,
     challenge_table,
     emotion_table,
     fmt,
@@ -42,6 +43,10 @@ def verdicts(report: dict) -> list[str]:
         best_ood = max(gens, key=lambda g: g["ood_auc"])
         lines.append(f"Best OOD AUC: {fmt(best_ood['ood_auc'])} ({short_name(best_ood['name'])}); "
                      f"teacher {fmt(teacher['ood_auc'])}.")
+        if "ood_auc_epistemic" in teacher:
+            best_epistemic = max(gens, key=lambda g: g["ood_auc_epistemic"])
+            lines.append(f"Best OOD AUC of the paper's epistemic score: {fmt(best_epistemic['ood_auc_epistemic'])} "
+                         f"({short_name(best_epistemic['name'])}); teacher {fmt(teacher['ood_auc_epistemic'])}.")
     for label, key in ((f"{name} NLL", key) for name, key in nll_keys(report).items()):
         ours = {short_name(g["name"]): g["nll"].get(key) for g in gens if g["nll"].get(key) is not None}
         if not ours:
@@ -69,6 +74,14 @@ def prior_verdicts(report: dict) -> list[str]:
         if worse:
             lines.append(f"{label} are no better than the class prior on {', '.join(worse)}: "
                          "they have learned nothing usable there (skill <= 0).")
+    for g in report["generations"]:
+        worse = [f"{name} ({fmt(g['calibrated']['nll'].get(key))} > {fmt(report['prior']['nll'].get(key))})"
+                 for name, key in nll_keys(report).items()
+                 if "calibrated" in g and "prior" in report and key in g["calibrated"]["nll"]
+                 and g["calibrated"]["nll"][key] > report["prior"]["nll"].get(key, float("inf"))]
+        if worse:
+            lines.append(f"{short_name(g['name'])}: even calibrated, the single members' NLL is above the class "
+                         f"prior's on {', '.join(worse)}.")
     if "oracle" in report and report["generations"]:
         teacher = report["generations"][0]
         if "total_vs_oracle" in teacher:
@@ -142,6 +155,8 @@ def render_markdown(report: dict) -> str:
         "(prior - model) / (prior - oracle) of AU-mean NLL, EXPR NLL and valence/arousal RMSE; on "
         "real data (prior - model) / prior. 1 is the oracle, 0 the prior, below 0 worse than the prior.",
         skill_table(report),
+        "## Calibrated probabilities (never worse than the prior?)",
+        calibration_table(report),
         "## Out-of-domain detection (paper Figure 5)",
         ood_table(report),
         "## The challenge's own scores (ensembles, validation split)",

@@ -74,6 +74,11 @@ class BinaryTask(Task):
         p = np.clip(w * q / (w * q + 1 - q), 1e-4, 1 - 1e-4)
         return np.log(p) - np.log1p(-p)
 
+    def prior_shift(self, weights: np.ndarray | None, distilled: bool) -> np.ndarray | None:
+        """log w: with weight w on the positive term the optimum is w q / (w q + 1 - q), whose
+        log-odds are those of q plus log w, against labels and soft labels alike (Eq. 2, 9)."""
+        return None if weights is None else np.log(np.asarray(weights, np.float64))
+
     def log_activate(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., n) -> (..., n, 2): log P(absent), log P(present), stable for large logits."""
         return torch.stack([torch.nn.functional.logsigmoid(-logits),
@@ -150,8 +155,8 @@ class BinaryTask(Task):
         """P(present) of each output, then its 0/1 decision."""
         return [*self.names, *(f"{name}_present" for name in self.names)]
 
-    def output_values(self, probs: np.ndarray) -> dict[str, np.ndarray]:
-        present = (probs >= PRESENT).astype(np.int64)
+    def output_values(self, probs: np.ndarray, decided: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        present = ((probs if decided is None else decided) >= PRESENT).astype(np.int64)
         return {**dict(zip(self.names, probs.T, strict=True)),
                 **{f"{n}_present": p for n, p in zip(self.names, present.T, strict=True)}}
 

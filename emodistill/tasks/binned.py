@@ -65,6 +65,9 @@ class BinnedTask(Task):
 
     kind: ClassVar[str] = "binned"
     panel_height: ClassVar[float] = 1.5
+    # Valence and arousal are read out and scored as expectations (RMSE, CCC): a bias per bin
+    # would pull every expectation towards the histogram's mean and shrink the spread CCC rewards.
+    calibrated: ClassVar[bool] = False
 
     @staticmethod
     def shape_for(n_names: int) -> tuple[int, int, int]:
@@ -159,7 +162,9 @@ class BinnedTask(Task):
         """The expectation of each dimension, then its standard deviation."""
         return [*self.names, *(f"{name}_sd" for name in self.names)]
 
-    def output_values(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+    def output_values(self, probs: np.ndarray, decided: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The expectation and spread of `probs`: valence and arousal are never calibrated, so
+        there is no other decision to show."""
         mean = va_expectation(probs)  # (N, 2)
         second_moment = self.distributions(probs) @ VA_CENTRES**2  # (N, 2)
         sd = np.sqrt(np.maximum(second_moment - mean**2, 0.0))  # spread of the predicted bins

@@ -130,6 +130,13 @@ class CategoricalTask(Task):
             p = p * np.asarray(weights, np.float64)
         return np.log(np.clip(p / p.sum(), 1e-4, 1.0))
 
+    def prior_shift(self, weights: np.ndarray | None, distilled: bool) -> np.ndarray | None:
+        """log w for the class-weighted cross entropy (its optimum is proportional to w_c q_c; a
+        softmax ignores the constant); none for a student's unweighted KL (Eq. 10)."""
+        if weights is None:
+            return None
+        return np.zeros(self.n_logits) if distilled else np.log(np.asarray(weights, np.float64))
+
     def emotion_scores(self, truth: np.ndarray, probs: np.ndarray) -> tuple[float, ...]:
         return (abaw_expr(truth, probs),)
 
@@ -156,8 +163,8 @@ class CategoricalTask(Task):
         """The probability of each class, then the most likely class's name."""
         return [*(f"{self.name}_{name}" for name in self.names), CLASS_COLUMN]
 
-    def output_values(self, probs: np.ndarray) -> dict[str, np.ndarray]:
-        label = np.asarray(self.names, dtype=object)[probs.argmax(-1)]
+    def output_values(self, probs: np.ndarray, decided: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        label = np.asarray(self.names, dtype=object)[(probs if decided is None else decided).argmax(-1)]
         return {**{f"{self.name}_{n}": p for n, p in zip(self.names, probs.T, strict=True)},
                 CLASS_COLUMN: label}
 

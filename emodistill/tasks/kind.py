@@ -40,6 +40,9 @@ class Task(ABC):
 
     kind: ClassVar[str]  # "binary": independent sigmoids; "categorical": one softmax; "binned": softmax per dimension
     panel_height: ClassVar[float]  # inches of the task's panel in a prediction timeline
+    # Whether `evaluation.calibration` fits this kind a scale and bias per logit: kinds scored by
+    # the NLL of their classes are; a kind read out otherwise keeps its probabilities.
+    calibrated: ClassVar[bool] = True
 
     name: str  # "AU" | "EXPR" | "VA"
     names: tuple[str, ...]  # AU names, expression classes, or ("valence", "arousal")
@@ -159,6 +162,13 @@ class Task(ABC):
         class `weights` that loss uses (supervision, or `distilled` from soft labels); None
         where a constant has no best value (keep the initialisation)."""
 
+    def prior_shift(self, weights: np.ndarray | None, distilled: bool) -> np.ndarray | None:
+        """How far this kind's loss with class `weights` (supervision, or `distilled` from soft
+        labels) moves each logit's optimum from the labels' true log-odds, (n_logits,): subtracting
+        it undoes the base-rate shift of class reweighting (logit adjustment, Menon et al. 2021).
+        None: the loss has no class weights."""
+        return None
+
     # --- scores --------------------------------------------------------------------------------
 
     @abstractmethod
@@ -205,8 +215,10 @@ class Task(ABC):
         """The task's columns in a prediction table."""
 
     @abstractmethod
-    def output_values(self, probs: np.ndarray) -> dict[str, np.ndarray]:
-        """Ensemble-mean probabilities (N, n_logits) -> the task's columns, (N,) each."""
+    def output_values(self, probs: np.ndarray, decided: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Ensemble-mean probabilities (N, n_logits) -> the task's columns, (N,) each; the
+        decision columns (an AU present, the expression) decide on `decided` when given: the
+        members' own outputs, when `probs` are calibrated."""
 
     def output_names(self) -> tuple[str, ...]:
         """One name per output distribution (its uncertainty bar in Figure 1)."""

@@ -1,0 +1,180 @@
+"""Out-of-domain detection of a generation: the probe sets (validation faces, Fashion-MNIST, real
+non-face pictures) and the feature-density score fitted on training frames, thresholded on validation.
+
+The density score is what `predict` flags with; the paper's epistemic score is measured beside it
+(`evaluate`), on the same probe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emodistill.data.dataset import Split
+from emodistill.data.ood import load_nonfaces, load_ood
+from emodistill.evaluation.density import EnsembleDensity, distance, ensemble_thresholds, fit_gaussians, threshold
+from emodistill.evaluation.metrics import roc_auc, roc_curve
+from emodistill.models.inference import (
+    encode_images,
+    encode_split,
+    features_from_front,
+    predict_encoded_images,
+    predict_images,
+)
+from emodistill.tasks import TaskSet
+
+DENSITY_FRAMES = 20_000  # training frames a density is fitted on, at most (a random subset)
+
+
+class OODProbe:
+    """In-domain validation frames and OOD images, both as length-1 sequences, and real non-face
+    pictures. An audio-visual model hears real validation sound with every OOD image, so that
+    only the picture tells the sets apart (silence alone would)."""
+
+    def __init__(self, val: Split, size: int, directory: Path | None, limit: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        n_in = min(limit, len(val))
+        self.in_index = np.sort(rng.choice(len(val), size=n_in, replace=False))
+        ood = load_ood(size, directory=directory, limit=limit, seed=seed)
+        self.name = ood.name
+        self.in_images = np.asarray(val.frames[self.in_index])
+        self.ood_images = ood.images
+        nonfaces = load_nonfaces(size, seed)
+        self.nonface_name, self.nonface_images = nonfaces.name, nonfaces.images
+        self.in_audio = self.ood_audio = None
+        if val.audio is not None:
+            self.in_audio = np.asarray(val.audio[self.in_index])
+            self.ood_audio = np.asarray(val.audio[np.sort(rng.choice(len(val), size=len(ood.images)))])
+
+    @property
+    def is_ood(self) -> np.ndarray:
+        return np.concatenate([np.zeros(len(self.in_images), bool), np.ones(len(self.ood_images), bool)])
+
+    def member_probs(self, models: list[torch.nn.Module], device: torch.device, task_set: TaskSet,
+                     tasks: tuple[str, ...], front: SharedFront | None = None) -> dict[str, np.ndarray]:
+        """Task -> the members' probabilities (T, N, n_logits) for in-domain then OOD images."""
+        member_probs = []
+        for model in models:
+            if front is not None:
+                inside = predict_encoded_images(model, front.probe_in, device, front.tail_blocks)
+                outside = predict_encoded_images(model, front.probe_out, device, front.tail_blocks)
+            else:
+                inside = predict_images(model, self.in_images, device, self.in_audio)
+                outside = predict_images(model, self.ood_images, device, self.ood_audio)
+            inside, outside = task_set.activate(inside, tasks), task_set.activate(outside, tasks)
+            member_probs.append({t: np.concatenate([inside[t], outside[t]]) for t in inside})
+        return {t: np.stack([p[t] for p in member_probs]) for t in member_probs[0]}
+
+
+class SharedFront:
+    """In a frozen-backbone run every member of every generation computes the same backbone
+    below its own tail (`MobileFaceNet.front`), so evaluation runs that part once, on the
+    validation frames, the probes' images and the density's training frames, and each member
+    only its tail and heads: the same outputs as full forward passes, within float rounding."""
+
+    def __init__(self, model: torch.nn.Module, tail_blocks: int, val: Split, probe: OODProbe,
+                 fit_images: np.ndarray, device: torch.device) -> None:
+        self.tail_blocks = tail_blocks
+        self.reference = [t.detach().clone() for t in model.backbone.front_tensors(tail_blocks)]
+        self.val = encode_split(model, val, device, tail_blocks=tail_blocks)
+        self.probe_in = encode_images(model, probe.in_images, device, tail_blocks=tail_blocks)
+        self.probe_out = encode_images(model, probe.ood_images, device, tail_blocks=tail_blocks)
+        self.nonfaces = encode_images(model, probe.nonface_images, device, tail_blocks=tail_blocks)
+        self.fit = encode_images(model, fit_images, device, tail_blocks=tail_blocks)
+
+    def covers(self, models: list[torch.nn.Module]) -> bool:
+        """True when each model's front has exactly the reference's weights and statistics."""
+        for model in models:
+            tensors = model.backbone.front_tensors(self.tail_blocks)
+            if len(tensors) != len(self.reference) or not all(
+                    torch.equal(a, b) for a, b in zip(tensors, self.reference, strict=True)):
+                return False
+        return True
+
+
+def density_frames(train: Split, seed: int = 0, limit: int = DENSITY_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+    """The training frames a density is fitted on and their classes, (n,) each: the frames with
+    a label of the run's first categorical task (the expression) and that label, as Lee et al. fit
+    class means on labelled training data; one class over all frames where no such task has
+    labels. At most `limit`, drawn at random."""
+    labelled = [t for t in train.tasks if t.kind == "categorical" and t.name in train.tasks_present]
+    if labelled:
+        index = np.flatnonzero(train.masks[labelled[0].name])
+        classes = np.asarray(train.labels[labelled[0].name])
+    else:
+        index, classes = np.arange(len(train)), np.zeros(len(train), np.int64)
+    if len(index) > limit:
+        index = np.sort(np.random.default_rng(seed).choice(index, size=limit, replace=False))
+    return index, classes[index]
+
+
+def _features(model: torch.nn.Module, device: torch.device, images: np.ndarray, cached: np.ndarray | None,
+              tail_blocks: int) -> np.ndarray:
+    """A member's visual features (N, D) of images, from the shared front's cache when there is one."""
+    if cached is not None:
+        return features_from_front(model, cached, device, tail_blocks)
+    return encode_images(model, images, device)
+
+
+def density_scores(models: list[torch.nn.Module], train: Split, fit: tuple[np.ndarray, np.ndarray], val: Split,
+                   probe: OODProbe, device: torch.device, path: Path, seed: int = 0,
+                   front: SharedFront | None = None) -> dict:
+    """Fit each member's density on the training frames `fit` (index, classes), threshold the
+    ensemble's mean score on every validation frame, save both at `path`, and score the probes:
+    the report entry's density fields."""
+    tail = 0 if front is None else front.tail_blocks
+
+    def cached(name: str) -> np.ndarray | None:
+        return None if front is None else getattr(front, name)
+
+    fit_index, classes = fit
+    members, val_scores, probe_scores, nonface_scores = [], [], [], []
+    for model in models:
+        gaussians = fit_gaussians(_features(model, device, np.asarray(train.frames[fit_index]), cached("fit"), tail),
+                                  classes)
+        members.append(gaussians)
+        val_scores.append(distance(gaussians, _features(model, device, val.frames, cached("val"), tail)))
+        inside = distance(gaussians, _features(model, device, probe.in_images, cached("probe_in"), tail))
+        outside = distance(gaussians, _features(model, device, probe.ood_images, cached("probe_out"), tail))
+        probe_scores.append(np.concatenate([inside, outside]))
+        nonface_scores.append(distance(gaussians, _features(model, device, probe.nonface_images,
+                                                            cached("nonfaces"), tail)))
+    density = EnsembleDensity(tuple(members), ensemble_thresholds(np.stack(val_scores)))
+    density.save(path)
+    scores = np.mean(probe_scores, axis=0)
+    fpr, tpr = roc_curve(probe.is_ood, scores)
+
+    def flagged(val_score: np.ndarray, probe_score: np.ndarray, nonface_score: np.ndarray, limit: float) -> dict:
+        return {"validation (held out)": held_out_flag_rate(val_score, val.video, seed),
+                probe.name: float(np.mean(probe_score[probe.is_ood] > limit)),
+                probe.nonface_name: float(np.mean(nonface_score > limit))}
+
+    return {
+        "ood_auc": roc_auc(probe.is_ood, scores),
+        "ood_auc_single": float(np.mean([roc_auc(probe.is_ood, s) for s in probe_scores])),
+        "ood_threshold": density.threshold_for(len(models)),
+        "ood_flagged": flagged(np.mean(val_scores, axis=0), scores, np.mean(nonface_scores, axis=0),
+                               density.threshold_for(len(models))),
+        # the first member alone, as `predict --members 1` flags
+        "ood_flagged_single": flagged(val_scores[0], probe_scores[0], nonface_scores[0], density.threshold_for(1)),
+        "density_shrinkage": [g.shrinkage for g in members],
+        "roc": thinned_curve(fpr, tpr),
+    }
+
+
+def held_out_flag_rate(scores: np.ndarray, video: np.ndarray, seed: int = 0) -> float:
+    """The share of validation frames flagged by a threshold set on the other half of the
+    validation videos, both ways round: the false-alarm rate to expect on unseen faces."""
+    names = np.unique(video)
+    if len(names) < 2:
+        return float("nan")
+    first = np.isin(video, np.random.default_rng(seed).permutation(names)[: len(names) // 2])
+    flagged = [np.mean(scores[~part] > threshold(scores[part])) * np.sum(~part) for part in (first, ~first)]
+    return float(np.sum(flagged) / len(scores))
+
+
+def thinned_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 200) -> dict[str, list[float]]:
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
