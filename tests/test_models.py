@@ -80,7 +80,7 @@ def test_paper_presets_match_published_sizes():
         assert count_parameters(model) == pytest.approx(params, rel=0.02)
         assert count_macs(model) == pytest.approx(macs, rel=0.05)
     model = build_model("emenet-va")
-    # REFERENCE.md Sec. 4: backbone to the GDC 0.94M params; MarbleNet 3x2x64 about 88K.
+    # The landmark network's backbone to the GDC 0.94M params; MarbleNet 3x2x64 about 88K.
     assert count_parameters(model.backbone) == pytest.approx(0.94e6, rel=0.01)
     assert count_parameters(model.audio_encoder) == pytest.approx(88e3, rel=0.02)
 

@@ -438,3 +438,16 @@ def test_predict_flags_validation_crops_at_the_false_alarm_rate_evaluate_chose(
     flagged = table.loc[table["face"] == 1, "ood_flag"].astype(bool)
     assert len(flagged) > 100
     assert abs(flagged.mean() - FALSE_ALARM) <= 0.025, flagged.mean()
+
+
+def test_plot_to_an_existing_file_is_refused_before_any_work(tiny_run, gap_video, tmp_path, capsys):
+    from emodistill.cli import main
+
+    taken = tmp_path / "figures.png"
+    taken.write_bytes(b"an earlier figure")
+    table = tmp_path / "rows.csv"
+    status = main(["predict", str(gap_video), "--model", str(tiny_run), "--out", str(table),
+                   "--plot", str(taken), "--quiet", "--device", "cpu"])
+    assert status == 2
+    assert "figures.png: --plot names a folder for the figures, and this is an existing file" in capsys.readouterr().err
+    assert not table.exists() and taken.read_bytes() == b"an earlier figure"

@@ -208,6 +208,22 @@ def test_image_inputs_that_cannot_be_read_name_the_file(tmp_path):
         prepare([broken], tmp_path / "out", progress=False)
 
 
+def test_nothing_to_prepare_and_a_fake_jpg_are_one_sentence_and_exit_2(tmp_path, capsys):
+    from emodistill.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no media here")
+    assert main(["prepare", str(empty), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "empty: nothing to prepare: no videos (.mp4" in said and "no images" in said
+    fake = tmp_path / "holiday.jpg"  # text under an image's name: an image that does not decode
+    fake.write_text("not a picture")
+    assert main(["prepare", str(fake), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.endswith("holiday.jpg: not a readable image") and "video" not in said
+
+
 def test_labels_csv_by_image_trains_on_prepared_images(image_folder, tmp_path):
     out = tmp_path / "prepared"
     prepare([image_folder], out, size=32, progress=False, log=lambda _: None)

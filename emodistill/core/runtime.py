@@ -1,6 +1,6 @@
 """Process-level settings for fast CPU work and device choice.
 
-REFERENCE.md Sec. 7: glibc maps and unmaps every large activation, which makes CPU inference
+glibc maps and unmaps every large activation, which makes CPU inference
 up to 3x slower; turning that off at process start is the single biggest speed lever.
 """
 

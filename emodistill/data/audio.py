@@ -1,6 +1,6 @@
 """Audio for the audio-visual model: PyAV decoding to 16 kHz mono, and one log-mel window per frame.
 
-REFERENCE.md Sec. 4: for each video frame a 0.64 s window centred on it, 64 mel bands x 64 frames.
+For each video frame a 0.64 s window centred on it, 64 mel bands x 64 frames.
 """
 
 from __future__ import annotations

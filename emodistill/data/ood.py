@@ -16,7 +16,7 @@ import numpy as np
 
 from emodistill.core.errors import InputError
 
-# Put there by Debian's dataset-fashion-mnist package (REFERENCE.md Sec. 6).
+# Put there by Debian's dataset-fashion-mnist package.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 OOD_LIMIT = 5000  # OOD images scored by default (and as many validation frames)
 FASHION_MNIST_TRAIN = "train-images-idx3-ubyte"  # read as .gz, or uncompressed

@@ -26,16 +26,15 @@ from emodistill.data.crops import CROPS
 from emodistill.data.frontend import (
     DETECT_EVERY,
     LANDMARK_COLUMNS,
-    VIDEO_SUFFIXES,
     FaceCrop,
     FrontEnd,
     VideoFrame,
-    is_image_file,
     iter_frames,
     probe_video,
     read_image,
     write_jpeg,
 )
+from emodistill.data.frontend.inputs import expand_inputs, is_image
 from emodistill.data.manifest import raw_video_name
 
 RAW = Path("videos") / "batch1"  # out/videos/batch1/<video file>: audio and frame rate
@@ -45,7 +44,6 @@ MANIFEST = "manifest.csv"
 # `video` is the crop folder of the row's face (the input's stem on a row without a face).
 MANIFEST_COLUMNS = ("video", "frame", "timestamp", "face", "face_id", "x", "y", "w", "h", *LANDMARK_COLUMNS)
 JPEG_QUALITY = 95
-GLOB_CHARACTERS = "*?["
 
 
 @dataclass
@@ -118,7 +116,7 @@ def prepare(
                 if _is_complete(out, path.stem):
                     summary.skipped += 1
                     continue
-                image = is_image_file(path)
+                image = is_image(path)
                 done = _prepare_one(path, out, front, image, progress)
                 summary.images += image
                 summary.videos += not image
@@ -132,45 +130,6 @@ def prepare(
         shutil.rmtree(out / SCRATCH, ignore_errors=True)
         summary.seconds = time.perf_counter() - start
     return summary
-
-
-def expand_inputs(inputs: Sequence[Path | str], log: Callable[[str], None] = print) -> list[Path]:
-    """Files, folders (their images and videos) and glob patterns -> the files to prepare, in the
-    order given; a file named twice is prepared once, with a note."""
-    files: list[Path] = []
-    for given in inputs:
-        path = Path(given)
-        if path.is_dir():
-            files += _folder_media(path, log)
-        elif path.is_file():
-            files.append(path)
-        elif any(c in str(given) for c in GLOB_CHARACTERS):
-            matches = sorted(Path(m) for m in glob.glob(str(given), recursive=True))
-            if not matches:
-                raise InputError(f"{given}: no file matches this pattern")
-            files += [m for m in matches if m.is_file()]
-        else:
-            raise InputError(f"{path}: no such video, image or folder")
-    unique: dict[Path, Path] = {}
-    for path in files:
-        key = path.resolve()
-        if key in unique:
-            log(f"note: {path} is given more than once (first as {unique[key]}); it is prepared once")
-            continue
-        unique[key] = path
-    return list(unique.values())
-
-
-def _folder_media(folder: Path, log: Callable[[str], None]) -> list[Path]:
-    """The images (by content) and videos (by name) directly in `folder`, sorted by name."""
-    media, others = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        is_media = path.suffix.lower() in VIDEO_SUFFIXES or is_image_file(path)
-        (media if is_media else others).append(path)
-    if others:
-        log(f"note: {folder}: {len(others)} file(s) that are neither images nor videos were "
-            f"skipped (such as {others[0].name})")
-    return media
 
 
 def _check_stems(paths: list[Path]) -> None:

@@ -30,7 +30,8 @@ class TorchMember:
     """A PyTorch member behind the NumPy interface of `models.onnx.OnnxMember`."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.model = model.to(memory_format=torch.channels_last).eval()  # REFERENCE Sec. 7
+        # Channels-last runs the depthwise convolutions faster on CPU.
+        self.model = model.to(memory_format=torch.channels_last).eval()
         self.device = device
 
     @torch.inference_mode()

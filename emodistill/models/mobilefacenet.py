@@ -1,7 +1,7 @@
 """MobileFaceNet (Chen et al. 2018) as the per-frame visual feature extractor of EMENet.
 
-Ends at the global depthwise conv (GDC): the landmark model's final linear + BN are removed
-(REFERENCE.md Sec. 4), so a face crop becomes a `feature_dim`-d vector.
+Ends at the global depthwise conv (GDC): the landmark model's final linear + BN are removed,
+so a face crop becomes a `feature_dim`-d vector.
 """
 
 from __future__ import annotations

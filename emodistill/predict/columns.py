@@ -60,7 +60,7 @@ def summarise(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Members' probabilities, task -> (T, N, n_logits) -> (column -> (N,), part -> (N, outputs)).
 
-    Uncertainty is normalised entropy (REFERENCE Sec. 2); a task's column averages its groups
+    Uncertainty is entropy divided by its maximum, log(outputs); a task's column averages its groups
     (12 AUs, 2 VA dimensions); the second dict keeps every group for Figure 1. `decided`: the
     members' own probabilities, which the decision columns follow when `member_probs` are
     calibrated. `ood`: the feature-density score (N,) and its threshold, for the OOD columns.

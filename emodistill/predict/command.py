@@ -9,10 +9,10 @@ import numpy as np
 
 from emodistill.core.errors import InputError
 from emodistill.data.frontend import DETECT_EVERY
+from emodistill.data.frontend.inputs import Source, discover
 from emodistill.models.speed import Levers
 from emodistill.predict.columns import FramePrediction
 from emodistill.predict.predictor import Predictor, count
-from emodistill.predict.sources import Source, discover
 from emodistill.predict.tables import WRITERS, read_table
 
 
@@ -89,6 +89,8 @@ def predict_command(
     out = Path(out) if out is not None else Path.cwd() / f"{stem}.emotions.csv"
     if out.suffix.lower() not in WRITERS:
         raise InputError(f"{out}: the output must end in .csv or .parquet")
+    if plot is not None and Path(plot).exists() and not Path(plot).is_dir():
+        raise InputError(f"{plot}: --plot names a folder for the figures, and this is an existing file")
     source = discover(input)
     predictor = Predictor(model, members=_parse_members(members), backend=backend, device=device,
                           detector=detector, levers=Levers() if plain else Levers.auto(bf16=False) if fp32 else None,

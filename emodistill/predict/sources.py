@@ -12,98 +12,11 @@ import numpy as np
 
 from emodistill.core.errors import InputError
 from emodistill.data.audio import HOP_SECONDS, WINDOW_COLUMNS, log_mel_per_frame
-from emodistill.data.crops import CROPS, read_crop
-from emodistill.data.frontend import (
-    Box,
-    Face,
-    FaceCrop,
-    FrontEnd,
-    VideoInfo,
-    is_image_file,
-    iter_frames,
-    probe_video,
-    read_image,
-)
+from emodistill.data.crops import read_crop
+from emodistill.data.frontend import Box, Face, FaceCrop, FrontEnd, iter_frames, read_image
+from emodistill.data.frontend.inputs import Source, discover, images_in
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-CROP_SUFFIXES = (".jpg", ".jpeg")  # Aff-wild2 and `prepare` write JPEG crops
 DISPLAY_SIZE = 224  # side of the face kept for figures, in pixels
-
-
-@dataclass(frozen=True)
-class Source:
-    """What a predict input is: one video, one image, a folder of images, face crop folders, or
-    frames in memory."""
-
-    path: Path
-    # "video" | "image" (one picture) | "image-folder" (independent pictures) | "crops"
-    # (cropped_aligned) | "frames"
-    # (NumPy RGB frames of one video, in time order)
-    kind: str
-    files: tuple[Path, ...] = ()  # "image": the image; "image-folder": sorted pictures; "crops": folders
-    n_frames: int = 0  # frames to expect (a video's count comes from its header; 0: unknown)
-    video: VideoInfo | None = None  # "video" only
-    frames: Iterable[np.ndarray] | None = None  # "frames" only: (H, W, 3) uint8 RGB each
-    fps: float | None = None  # "frames" only: frame rate for the timestamps; None: no timestamps
-
-    @property
-    def is_sequence(self) -> bool:
-        """True when frames come in time order and the GRU state carries between them."""
-        return self.kind in ("video", "crops", "frames")
-
-    @property
-    def has_file_column(self) -> bool:
-        return self.kind in ("image-folder", "crops")
-
-
-def discover(path: Path | str) -> Source:
-    """Classify a predict input; anything that cannot be read is one InputError sentence."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    if path.is_dir():
-        return _discover_folder(path)
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty (0 bytes), not a video or an image")
-    if path.suffix.lower() in IMAGE_SUFFIXES or is_image_file(path):  # a PNG called .dat too
-        read_image(path)  # fail now, before any model is loaded
-        return Source(path, "image", (path,), 1)
-    info = probe_video(path)
-    return Source(path, "video", (path,), info.n_frames, info)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _is_crop_sequence(images: list[Path]) -> bool:
-    """Aff-wild2 crops: numbered JPEG files (00001.jpg, ...) of square, already aligned faces."""
-    if not all(p.stem.isdigit() and p.suffix.lower() in CROP_SUFFIXES for p in images):
-        return False
-    height, width = read_image(images[0]).shape[:2]
-    return height == width
-
-
-def _discover_folder(folder: Path) -> Source:
-    if (folder / CROPS).is_dir():  # a `prepare` output or Aff-wild2 root: its face crops
-        folder = folder / CROPS
-    images = _images_in(folder)
-    if images:
-        if _is_crop_sequence(images):
-            return Source(folder, "crops", (folder,), len(images))
-        return Source(folder, "image-folder", tuple(images), len(images))
-    # A `cropped_aligned` root: one sub-folder of numbered crops per video.
-    sequences = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        crops = _images_in(sub)
-        if crops and _is_crop_sequence(crops):
-            sequences.append((sub, len(crops)))
-    if not sequences:
-        raise InputError(
-            f"{folder}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)}) "
-            "and no folders of numbered face crops"
-        )
-    return Source(folder, "crops", tuple(s for s, _ in sequences), sum(n for _, n in sequences))
 
 
 @dataclass(frozen=True)
@@ -185,7 +98,7 @@ def frames_source(frames: np.ndarray | Iterable[np.ndarray], fps: float | None =
 
 def crop_frames(folder: Path, root: Path, size: int, faces: bool) -> Iterator[Frame]:
     """Aligned crops: each one face, the person of its folder (face_id 1), no landmarks known."""
-    for path in _images_in(folder):
+    for path in images_in(folder):
         crop = read_crop(path, size)  # as the training reader decodes and resizes it
         display = read_crop(path, DISPLAY_SIZE) if faces else None
         file = path.relative_to(root).as_posix()

@@ -1,7 +1,7 @@
 """Binned tasks (valence/arousal): values in [-1, 1], predicted as a softmax over 20 bins per
 dimension and read out as the expectation over the bin centres.
 
-Binning follows REFERENCE.md Sec. 2: 20 equal bins over [-1, 1]. Losses and metrics compare
+Binning: 20 equal bins over [-1, 1], the value 1.0 in the last. Losses and metrics compare
 the expectation with the values by CCC (Eq. 6-7, 11).
 """
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import butter, lfilter, sosfilt
 
-SAMPLE_RATE = 16_000  # Hz, the rate the audio models read (REFERENCE.md Sec. 4)
+SAMPLE_RATE = 16_000  # Hz, the rate the audio models read
 
 # Vowels: formants F1, F2, F3 (Hz, adult male) and how far they open the mouth (0..1).
 VOWELS = np.array(
