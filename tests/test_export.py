@@ -166,3 +166,18 @@ def test_onnx_member_refuses_bad_files_and_inputs(tmp_path: Path) -> None:
         member.forward_stateful(frames)
     with pytest.raises(InputError, match="cannot take these inputs"):
         member.forward_stateful(frames, np.zeros((1, 2, 64, 32), np.float32))
+
+
+def test_the_ensemble_is_the_final_generation_and_its_first_members(tiny_run: Path) -> None:
+    from emodistill.run import Ensemble
+
+    run = Run(tiny_run)
+    final = Ensemble.open(tiny_run)
+    assert final.generation == run.finished_generations()[-1] and final.size == run.config().members
+    teacher = Ensemble.open(tiny_run / "teacher", size=1)
+    assert (teacher.generation, teacher.size, teacher.name) == (0, 1, f"{tiny_run.name}/teacher (1 member)")
+    assert len(teacher.models()) == 1
+    with pytest.raises(InputError, match="--members must be between 1 and"):
+        Ensemble.open(tiny_run, size=run.config().members + 1)
+    probs = {"EXPR": np.array([[[0.2, 0.8]], [[0.6, 0.4]]])}  # two members, one frame
+    np.testing.assert_allclose(Ensemble.average(probs)["EXPR"], [[0.4, 0.6]])

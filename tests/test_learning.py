@@ -34,7 +34,7 @@ from emodistill.methods.training import augment_clips
 from emodistill.models import build_model
 from emodistill.models.inference import encode_split, predict_features, predict_split
 from emodistill.models.weights import load_backbone_weights
-from emodistill.run import Run, RunConfig, TrainConfig
+from emodistill.run import Ensemble, Run, RunConfig, TrainConfig
 from emodistill.tasks import AU, EXPR, PAPER_TASKS
 
 CPU = torch.device("cpu")
@@ -378,7 +378,7 @@ def test_evaluation_runs_a_shared_frozen_backbone_once_with_the_same_scores(tiny
         assert got[key] == pytest.approx(value, abs=1e-4), key
     monkeypatch.undo()
     # A member whose frozen part differs is not covered: it runs its whole network.
-    models = run.load_ensemble(0, CPU)
+    models = Ensemble(run, 0).models(CPU)
     val, _ = load_split(tiny_data, "val", size=32, progress=False)
     front = SharedFront(models[0], 2, val, OODProbe(val, 32, None, 16), np.asarray(val.frames[:8]), CPU)
     assert front.covers(models)

@@ -249,7 +249,7 @@ def test_onnx_backend_exports_on_the_fly_and_matches_torch(tiny_run: Path, tiny_
     run = shutil.copytree(tiny_run, tmp_path / "run")  # the export writes into the run folder
     video = sorted(p for p in (tiny_data / "cropped_aligned").iterdir() if p.is_dir())[0]
     clip = copy_crops(video, tmp_path / "clip", [1, 2, 3, 4, 5, 6])
-    onnx = Predictor(run, backend="onnx", batch_frames=4, log=lambda s: None).predict(clip)
+    onnx = Predictor(run, runtime="onnx", batch_frames=4, log=lambda s: None).predict(clip)
     assert sorted(p.name for p in (run / "teacher" / "onnx").iterdir()) == [
         "member-0.onnx", "member-1.onnx"]
     reference = Predictor(run, batch_frames=4, log=lambda s: None).predict(clip)
@@ -403,7 +403,7 @@ def test_bad_models_and_options_are_one_sentence(tiny_run: Path, gap_video: Path
         (lambda: Predictor(tmp_path / "nowhere"), r"nowhere: no such model folder"),
         (lambda: Predictor(tiny_run, members=3), r"--members must be between 1 and 2"),
         (lambda: Predictor(tiny_run, generation="student1"), r"student1 is not finished"),
-        (lambda: Predictor(tiny_run, backend="tpu"), r"unknown backend 'tpu'"),
+        (lambda: Predictor(tiny_run, runtime="tpu"), r"unknown runtime 'tpu'"),
         (lambda: predict_command(gap_video, tiny_run, out=tmp_path / "x.txt"),
          r"x\.txt: the output must end in \.csv or \.parquet"),
         (lambda: predict_command(gap_video, tiny_run, members="some"),
@@ -451,3 +451,13 @@ def test_plot_to_an_existing_file_is_refused_before_any_work(tiny_run, gap_video
     assert status == 2
     assert "figures.png: --plot names a folder for the figures, and this is an existing file" in capsys.readouterr().err
     assert not table.exists() and taken.read_bytes() == b"an earlier figure"
+
+
+def test_predict_takes_the_old_backend_flag_as_the_runtime_with_a_note(tiny_run, gap_video, tmp_path, capsys):
+    from emodistill.cli import main
+
+    table = tmp_path / "rows.csv"
+    assert main(["predict", str(gap_video), "--model", str(tiny_run), "--out", str(table), "--backend", "torch",
+                 "--members", "1", "--quiet", "--device", "cpu"]) == 0
+    assert "predict's --backend is now --runtime" in capsys.readouterr().err
+    assert table.exists()

@@ -188,7 +188,10 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--members", default="all", help="all, or the first N members of the ensemble")
     p.add_argument("--out", type=Path, default=None, help="FILE.csv or FILE.parquet")
     p.add_argument("--plot", type=Path, default=None, help="folder for Figure-1 panels and timelines")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="run the members in PyTorch or ONNX Runtime (exported once, beside the members)")
+    # The flag's old name: `--backend` now means only where training runs (local or ray).
+    p.add_argument("--backend", choices=["torch", "onnx"], default=None, dest="old_runtime", help=argparse.SUPPRESS)
     p.add_argument("--plain", action="store_true",
                    help="no speed levers: members one by one in fp32, decoding in this thread")
     p.add_argument("--fp32", action="store_true",

@@ -4,6 +4,7 @@ needs when it runs, so `emodistill --help` stays fast."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -136,8 +137,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from emodistill.predict.command import predict_command
 
+    runtime = args.runtime
+    if args.old_runtime is not None:
+        print(f"note: predict's --backend is now --runtime (--backend names where training runs); "
+              f"using --runtime {args.old_runtime}", file=sys.stderr)
+        runtime = args.old_runtime
     predict_command(args.input, args.model, members=args.members, out=args.out, plot=args.plot,
-                    backend=args.backend, device=args.device, progress=not args.quiet,
+                    runtime=runtime, device=args.device, progress=not args.quiet,
                     detector=args.detector, plain=args.plain, fp32=args.fp32, landmarks=args.landmarks,
                     max_faces=args.max_faces, detect_every=args.detect_every)
     return 0

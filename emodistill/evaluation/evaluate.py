@@ -30,7 +30,7 @@ from emodistill.methods.distillation import backbone_provenance
 from emodistill.methods.losses import ClassWeights
 from emodistill.models import PRESETS
 from emodistill.models.inference import ensemble_mean, predict_features, predict_split
-from emodistill.run import Run, RunConfig, generation_name
+from emodistill.run import Ensemble, Run, RunConfig, generation_name
 from emodistill.tasks import TaskSet
 from emodistill.tasks.challenge import challenge_scores, decisions_of
 
@@ -264,7 +264,7 @@ def evaluate_run(
                     "generations": []}
     front: SharedFront | None = None
     for generation in generations:
-        models = run.load_ensemble(generation, device)
+        models = Ensemble(run, generation).models(device)
         if front is None and config.train.freeze_backbone:
             started = time.perf_counter()
             front = SharedFront(models[0], config.train.tail_blocks, val, probe,

@@ -68,7 +68,7 @@ def predict_command(
     members: str = "all",
     out: Path | None = None,
     plot: Path | None = None,
-    backend: str = "torch",
+    runtime: str = "torch",
     device: str = "auto",
     progress: bool = True,
     detector: str | None = None,
@@ -92,7 +92,7 @@ def predict_command(
     if plot is not None and Path(plot).exists() and not Path(plot).is_dir():
         raise InputError(f"{plot}: --plot names a folder for the figures, and this is an existing file")
     source = discover(input)
-    predictor = Predictor(model, members=_parse_members(members), backend=backend, device=device,
+    predictor = Predictor(model, members=_parse_members(members), runtime=runtime, device=device,
                           detector=detector, levers=Levers() if plain else Levers.auto(bf16=False) if fp32 else None,
                           landmarks=landmarks, max_faces=max_faces, detect_every=detect_every)
     picker = FigurePicker(source.n_frames)

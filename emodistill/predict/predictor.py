@@ -10,6 +10,7 @@ evaluation stores what the probabilities are calibrated with and what the flag i
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from emodistill.predict.sources import (
     video_frames,
 )
 from emodistill.predict.tables import table
-from emodistill.run import generation_name, open_run
+from emodistill.run import Ensemble
 
 
 def count(n: int, noun: str) -> str:
@@ -57,7 +58,7 @@ class Predictor:
         run: Path | str,
         generation: str | int | None = None,
         members: int | None = None,
-        backend: str = "torch",
+        runtime: str = "torch",
         device: str = "auto",
         batch_frames: int = 16,
         log: Callable[[str], None] = print,
@@ -66,6 +67,7 @@ class Predictor:
         levers: Levers | None = None,
         max_faces: int | None = None,
         detect_every: int = DETECT_EVERY,
+        backend: str | None = None,
     ):
         """`generation`: teacher, studentK or K (default: the last finished one); `members`:
         use the first N members (default all); `batch_frames`: frames per forward pass;
@@ -74,8 +76,13 @@ class Predictor:
         `emodistill.data.frontend.given`); `max_faces`: follow at most this many faces, the
         largest; `detect_every`: full face detection every k-th frame, faces followed in
         between; `levers`: the speed levers (default `Levers.auto()`: the ones whose outputs
-        match the plain path within their tolerances; `Levers()` is the plain fp32 path)."""
-        self.run, wanted = open_run(run, generation)
+        match the plain path within their tolerances; `Levers()` is the plain fp32 path);
+        `runtime`: torch or onnx (`backend`, its old name, is still accepted)."""
+        if backend is not None:
+            warnings.warn("Predictor(backend=...) is now Predictor(runtime=...)", DeprecationWarning, stacklevel=2)
+            runtime = backend
+        self.ensemble = Ensemble.open(run, generation, members)
+        self.run, self.generation, self.n_members = self.ensemble.run, self.ensemble.generation, self.ensemble.size
         self.config = self.run.config()
         self.tasks = self.config.task_set  # the run's tasks and output names (EXPR_Other in 8-class runs)
         if batch_frames < 1:
@@ -83,8 +90,6 @@ class Predictor:
         self.log = log
         self._said: set[str] = set()
         self.batch_frames = batch_frames
-        self.generation = self.run.finished_generation(wanted)
-        self.n_members = self._pick_members(members)
         self.device = resolve_device(device)
         self.input_size = PRESETS[self.config.preset].input_size
         self.density = self._stored("feature density", self.run.density_path(self.generation), EnsembleDensity.load,
@@ -93,46 +98,32 @@ class Predictor:
         self.calibration = self._stored("calibration", self.run.calibration_path(self.generation),
                                         lambda path: Calibration.load(path, self.tasks), "uncalibrated probabilities")
         self.levers = self._auto_levers() if levers is None else levers
-        self.members = self._ensemble(backend)
+        self.members = self._loaded(runtime)
         self.audio = self.config.modality == "va"
         self.front = FrontEnd.build(detector, self.input_size, detect_every, max_faces, landmarks, log)
 
     @property
     def name(self) -> str:
         """Run, generation and member count, e.g. "run/student2 (5 members)"."""
-        return f"{self.run.root.name}/{generation_name(self.generation)} ({count(self.n_members, 'member')})"
+        return self.ensemble.name
 
     @property
     def bf16(self) -> bool:
         """Whether the members really run in bf16 (the lever, on the PyTorch backend)."""
         return isinstance(self.members, StackedMembers) and self.members.bf16
 
-    @property
-    def ensemble(self) -> bool:
-        return self.n_members > 1
-
-    def _ensemble(self, backend: str) -> SeparateMembers | StackedMembers:
+    def _loaded(self, runtime: str) -> SeparateMembers | StackedMembers:
         """The members as one ensemble: batched (PyTorch with a model lever on) or in turn."""
         levers = self.levers
-        if backend == "torch" and (levers.batched or levers.fold_bn or levers.bf16):
-            models = [self.run.load_member(self.generation, m, self.device) for m in range(self.n_members)]
-            return StackedMembers(models, self.device, bf16=levers.bf16, fold_bn=levers.fold_bn)
-        return SeparateMembers(self.run.members(self.generation, self.n_members, backend, self.device,
-                                                log=self._say))
+        if runtime == "torch" and (levers.batched or levers.fold_bn or levers.bf16):
+            return StackedMembers(self.ensemble.models(self.device), self.device, bf16=levers.bf16,
+                                  fold_bn=levers.fold_bn)
+        return SeparateMembers(self.ensemble.members(runtime, self.device, log=self._say))
 
     def _auto_levers(self) -> Levers:
         """`Levers.auto()`; bf16 only on a CPU, whose flags say it multiplies bf16 natively (a
         GPU's are not what was measured)."""
         return Levers.auto(bf16=False) if self.device.type != "cpu" else Levers.auto()
-
-    def _pick_members(self, members: int | None) -> int:
-        available = self.config.members
-        if members is None:
-            return available
-        if not 1 <= members <= available:
-            raise InputError(f"--members must be between 1 and {available} for {self.run.root}, "
-                             f"got {members}")
-        return members
 
     def _stored(self, what: str, path: Path, load: Callable[[Path], object], without: str) -> object | None:
         """What `evaluate` stored for this generation at `path`, loaded; None, and a note saying
@@ -153,7 +144,7 @@ class Predictor:
             self.log(f"note: {message}")
 
     def columns(self, source: Source) -> list[str]:
-        return output_columns(self.tasks, self.ensemble, self.density is not None, source.has_file_column)
+        return output_columns(self.tasks, self.n_members > 1, self.density is not None, source.has_file_column)
 
     def sequences(self, source: Source, faces: bool = False) -> Iterator[FrameSequence]:
         """The input as sequences of frames, their faces aligned at the model's input size."""
@@ -242,7 +233,7 @@ class Predictor:
             faces = [(frame, face) for frame in pending for face in frame.faces]
             if faces:
                 self._predict_faces(faces, None, sequence, results)
-        parts = PARTS if self.ensemble else PARTS[:1]
+        parts = PARTS if self.n_members > 1 else PARTS[:1]
         for frame in pending:
             if not frame.faces:
                 yield FramePrediction(frame_row(frame, None, columns), None, None)
@@ -272,7 +263,7 @@ class Predictor:
         values, groups = summarise(self.tasks, calibrated, None if self.calibration is None else own,
                                    self._ood(features))
         # What `submit` decides on: the members' own outputs, as evaluate's challenge scores
-        means = {name: probs.mean(0) for name, probs in own.items()}  # (N, n_logits) each
+        means = Ensemble.average(own)  # (N, n_logits) each
         for index, (frame, face) in enumerate(faces):
             results[(frame.number, face.face_id)] = _Result(
                 {k: python_value(v[index]) for k, v in values.items()}, {p: g[index] for p, g in groups.items()},

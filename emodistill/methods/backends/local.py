@@ -22,7 +22,7 @@ from emodistill.methods.distillation import (
 )
 from emodistill.methods.losses import ClassWeights
 from emodistill.methods.training import FrozenFeatures
-from emodistill.run import Run, RunConfig
+from emodistill.run import Ensemble, Run, RunConfig
 
 
 @dataclass
@@ -42,7 +42,7 @@ class LocalBackend:
         features = None if self.frozen is None else self.frozen.train
 
         def member_probs() -> list[dict[str, np.ndarray]]:
-            return ensemble_probs(self.run.load_ensemble(generation, self.device), self.train, self.device,
+            return ensemble_probs(Ensemble(self.run, generation).models(self.device), self.train, self.device,
                                   self.config, features)
 
         make_soft_labels(self.run, generation, len(self.train), self.train.tasks_present, member_probs)
