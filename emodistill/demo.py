@@ -58,8 +58,8 @@ class DemoPlan:
     finetune_landmarks: float  # weight of the landmark loss kept on during that fine-tuning (0: labels only)
     freeze_backbone: bool  # members train on cached outputs of that backbone
     tail_blocks: int  # ... and learn its last blocks themselves, each from its own random start
-    reweight: bool  # the members' losses class-reweighted (the paper's default); see the README
-    va_bins: float  # the members' weight of a loss on the VA bins beside 1 - CCC (0: the paper's); see the README
+    reweight: bool  # the members' losses class-reweighted (the paper's default); see docs/CHOICES.md
+    va_bins: float  # the members' weight of a loss on the VA bins beside 1 - CCC (0: the paper's); see docs/CHOICES.md
 
 
 FULL = DemoPlan(videos=400, frames=32, crop_size=112, preset="demo", members=5, generations=3,

@@ -19,7 +19,7 @@ from emodistill.data.landmarks import read_landmarks_csv, split_landmarks
 from emodistill.data.synth.face import LANDMARK_NAMES
 from emodistill.evaluation.evaluate import class_prior, evaluate_run, skill
 from emodistill.evaluation.metrics import nll_binary
-from emodistill.evaluation.ood import OODProbe, SharedFront
+from emodistill.evaluation.ood import OODProbe, shared_front
 from emodistill.methods.backends.local import train_run
 from emodistill.methods.finetuning import finetune_backbone
 from emodistill.methods.pretraining import (
@@ -32,7 +32,7 @@ from emodistill.methods.pretraining import (
 )
 from emodistill.methods.training import augment_clips
 from emodistill.models import build_model
-from emodistill.models.inference import encode_split, predict_features, predict_split
+from emodistill.models.inference import FrozenFront, encode_split, predict_features, predict_split
 from emodistill.models.weights import load_backbone_weights
 from emodistill.run import Ensemble, Run, RunConfig, TrainConfig
 from emodistill.tasks import AU, EXPR, PAPER_TASKS
@@ -264,14 +264,13 @@ def test_fine_tuning_without_landmarks_skips_the_alignment_errors(tiny_data: Pat
 
 def test_an_auxiliary_loss_is_refused_on_frozen_features(tiny_data: Path) -> None:
     from emodistill.methods.losses import training_class_weights
-    from emodistill.methods.training import FrozenFeatures, train_member
+    from emodistill.methods.training import train_member
 
     train, _ = load_split(tiny_data, "train", size=32, progress=False)
-    empty = np.zeros((len(train), 64), np.float32)
+    weights = training_class_weights(PAPER_TASKS, train.labels, train.masks, False)
     with pytest.raises(ValueError, match="frozen"):
-        train_member(build_model("tiny"), train, train, TrainConfig(epochs=1), training_class_weights(
-            PAPER_TASKS, train.labels, train.masks, False), 0, CPU, progress=False, frozen=FrozenFeatures(empty, empty),
-            auxiliary=torch.nn.Linear(1, 1))
+        train_member(build_model("tiny"), train, train, TrainConfig(epochs=1), weights, 0, CPU, progress=False,
+                     frozen=FrozenFront(build_model("tiny"), 0, CPU), auxiliary=torch.nn.Linear(1, 1))
 
 
 def test_landmarks_csv_in_ibug_order(tmp_path: Path) -> None:
@@ -370,7 +369,7 @@ def test_evaluation_runs_a_shared_frozen_backbone_once_with_the_same_scores(tiny
     logs: list[str] = []
     shared = evaluate_run(run.root, CPU, ood_limit=32, mc_passes=3, progress=False, log=logs.append)
     assert any("frozen backbone: computed once" in line for line in logs)
-    monkeypatch.setattr(SharedFront, "covers", lambda self, models: False)  # every member runs whole
+    monkeypatch.setattr(FrozenFront, "covers", lambda self, models: False)  # every member runs whole
     full = evaluate_run(run.root, CPU, ood_limit=32, mc_passes=3, progress=False, log=_quiet)
     got, expected = _flat_scores(shared), _flat_scores(full)
     assert got.keys() == expected.keys() and len(got) > 40
@@ -380,7 +379,7 @@ def test_evaluation_runs_a_shared_frozen_backbone_once_with_the_same_scores(tiny
     # A member whose frozen part differs is not covered: it runs its whole network.
     models = Ensemble(run, 0).models(CPU)
     val, _ = load_split(tiny_data, "val", size=32, progress=False)
-    front = SharedFront(models[0], 2, val, OODProbe(val, 32, None, 16), np.asarray(val.frames[:8]), CPU)
+    front = shared_front(models[0], 2, val, OODProbe(val, 32, None, 16), np.asarray(val.frames[:8]), CPU)
     assert front.covers(models)
     with torch.no_grad():
         models[1].backbone.stem.bn.running_mean.add_(1e-3)

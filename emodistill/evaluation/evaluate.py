@@ -23,13 +23,13 @@ from emodistill.data.ood import OOD_LIMIT
 from emodistill.evaluation.baselines import Teachers, baselines
 from emodistill.evaluation.calibration import calibrate, generation_shift
 from emodistill.evaluation.metrics import emotion_metrics, reliability, roc_auc, roc_curve
-from emodistill.evaluation.ood import OODProbe, SharedFront, density_frames, density_scores, thinned_curve
+from emodistill.evaluation.ood import OODProbe, density_frames, density_scores, shared_front, thinned_curve
 from emodistill.evaluation.scores import Probs, mean_scores, uncertainty_scores
 from emodistill.evaluation.uncertainty import decompose_task, ood_score, task_epistemic
 from emodistill.methods.distillation import backbone_provenance
 from emodistill.methods.losses import ClassWeights
 from emodistill.models import PRESETS
-from emodistill.models.inference import ensemble_mean, predict_features, predict_split
+from emodistill.models.inference import FrozenFront, ensemble_mean, predict_features, predict_split
 from emodistill.run import Ensemble, Run, RunConfig, generation_name
 from emodistill.tasks import TaskSet
 from emodistill.tasks.challenge import challenge_scores, decisions_of
@@ -125,7 +125,7 @@ def calibrated_scores(scoring: Scoring, generation: int, member_logits: list[dic
 
 
 def evaluate_generation(
-    generation: int, models: list[torch.nn.Module], scoring: Scoring, front: SharedFront | None = None,
+    generation: int, models: list[torch.nn.Module], scoring: Scoring, front: FrozenFront | None = None,
 ) -> tuple[dict, list[dict[str, np.ndarray]]]:
     """All scores of one generation, plus its members' logits on the validation split; with a
     `front` that covers the members, only their tails and heads run. Stores the generation's
@@ -134,7 +134,7 @@ def evaluate_generation(
     use_audio = config.modality == "va"
     length, batch = config.train.clip_length, config.train.eval_batch_clips
     member_logits = [
-        predict_features(m, front.val, val, device, length, batch, front.tail_blocks) if front is not None
+        predict_features(m, front["val"], val, device, length, batch, front.tail_blocks) if front is not None
         else predict_split(m, val, device, length, batch, use_audio)
         for m in models
     ]
@@ -262,12 +262,12 @@ def evaluate_run(
                     else backbone_provenance(config),
                     "prior": scored_predictor(val, class_prior(train, len(val), tasks)),
                     "generations": []}
-    front: SharedFront | None = None
+    front: FrozenFront | None = None
     for generation in generations:
         models = Ensemble(run, generation).models(device)
         if front is None and config.train.freeze_backbone:
             started = time.perf_counter()
-            front = SharedFront(models[0], config.train.tail_blocks, val, probe,
+            front = shared_front(models[0], config.train.tail_blocks, val, probe,
                                 np.asarray(train.frames[scoring.fit[0]]), device)
             log(f"frozen backbone: computed once for the {len(val):,} validation frames, "
                 f"{len(probe.is_ood) + len(probe.nonface_images):,} probe images and {len(scoring.fit[0]):,} "
@@ -280,7 +280,7 @@ def evaluate_run(
             f"(epistemic {entry['ood_auc_epistemic']:.3f})")
         if generation == 0:
             teachers = Teachers(models, member_logits, val, device, config, tasks, mc_passes, seed,
-                                None if shared is None else shared.val, config.train.tail_blocks)
+                                None if shared is None else shared["val"], config.train.tail_blocks)
             report["baselines"] = {b.NAME: b.score(teachers) for b in baselines()}
     if val.truth is not None:
         report["oracle"] = oracle(val)

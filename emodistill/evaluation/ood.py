@@ -17,8 +17,8 @@ from emodistill.data.ood import load_nonfaces, load_ood
 from emodistill.evaluation.density import EnsembleDensity, distance, ensemble_thresholds, fit_gaussians, threshold
 from emodistill.evaluation.metrics import roc_auc, roc_curve
 from emodistill.models.inference import (
+    FrozenFront,
     encode_images,
-    encode_split,
     features_from_front,
     predict_encoded_images,
     predict_images,
@@ -53,13 +53,13 @@ class OODProbe:
         return np.concatenate([np.zeros(len(self.in_images), bool), np.ones(len(self.ood_images), bool)])
 
     def member_probs(self, models: list[torch.nn.Module], device: torch.device, task_set: TaskSet,
-                     tasks: tuple[str, ...], front: SharedFront | None = None) -> dict[str, np.ndarray]:
+                     tasks: tuple[str, ...], front: FrozenFront | None = None) -> dict[str, np.ndarray]:
         """Task -> the members' probabilities (T, N, n_logits) for in-domain then OOD images."""
         member_probs = []
         for model in models:
             if front is not None:
-                inside = predict_encoded_images(model, front.probe_in, device, front.tail_blocks)
-                outside = predict_encoded_images(model, front.probe_out, device, front.tail_blocks)
+                inside = predict_encoded_images(model, front["probe_in"], device, front.tail_blocks)
+                outside = predict_encoded_images(model, front["probe_out"], device, front.tail_blocks)
             else:
                 inside = predict_images(model, self.in_images, device, self.in_audio)
                 outside = predict_images(model, self.ood_images, device, self.ood_audio)
@@ -68,30 +68,15 @@ class OODProbe:
         return {t: np.stack([p[t] for p in member_probs]) for t in member_probs[0]}
 
 
-class SharedFront:
-    """In a frozen-backbone run every member of every generation computes the same backbone
-    below its own tail (`MobileFaceNet.front`), so evaluation runs that part once, on the
-    validation frames, the probes' images and the density's training frames, and each member
-    only its tail and heads: the same outputs as full forward passes, within float rounding."""
-
-    def __init__(self, model: torch.nn.Module, tail_blocks: int, val: Split, probe: OODProbe,
-                 fit_images: np.ndarray, device: torch.device) -> None:
-        self.tail_blocks = tail_blocks
-        self.reference = [t.detach().clone() for t in model.backbone.front_tensors(tail_blocks)]
-        self.val = encode_split(model, val, device, tail_blocks=tail_blocks)
-        self.probe_in = encode_images(model, probe.in_images, device, tail_blocks=tail_blocks)
-        self.probe_out = encode_images(model, probe.ood_images, device, tail_blocks=tail_blocks)
-        self.nonfaces = encode_images(model, probe.nonface_images, device, tail_blocks=tail_blocks)
-        self.fit = encode_images(model, fit_images, device, tail_blocks=tail_blocks)
-
-    def covers(self, models: list[torch.nn.Module]) -> bool:
-        """True when each model's front has exactly the reference's weights and statistics."""
-        for model in models:
-            tensors = model.backbone.front_tensors(self.tail_blocks)
-            if len(tensors) != len(self.reference) or not all(
-                    torch.equal(a, b) for a, b in zip(tensors, self.reference, strict=True)):
-                return False
-        return True
+def shared_front(model: torch.nn.Module, tail_blocks: int, val: Split, probe: OODProbe, fit_images: np.ndarray,
+                 device: torch.device) -> FrozenFront:
+    """In a frozen-backbone run every member of every generation computes the same backbone below
+    its own tail, so evaluation runs that part once, on the validation frames, the probes' images
+    and the density's training frames, and each member only its tail and heads: the same outputs
+    as full forward passes, within float rounding."""
+    front = FrozenFront(model, tail_blocks, device).add("val", val.frames)
+    return (front.add("probe_in", probe.in_images).add("probe_out", probe.ood_images)
+            .add("nonfaces", probe.nonface_images).add("fit", fit_images))
 
 
 def density_frames(train: Split, seed: int = 0, limit: int = DENSITY_FRAMES) -> tuple[np.ndarray, np.ndarray]:
@@ -120,14 +105,14 @@ def _features(model: torch.nn.Module, device: torch.device, images: np.ndarray, 
 
 def density_scores(models: list[torch.nn.Module], train: Split, fit: tuple[np.ndarray, np.ndarray], val: Split,
                    probe: OODProbe, device: torch.device, path: Path, seed: int = 0,
-                   front: SharedFront | None = None) -> dict:
+                   front: FrozenFront | None = None) -> dict:
     """Fit each member's density on the training frames `fit` (index, classes), threshold the
     ensemble's mean score on every validation frame, save both at `path`, and score the probes:
     the report entry's density fields."""
     tail = 0 if front is None else front.tail_blocks
 
     def cached(name: str) -> np.ndarray | None:
-        return None if front is None else getattr(front, name)
+        return None if front is None else front[name]
 
     fit_index, classes = fit
     members, val_scores, probe_scores, nonface_scores = [], [], [], []

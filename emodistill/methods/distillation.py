@@ -28,14 +28,13 @@ from emodistill.methods.backends import Backend
 from emodistill.methods.losses import ClassWeights, training_class_weights
 from emodistill.methods.pretraining import backbone_record_path
 from emodistill.methods.training import (
-    FrozenFeatures,
     clip_shape,
     member_seed,
     still_images,
     train_member,
 )
 from emodistill.models import PRESETS, build_model
-from emodistill.models.inference import encode_split, ensemble_mean, predict_features, predict_split
+from emodistill.models.inference import FrozenFront, ensemble_mean, predict_features, predict_split
 from emodistill.models.weights import load_backbone_weights
 from emodistill.run import Run, RunConfig, generation_name
 
@@ -131,15 +130,14 @@ def initial_model(config: RunConfig) -> torch.nn.Module:
 
 def frozen_features(
     config: RunConfig, train: Split, val: Split, device: torch.device, log: Callable[[str], None] = print
-) -> FrozenFeatures | None:
+) -> FrozenFront | None:
     """With --freeze-backbone: every frame's backbone features, computed once for all members."""
     if not config.train.freeze_backbone:
         return None
     started = time.perf_counter()
     model = initial_model(config).to(device)
     blocks = config.train.tail_blocks
-    features = FrozenFeatures(encode_split(model, train, device, tail_blocks=blocks),
-                              encode_split(model, val, device, tail_blocks=blocks))
+    features = FrozenFront(model, blocks, device).add("train", train.frames).add("val", val.frames)
     learnt = f"the backbone's last {blocks} blocks and their heads" if blocks else "their heads only"
     log(f"frozen backbone: {'maps' if blocks else 'features'} of {len(train):,} training and {len(val):,} "
         f"validation frames computed once ({time.perf_counter() - started:.1f} s); members train {learnt}")
@@ -192,7 +190,7 @@ def train_generation_member(
     device: torch.device,
     soft_labels: dict[str, np.ndarray] | None,
     progress: bool = True,
-    frozen: FrozenFeatures | None = None,
+    frozen: FrozenFront | None = None,
 ) -> dict:
     """Train one member and write its weights, then its record; returns the record.
 

@@ -20,6 +20,7 @@ from emodistill.data.sampler import ClipSampler, gather
 from emodistill.methods.balancing import TaskBalancer
 from emodistill.methods.losses import ClassWeights, distillation_loss, supervision_loss
 from emodistill.models.inference import (
+    FrozenFront,
     audio_to_input,
     decode_cached,
     frames_to_input,
@@ -28,16 +29,6 @@ from emodistill.models.inference import (
 )
 from emodistill.run import TrainConfig
 from emodistill.tasks import emotion_metrics
-
-
-@dataclass(frozen=True)
-class FrozenFeatures:
-    """What the frozen backbone computes for every frame of both splits, once for all members:
-    its features (N, D), or with `TrainConfig.tail_blocks` the maps below its last blocks
-    (N, C, s, s), which every member's own tail turns into features."""
-
-    train: np.ndarray  # (N_train, ...) float32
-    val: np.ndarray  # (N_val, ...) float32
 
 
 @dataclass
@@ -133,12 +124,12 @@ def validation_scores(
     device: torch.device,
     config: TrainConfig,
     use_audio: bool,
-    frozen: FrozenFeatures | None = None,
+    frozen: FrozenFront | None = None,
 ) -> dict[str, float]:
     """Emotion metrics of one model on the validation split (tasks with labels there)."""
     model.eval()
     if frozen is not None:
-        logits = predict_features(model, frozen.val, val, device, config.clip_length, config.eval_batch_clips,
+        logits = predict_features(model, frozen["val"], val, device, config.clip_length, config.eval_batch_clips,
                                   config.tail_blocks)
     else:
         logits = predict_split(model, val, device, config.clip_length, config.eval_batch_clips, use_audio)
@@ -171,13 +162,13 @@ class Objective:
     generator: torch.Generator  # augmentation draws
     soft_labels: dict[str, np.ndarray] | None
     tasks: tuple[str, ...]
-    frozen: FrozenFeatures | None
+    frozen: FrozenFront | None
     # An extra term for the backbone added to every batch's loss: a module, backbone -> loss, with a `name`
     auxiliary: torch.nn.Module | None = None
 
     def logits(self, index: np.ndarray, batch: dict) -> dict[str, torch.Tensor]:
         if self.frozen is not None:
-            cached = torch.from_numpy(self.frozen.train[index]).to(self.device)  # (B, L, D) or (B, L, C, s, s)
+            cached = torch.from_numpy(self.frozen["train"][index]).to(self.device)  # (B, L, D) or (B, L, C, s, s)
             return decode_cached(self.model, cached, self.config.tail_blocks)
         frames = frames_to_input(batch["frames"], self.device)  # (B, L, 3, S, S)
         if self.config.augment:
@@ -236,7 +227,7 @@ def train_member(
     soft_labels: dict[str, np.ndarray] | None = None,
     description: str = "member",
     progress: bool = True,
-    frozen: FrozenFeatures | None = None,
+    frozen: FrozenFront | None = None,
     auxiliary: torch.nn.Module | None = None,
 ) -> MemberResult:
     """Train `model` in place and return its best epoch's weights.

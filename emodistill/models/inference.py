@@ -100,6 +100,38 @@ def encode_split(
     return encode_images(model, split.frames, device, batch, tail_blocks)
 
 
+class FrozenFront:
+    """What a frozen backbone computes below the members' trainable tail (`tail_blocks`; 0: the
+    whole backbone, features), once for each set of frames a stage needs ("train", "val",
+    probe images, ...) and then shared by every member whose front is the same (`covers`).
+    Training caches its splits here, evaluation its validation frames and probes."""
+
+    def __init__(self, model: EMENet, tail_blocks: int, device: torch.device) -> None:
+        self.model, self.tail_blocks, self.device = model, tail_blocks, device
+        self.reference = [t.detach().clone() for t in model.backbone.front_tensors(tail_blocks)]
+        self.sets: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, images: np.ndarray) -> FrozenFront:
+        """Encode images (N, S, S, 3) (or a split's frames) under `name`: (N, D) or (N, C, s, s)."""
+        self.sets[name] = encode_images(self.model, images, self.device, tail_blocks=self.tail_blocks)
+        return self
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.sets[name]
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.sets.get(name)
+
+    def covers(self, models: list[EMENet]) -> bool:
+        """True when each model's front has exactly the reference's weights and statistics."""
+        for model in models:
+            tensors = model.backbone.front_tensors(self.tail_blocks)
+            if len(tensors) != len(self.reference) or not all(
+                    torch.equal(a, b) for a, b in zip(tensors, self.reference, strict=True)):
+                return False
+        return True
+
+
 @torch.no_grad()
 def features_from_front(
     model: EMENet, cached: np.ndarray, device: torch.device, tail_blocks: int, batch: int = 256

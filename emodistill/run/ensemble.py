@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from emodistill.core.errors import InputError
+from emodistill.models.inference import ensemble_mean
 from emodistill.models.members import Member, TorchMember
 from emodistill.models.onnx import OnnxMember, export_member
 from emodistill.run.folder import Run, generation_name, open_run
@@ -86,8 +87,9 @@ class Ensemble:
     @staticmethod
     def average(member_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The ensemble's prediction: task -> (T, N, n) members' probabilities -> (N, n), their
-        plain mean (the paper's averaging, for the soft labels and every score)."""
-        return {name: probs.mean(0) for name, probs in member_probs.items()}
+        plain mean, the one rule (`inference.ensemble_mean`) the soft labels and scores use too."""
+        count = len(next(iter(member_probs.values()))) if member_probs else 0
+        return ensemble_mean([{name: probs[m] for name, probs in member_probs.items()} for m in range(count)])
 
 
 def export_run(root: Path | str, generation: str | int | None = None,

@@ -21,7 +21,7 @@ from emodistill.methods.distillation import (
     train_generation_member,
 )
 from emodistill.methods.losses import ClassWeights
-from emodistill.methods.training import FrozenFeatures
+from emodistill.models.inference import FrozenFront
 from emodistill.run import Ensemble, Run, RunConfig
 
 
@@ -33,13 +33,13 @@ class LocalBackend:
     val: Split
     class_weights: ClassWeights
     device: torch.device
-    frozen: FrozenFeatures | None  # with --freeze-backbone: the features, once for all members
+    frozen: FrozenFront | None  # with --freeze-backbone: the features, once for all members
     progress: bool
     log: Callable[[str], None]
     where: str = ""
 
     def soft_labels(self, generation: int) -> None:
-        features = None if self.frozen is None else self.frozen.train
+        features = None if self.frozen is None else self.frozen["train"]
 
         def member_probs() -> list[dict[str, np.ndarray]]:
             return ensemble_probs(Ensemble(self.run, generation).models(self.device), self.train, self.device,
