@@ -7,6 +7,7 @@ run or a full disk never leaves a half-written file under a name that a later ru
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,15 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def read_npz(path: Path, missing: str = "") -> dict[str, np.ndarray]:
+    """The arrays of a NumPy .npz file, never unpickled; a missing or unreadable file is one
+    InputError sentence (`missing`: what the reader expected, added to the first)."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing{'; ' + missing if missing else ''}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path} is not a readable .npz file ({err})") from None

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from emodistill.core.checkpoints import read_npz
 from emodistill.core.errors import InputError
 from emodistill.core.runtime import usable_cpus
 from emodistill.data import audio as audio_features
@@ -242,16 +242,6 @@ def _audio_cache(
     return cached_array(cache_dir, f"{split}-audio", fingerprint, shape, np.float32, fill)
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            return {key: arrays[key] for key in arrays.files}
-    except FileNotFoundError:
-        raise InputError(f"{path} is missing; truth/ must hold one file per video") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path} is not a readable .npz file ({err})") from None
-
-
 def _truth(root: Path, rows: _Rows, tasks: TaskSet) -> dict[str, np.ndarray] | None:
     """Simulator data: the true label distributions of the rows from ROOT/truth/<video>.npz."""
     folder = root / "truth"
@@ -261,7 +251,7 @@ def _truth(root: Path, rows: _Rows, tasks: TaskSet) -> dict[str, np.ndarray] | N
     truth = {task.name: np.zeros((n, task.n_logits), dtype=np.float32) for task in tasks}
     for name, (start, stop) in zip(rows.video_names, rows.ranges(), strict=True):
         path = folder / f"{name}.npz"
-        arrays = read_npz(path)
+        arrays = read_npz(path, "truth/ must hold one file per video")
         frames = rows.frame_index[start:stop]
         for task in tasks:
             array = arrays.get(task.name)

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emodistill.core.checkpoints import read_npz
 from emodistill.core.errors import InputError
-from emodistill.data.affwild import read_npz
 from emodistill.data.dataset import Split
 from emodistill.data.layout import crop_folders, find_crop_dirs
 
