@@ -29,7 +29,8 @@ from emodistill.evaluation.uncertainty import decompose_task, ood_score, task_ep
 from emodistill.methods.distillation import backbone_provenance
 from emodistill.methods.losses import ClassWeights
 from emodistill.models import PRESETS
-from emodistill.models.inference import FrozenFront, ensemble_mean, predict_features, predict_split
+from emodistill.models.inference import FrozenFront, predict_features, predict_split
+from emodistill.models.members import ensemble_mean
 from emodistill.run import Ensemble, Run, RunConfig, generation_name
 from emodistill.tasks import TaskSet
 from emodistill.tasks.challenge import challenge_scores, decisions_of

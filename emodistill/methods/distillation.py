@@ -34,7 +34,8 @@ from emodistill.methods.training import (
     train_member,
 )
 from emodistill.models import PRESETS, build_model
-from emodistill.models.inference import FrozenFront, ensemble_mean, predict_features, predict_split
+from emodistill.models.inference import FrozenFront, predict_features, predict_split
+from emodistill.models.members import ensemble_mean
 from emodistill.models.weights import load_backbone_weights
 from emodistill.run import Run, RunConfig, generation_name
 

@@ -7,7 +7,7 @@ frame is seen the same way (clips of the training length, zero GRU state at each
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -212,13 +212,3 @@ def predict_images(
         return forward(frames, None if audio is None else audio_to_input(audio[rows, None], device))
 
     return _over_images(run_batch, len(images), batch_size)
-
-
-def ensemble_mean(member_probs: Sequence[dict[str, np.ndarray]], tasks: Sequence[str] | None = None,
-                  dtype: type | None = None) -> dict[str, np.ndarray]:
-    """The ensemble's prediction: the members' probabilities averaged per task, in member order
-    (Sec. 3.1, F_T); a generation's soft labels are this mean on the training frames (Sec. 3.4),
-    stored as float32 (`dtype`)."""
-    names = tasks if tasks is not None else list(member_probs[0])
-    means = {t: np.mean([p[t] for p in member_probs], axis=0) for t in names}
-    return means if dtype is None else {t: v.astype(dtype) for t, v in means.items()}

@@ -3,6 +3,7 @@ in `models.onnx`): streaming over a sequence, with each frame's visual features 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -87,3 +88,13 @@ class SeparateMembers:
 
 def _stack(per_member: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.stack([logits[name] for logits in per_member]) for name in per_member[0]}
+
+
+def ensemble_mean(member_probs: Sequence[dict[str, np.ndarray]], tasks: Sequence[str] | None = None,
+                  dtype: type | None = None) -> dict[str, np.ndarray]:
+    """The ensemble's prediction: the members' probabilities averaged per task, in member order
+    (Sec. 3.1, F_T); a generation's soft labels are this mean on the training frames (Sec. 3.4),
+    stored as float32 (`dtype`)."""
+    names = tasks if tasks is not None else list(member_probs[0])
+    means = {t: np.mean([p[t] for p in member_probs], axis=0) for t in names}
+    return means if dtype is None else {t: v.astype(dtype) for t, v in means.items()}

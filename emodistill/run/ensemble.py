@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from emodistill.core.errors import InputError
-from emodistill.models.inference import ensemble_mean
-from emodistill.models.members import Member, TorchMember
+from emodistill.models.members import Member, TorchMember, ensemble_mean
 from emodistill.models.onnx import OnnxMember, export_member
 from emodistill.run.folder import Run, generation_name, open_run
 
@@ -87,7 +86,7 @@ class Ensemble:
     @staticmethod
     def average(member_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The ensemble's prediction: task -> (T, N, n) members' probabilities -> (N, n), their
-        plain mean, the one rule (`inference.ensemble_mean`) the soft labels and scores use too."""
+        plain mean, the one rule (`members.ensemble_mean`) the soft labels and scores use too."""
         count = len(next(iter(member_probs.values()))) if member_probs else 0
         return ensemble_mean([{name: probs[m] for name, probs in member_probs.items()} for m in range(count)])
 
