@@ -224,3 +224,43 @@ def test_jpeg_round_trip_keeps_the_colour_order(tmp_path: Path):
     inside = (slice(11, 21), slice(11, 21))  # away from the edges, which chroma subsampling blurs
     assert np.abs(back[inside].astype(int) - rgb[inside]).max() <= 12
     assert back[16, 16, 0] > 180 and back[16, 16, 2] < 70
+
+
+def _marked_video(path: Path, matrix: list[int]) -> Path:
+    """Three 64x48 frames, white on the left quarter and red along the top, stored with `matrix`."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :16] = 255
+    image[:8, :] = (255, 0, 0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_matrix(matrix)
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_a_mirroring_display_matrix_mirrors_and_never_turns_the_picture_upside_down(tmp_path):
+    one, w = 1 << 16, 1 << 30
+
+    def looks(matrix: list[int]) -> tuple[tuple[int, int], str, str]:
+        rgb = next(iter_frames(_marked_video(tmp_path / "m.mp4", matrix))).rgb
+        h, wid = rgb.shape[:2]
+        white = {"left": rgb[h // 2, 2], "right": rgb[h // 2, wid - 3], "top": rgb[2, wid // 2],
+                 "bottom": rgb[h - 3, wid // 2]}
+        red = {"top": rgb[2, wid // 2 + 8], "bottom": rgb[h - 3, wid // 2 + 8], "left": rgb[h // 2 + 8, 2],
+               "right": rgb[h // 2 + 8, wid - 3]}
+        side_white = next(k for k, v in white.items() if v.min() > 200)
+        side_red = next(k for k, v in red.items() if v[0] > 200 and v[1] < 60)
+        return (h, wid), side_white, side_red
+
+    # A horizontal mirror (a front camera's): white moves right, red stays on top. The display
+    # matrix's angle alone reads 180 degrees, which turned such a video upside down before.
+    assert looks([-one, 0, 0, 0, one, 0, 0, 0, w]) == ((48, 64), "right", "top")
+    assert looks([one, 0, 0, 0, -one, 0, 0, 0, w]) == ((48, 64), "left", "bottom")
+    assert looks([-one, 0, 0, 0, -one, 0, 0, 0, w]) == ((48, 64), "right", "bottom")  # a half turn
+    # A quarter turn with a mirror is a transposition: across the main diagonal (FFmpeg's
+    # cclock_flip) for c > 0, across the other (clock_flip) for c < 0.
+    assert looks([0, one, 0, one, 0, 0, 0, 0, w]) == ((64, 48), "top", "left")
+    assert looks([0, -one, 0, -one, 0, 0, 0, 0, w]) == ((64, 48), "bottom", "right")

@@ -87,19 +87,44 @@ def stream_rate(stream: av.VideoStream) -> Fraction | None:
 def quarter_turns(frame: av.VideoFrame) -> int:
     """Quarter turns counter-clockwise (0-3) that show a decoded frame upright, from its display
     matrix (`frame.rotation`: degrees counter-clockwise, in [-180, 180]; phones write 90 or -90).
-    Angles between quarter turns, which no camera writes, go to the nearest one; mirroring is
-    not applied."""
+    Angles between quarter turns, which no camera writes, go to the nearest one."""
     return round(frame.rotation / 90) % 4
 
 
+def display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's display matrix, 9 int32 (FFmpeg's layout: a, b, u, c, d, v, x, y, w), or None."""
+    for data in frame.side_data:
+        if data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            return np.frombuffer(bytes(data), dtype="<i4")[:9]
+    return None
+
+
 def upright(frame: av.VideoFrame) -> tuple[np.ndarray, int]:
-    """A decoded frame as (H, W, 3) uint8 RGB turned as its display matrix says, and the degrees
-    it was turned."""
+    """A decoded frame as (H, W, 3) uint8 RGB turned (and mirrored, for a matrix whose 2 x 2 part
+    has a negative determinant, as a front camera may write) as its display matrix says, the way
+    FFmpeg's command line shows it; and the degrees it was turned."""
     turns = quarter_turns(frame)
     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
+    matrix = display_matrix(frame)
+    if matrix is not None and int(matrix[0]) * int(matrix[4]) - int(matrix[1]) * int(matrix[3]) < 0:
+        return np.ascontiguousarray(_mirrored(rgb, turns, matrix)), 90 * turns
     if turns:
         rgb = np.ascontiguousarray(np.rot90(rgb, turns))  # (W, H, 3) for a quarter turn
     return rgb, 90 * turns
+
+
+def _mirrored(rgb: np.ndarray, turns: int, matrix: np.ndarray) -> np.ndarray:
+    """A mirroring display matrix applied as FFmpeg's autorotation does: no quarter turn or a
+    half turn becomes a horizontal flip where a < 0 and a vertical one where d < 0; a quarter
+    turn becomes a transposition, across the main diagonal for a clockwise turn (c > 0) and
+    across the other for a counter-clockwise one (c < 0)."""
+    if turns == 3:  # FFmpeg's transpose=cclock_flip
+        return np.rot90(rgb, 1)[::-1]
+    if turns == 1:  # FFmpeg's transpose=clock_flip
+        return np.rot90(rgb, -1)[::-1]
+    if matrix[0] < 0:
+        rgb = rgb[:, ::-1]
+    return rgb[::-1] if matrix[4] < 0 else rgb
 
 
 def _first_frame_turns(container: av.container.InputContainer, stream: av.VideoStream) -> int:
