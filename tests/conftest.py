@@ -76,3 +76,59 @@ def two_people(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return write_video(tmp_path_factory.mktemp("two") / "two-people.mp4", two_people_frames(60), fps=30)
 
+
+
+# Fixtures that two test modules share; their helpers stay in the module they came from.
+
+
+@pytest.fixture(scope="session")
+def gap_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A face video with a gap: 2 blank frames, 10 with the face, 8 blank, 4 with the face."""
+    from test_media import background, face_frame, write_video
+    from test_predict import N_FIRST, N_GAP, N_LEAD, N_SECOND
+
+    blank = background()
+    faces = [face_frame(k)[0] for k in range(N_FIRST + N_SECOND)]
+    frames = [blank] * N_LEAD + faces[:N_FIRST] + [blank] * N_GAP + faces[N_FIRST:]
+    return write_video(tmp_path_factory.mktemp("predict-video") / "gap.mp4", frames)
+
+
+@pytest.fixture(scope="session")
+def tiny_landmark_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny backbone pretrained 160 steps on the tiny data's landmarks, and its record."""
+    from emodistill.methods.pretraining import PretrainConfig, pretrain_backbone
+
+    out = tmp_path_factory.mktemp("landmarks") / "backbone.safetensors"
+    record = pretrain_backbone(tiny_data, out, PretrainConfig(preset="tiny", steps=160, batch_size=32),
+                               torch.device("cpu"), progress=False, log=lambda _: None)
+    return out, record
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A small Aff-wild2 root written by test_affwild.write_root, and the labels it holds."""
+    from test_affwild import write_root
+
+    root = tmp_path_factory.mktemp("affwild")
+    return root, write_root(root)
+
+
+@pytest.fixture
+def root(built: tuple[Path, dict], tmp_path: Path) -> Path:
+    """A private copy of the `built` root, free to change."""
+    import shutil
+
+    from emodistill.data import cache
+
+    copy = tmp_path / "data"
+    shutil.copytree(built[0], copy, ignore=shutil.ignore_patterns(cache.CACHE_FOLDER))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[Path]:
+    """One folder for every example (Hypothesis runs many examples per test function)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        yield Path(folder)
