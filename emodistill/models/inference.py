@@ -119,9 +119,6 @@ class FrozenFront:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.sets[name]
 
-    def get(self, name: str) -> np.ndarray | None:
-        return self.sets.get(name)
-
     def covers(self, models: list[EMENet]) -> bool:
         """True when each model's front has exactly the reference's weights and statistics."""
         for model in models:
