@@ -10,6 +10,7 @@ import pytest
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import ledoit_wolf
 
+from emodistill.core.checkpoints import save_arrays
 from emodistill.core.errors import InputError
 from emodistill.data.ood import load_nonfaces
 from emodistill.evaluation.density import (
@@ -18,6 +19,7 @@ from emodistill.evaluation.density import (
     distance,
     ensemble_thresholds,
     fit_gaussians,
+    fit_member,
     threshold,
 )
 from emodistill.evaluation.ood import held_out_flag_rate
@@ -69,19 +71,68 @@ def test_held_out_flag_rate_is_near_the_false_alarm_rate_on_alike_videos():
     assert held_out_flag_rate(unlike, np.repeat([0, 1], 100)) == pytest.approx(0.5)
 
 
+def test_a_member_score_is_its_largest_scaled_part_distance():
+    rng = np.random.default_rng(4)
+    sizes = (3, 5)
+    fit, val = rng.normal(size=(80, 8)), rng.normal(size=(400, 8))
+    member = fit_member(fit, rng.integers(0, 2, 80), val, sizes)
+    assert member.sizes == sizes and len(member.parts) == 2
+    by_hand = [distance(g, x) for g, x in zip(member.parts, (val[:, :3], val[:, 3:]), strict=True)]
+    # Each part's scale is its own threshold on validation: alone it flags the false-alarm rate.
+    for part, scale in zip(by_hand, member.scales, strict=True):
+        assert scale == pytest.approx(threshold(part))
+        assert np.mean(part > scale) == pytest.approx(FALSE_ALARM, abs=0.005)
+    expected = np.maximum(by_hand[0] / member.scales[0], by_hand[1] / member.scales[1])
+    assert member.score(val) == pytest.approx(expected)
+    # A frame unusual in one part only is flagged by that part.
+    odd = val[:1].copy()
+    odd[0, 3:] += 40
+    assert member.score(odd)[0] > 10 and member.distances(odd)[0, 0] == pytest.approx(by_hand[0][0])
+    # Columns past the parts are not read; too few columns are one sentence.
+    assert member.score(np.hstack([val, rng.normal(size=(400, 2))])) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="expected density inputs"):
+        member.score(val[:, :7])
+
+
+def test_held_out_flag_rate_refits_the_scales_on_each_half():
+    # Two parts of one member; the validation videos alike: about the false-alarm rate.
+    rng = np.random.default_rng(6)
+    video = np.repeat(np.arange(200), 20)
+    distances = rng.gamma(3.0, size=(1, 2, len(video))) * np.array([1.0, 50.0])[None, :, None]
+    assert held_out_flag_rate(distances, video) == pytest.approx(FALSE_ALARM, abs=0.015)
+
+
 def test_a_stored_density_scores_as_it_was_fitted(tmp_path: Path):
     rng = np.random.default_rng(5)
-    members = tuple(fit_gaussians(rng.normal(size=(60, 4)), rng.integers(0, 3, 60)) for _ in range(2))
+    members = tuple(fit_member(rng.normal(size=(60, 6)), rng.integers(0, 3, 60), rng.normal(size=(40, 6)), (4, 2))
+                    for _ in range(2))
     density = EnsembleDensity(members, np.array([1.5, 1.2]))
     density.save(tmp_path / "density.safetensors")
     loaded = EnsembleDensity.load(tmp_path / "density.safetensors")
-    features = rng.normal(size=(2, 7, 4))
+    features = rng.normal(size=(2, 7, 6))
     assert loaded.score(features) == pytest.approx(density.score(features))
-    assert loaded.score(features[:1]) == pytest.approx(distance(members[0], features[0]))
+    assert loaded.score(features[:1]) == pytest.approx(members[0].score(features[0]))
     assert (loaded.threshold_for(1), loaded.threshold_for(2)) == (1.5, 1.2)
     (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match=r"broken\.safetensors"):
         EnsembleDensity.load(tmp_path / "broken.safetensors")
+
+
+def test_a_features_only_density_of_the_earlier_version_scores_as_then(tmp_path: Path):
+    # The earlier file: "member-<m>.whiten/.means", shrinkage (T,), no scales; its scores were
+    # the members' mean distance of the visual features, and the stage statistics after them
+    # in today's inputs are not read.
+    rng = np.random.default_rng(8)
+    gaussians = [fit_gaussians(rng.normal(size=(50, 4)), rng.integers(0, 2, 50)) for _ in range(2)]
+    arrays = {"thresholds": np.array([1.1, 1.0]), "false_alarm": np.array([0.05]),
+              "shrinkage": np.array([g.shrinkage for g in gaussians])}
+    for m, g in enumerate(gaussians):
+        arrays[f"member-{m}.whiten"], arrays[f"member-{m}.means"] = g.whiten, g.means
+    save_arrays(tmp_path / "old.safetensors", arrays)
+    loaded = EnsembleDensity.load(tmp_path / "old.safetensors")
+    inputs = rng.normal(size=(2, 9, 10))
+    then = np.mean([distance(g, x[:, :4]) for g, x in zip(gaussians, inputs, strict=True)], axis=0)
+    assert loaded.score(inputs) == pytest.approx(then)
 
 
 def test_nonface_pictures_are_real_and_varied():

@@ -72,8 +72,8 @@ def test_streaming_in_chunks_equals_one_pass(tmp_path: Path) -> None:
         np.testing.assert_allclose(chunked, whole[task.name], atol=1e-5)
 
 
-def test_exported_features_are_the_visual_features(tmp_path: Path) -> None:
-    # The OOD score reads the backbone's features only, never the sound's, in both backends.
+def test_exported_features_are_the_density_inputs(tmp_path: Path) -> None:
+    # The OOD score reads the backbone's features and stage statistics, never the sound's, in both backends.
     torch.manual_seed(2)
     model = build_model("tiny", "va").eval()
     member = OnnxMember(export_member(model, tmp_path / "m.onnx"))
@@ -82,8 +82,9 @@ def test_exported_features_are_the_visual_features(tmp_path: Path) -> None:
     audio = rng.normal(size=(2, 3, 64, 64)).astype(np.float32)
     logits, _, features = member.forward_with_features(frames, audio, None)
     _, _, from_torch = TorchMember(model, torch.device("cpu")).forward_with_features(frames, audio, None)
-    assert features.shape == (6, model.config.feature_dim)
+    assert features.shape == (6, model.config.density_dim) and model.config.density_dim > model.config.feature_dim
     np.testing.assert_allclose(features, from_torch, atol=1e-4)
+    assert member.has_features
     np.testing.assert_allclose(logits["AU"], member.forward_stateful(frames, audio)[0]["AU"], atol=1e-6)
 
 

@@ -17,7 +17,7 @@ from test_media import FPS, background, face_frame
 
 from emodistill.core.errors import InputError
 from emodistill.data.frontend import LANDMARK_COLUMNS, FrontEnd, iter_frames
-from emodistill.evaluation.density import EnsembleDensity, distance, fit_gaussians
+from emodistill.evaluation.density import EnsembleDensity, fit_member, part_sizes
 from emodistill.models.members import TorchMember
 from emodistill.models.speed import Levers
 from emodistill.predict.command import predict_command
@@ -247,18 +247,21 @@ def test_onnx_backend_exports_on_the_fly_and_matches_torch(tiny_run: Path, tiny_
 
 
 def member_features(run: Path, member: int, frames: np.ndarray) -> np.ndarray:
-    """Teacher `member`'s visual features (L, F) of frames (1, L, 3, S, S), by its own forward."""
+    """Teacher `member`'s density inputs (L, D) of frames (1, L, 3, S, S), by its own forward."""
     return TorchMember(Run(run).load_member(0, member), torch.device("cpu")).forward_with_features(
         frames, None, None)[2]
 
 
 def stored_density(run: Path, crops: np.ndarray) -> EnsembleDensity:
-    """A density of each teacher member fitted on `crops` (two classes, alternate frames), its
-    thresholds at the median of the members' mean distances, saved where `evaluate` saves it."""
+    """A density of each teacher member fitted and scaled on `crops` (two classes, alternate
+    frames), its thresholds at the median of the members' mean scores, saved where `evaluate`
+    saves it."""
     frames = (crops.transpose(0, 3, 1, 2).astype(np.float32) / 255)[None]  # (1, L, 3, S, S)
     features = [member_features(run, m, frames) for m in range(2)]
-    members = tuple(fit_gaussians(f, np.arange(len(f)) % 2) for f in features)
-    scores = np.array([distance(g, f) for g, f in zip(members, features, strict=True)])
+    config = Run(run).load_member(0, 0).config
+    sizes = part_sizes(config.density_dim, config.feature_dim)
+    members = tuple(fit_member(f, np.arange(len(f)) % 2, f, sizes) for f in features)
+    scores = np.array([m.score(f) for m, f in zip(members, features, strict=True)])
     thresholds = np.array([np.median(scores[:1].mean(0)), np.median(scores.mean(0))])
     density = EnsembleDensity(members, thresholds)
     density.save(Run(run).density_path(0))
@@ -281,7 +284,7 @@ def test_ood_flag_uses_the_stored_density_with_any_number_of_members(tiny_run: P
         found = table[table["face"] == 1]
         frames = (crops.transpose(0, 3, 1, 2).astype(np.float32) / 255)[None]
         features = np.stack([member_features(run, m, frames) for m in range(members)])
-        # The score is the first members' mean distance, however the frames were batched.
+        # The score is the first members' mean score, however the frames were batched.
         assert found["ood_score"].to_numpy(float) == pytest.approx(density.score(features), rel=1e-5)
         flag = found["ood_score"] > density.thresholds[members - 1]
         assert found["ood_flag"].astype(bool).tolist() == flag.tolist()

@@ -126,7 +126,7 @@ def test_stacked_members_match_separate_members(modality: str) -> None:
     # Chunk 1 from zero states (given as M Nones), chunk 2 carrying the stacked state on.
     logits, hidden, features = stacked.forward_with_features(first, audio, [None] * 3)
     logits2, hidden2 = stacked.forward_stateful(second, audio2, hidden)
-    assert logits["VA"].shape == (3, 2, 5, 40) and features.shape == (3, 10, models[0].config.feature_dim)
+    assert logits["VA"].shape == (3, 2, 5, 40) and features.shape == (3, 10, models[0].config.density_dim)
     assert hidden.shape == (3, len(PAPER_TASKS), 2, models[0].config.gru_hidden)
     for m, member in enumerate(separate):
         one, state, one_features = member.forward_with_features(first, audio, None)

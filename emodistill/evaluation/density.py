@@ -1,16 +1,25 @@
-"""The feature-density out-of-domain score: how far a frame's visual features lie from the
-training frames', as a Mahalanobis distance to class-conditional Gaussians (Lee et al. 2018, DDU).
+"""The feature-density out-of-domain score: how far a frame lies from the training frames, as
+Mahalanobis distances to class-conditional Gaussians (Lee et al. 2018, DDU), in two parts:
 
-Each member gets its own Gaussians: one mean per class and one covariance shared by the classes,
-shrunk towards a scaled identity by the Ledoit-Wolf rule, so 256 or 512 feature dimensions are
-estimated stably from a few thousand frames. A frame's score is its squared distance to the
-nearest class mean over the number of dimensions (about 1 on training frames); an ensemble's is
-the mean of its members' scores. The threshold flags a chosen share of validation faces.
+- the visual features, what the face model makes of the frame;
+- the stage statistics, each channel's mean and spread at the end of every resolution stage of
+  the backbone (`mobilefacenet.stage_statistics`), how the image looks to the network on its way
+  (Lee et al. score several layers too). The features alone let non-face photographs and
+  textures pass (30% of them flagged on the demo); the statistics catch them.
+
+Each part of each member gets its own Gaussians: one mean per class and one covariance shared by
+the classes, shrunk towards a scaled identity by the Ledoit-Wolf rule, so a few hundred
+dimensions are estimated stably from a few thousand frames. A part's distance is the squared
+distance to the nearest class mean over the number of dimensions; it is divided by its value at
+the false-alarm quantile of the validation faces, so that 1 means "this part alone would flag
+it". A member's score is the larger of its parts', an ensemble's the mean of its members'. The
+threshold flags a chosen share of validation faces.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -80,50 +89,117 @@ def threshold(scores: np.ndarray, false_alarm: float = FALSE_ALARM) -> float:
     return float(np.quantile(scores, 1.0 - false_alarm))
 
 
+def part_sizes(density_dim: int, feature_dim: int) -> tuple[int, ...]:
+    """The parts of a density input: the visual features, then the stage statistics."""
+    return (feature_dim, density_dim - feature_dim) if density_dim > feature_dim else (feature_dim,)
+
+
+def split_parts(inputs: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """(N, >= sum(sizes)) density inputs -> one (N, size) array per part; columns past the
+    parts are left out (a density fitted on the features alone reads only them)."""
+    if inputs.ndim != 2 or inputs.shape[1] < sum(sizes):
+        raise ValueError(f"expected density inputs (N, >= {sum(sizes)}), got {inputs.shape}")
+    edges = np.cumsum((0, *sizes))
+    return [inputs[:, a:b] for a, b in pairwise(edges)]
+
+
+@dataclass(frozen=True)
+class MemberDensity:
+    """One member's density: Gaussians per part and each part's validation scale."""
+
+    parts: tuple[Gaussians, ...]
+    scales: np.ndarray  # (P,) each part's distance at the false-alarm quantile of validation faces
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(g.dim for g in self.parts)
+
+    def distances(self, inputs: np.ndarray) -> np.ndarray:
+        """Density inputs (N, D) -> each part's distance, unscaled (P, N)."""
+        return np.stack([distance(g, x) for g, x in zip(self.parts, split_parts(inputs, self.sizes), strict=True)])
+
+    def score(self, inputs: np.ndarray) -> np.ndarray:
+        """Density inputs (N, D) -> the largest scaled part distance (N,)."""
+        return combine(self.distances(inputs)[None], self.scales[None])
+
+
+def combine(distances: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Part distances of T members (T, P, N) and their scales (T, P) -> the ensemble's score
+    (N,): per member the largest of distance / scale, then the mean over members."""
+    return np.mean((distances / scales[..., None]).max(axis=1), axis=0)
+
+
+def part_scales(val_distances: np.ndarray, false_alarm: float = FALSE_ALARM) -> np.ndarray:
+    """Part distances on validation faces (..., P, N) -> each part's scale (..., P): its
+    threshold, were it flagging alone."""
+    return np.quantile(np.asarray(val_distances, np.float64), 1.0 - false_alarm, axis=-1)
+
+
+def fit_member(fit_inputs: np.ndarray, classes: np.ndarray, val_inputs: np.ndarray, sizes: tuple[int, ...],
+               false_alarm: float = FALSE_ALARM) -> MemberDensity:
+    """Gaussians per part on training density inputs (N, D) of `classes`, scaled on validation
+    density inputs (M, D)."""
+    parts = tuple(fit_gaussians(x, classes) for x in split_parts(fit_inputs, sizes))
+    unscaled = MemberDensity(parts, np.ones(len(parts)))
+    return MemberDensity(parts, part_scales(unscaled.distances(val_inputs), false_alarm))
+
+
 @dataclass(frozen=True)
 class EnsembleDensity:
     """A generation's densities, one per member, and the thresholds of their mean score: the
     k-th threshold is for the mean over the first k members (so `predict --members k` flags at
     the same false-alarm rate as the whole ensemble)."""
 
-    members: tuple[Gaussians, ...]
+    members: tuple[MemberDensity, ...]
     thresholds: np.ndarray  # (T,)
     false_alarm: float = FALSE_ALARM
 
-    def score(self, member_features: np.ndarray) -> np.ndarray:
-        """Features of the first k members (k, N, D) -> the mean of their distances (N,)."""
-        if not 1 <= len(member_features) <= len(self.members):
-            raise ValueError(f"expected the features of 1 to {len(self.members)} members, got {len(member_features)}")
-        return np.mean([distance(g, f) for g, f in zip(self.members, member_features, strict=False)], axis=0)
+    def score(self, member_inputs: np.ndarray) -> np.ndarray:
+        """Density inputs of the first k members (k, N, D) -> the mean of their scores (N,)."""
+        if not 1 <= len(member_inputs) <= len(self.members):
+            raise ValueError(f"expected the inputs of 1 to {len(self.members)} members, got {len(member_inputs)}")
+        return np.mean([m.score(x) for m, x in zip(self.members, member_inputs, strict=False)], axis=0)
 
     def threshold_for(self, n_members: int) -> float:
         return float(self.thresholds[n_members - 1])
 
     def save(self, path: Path) -> None:
         arrays = {"thresholds": self.thresholds, "false_alarm": np.array([self.false_alarm]),
-                  "shrinkage": np.array([g.shrinkage for g in self.members])}
-        for m, g in enumerate(self.members):
-            arrays[f"member-{m}.whiten"], arrays[f"member-{m}.means"] = g.whiten, g.means
+                  "scales": np.stack([m.scales for m in self.members]),
+                  "shrinkage": np.array([[g.shrinkage for g in m.parts] for m in self.members])}
+        for m, member in enumerate(self.members):
+            for p, g in enumerate(member.parts):
+                arrays[f"member-{m}.part-{p}.whiten"], arrays[f"member-{m}.part-{p}.means"] = g.whiten, g.means
         save_arrays(path, arrays)
 
     @classmethod
     def load(cls, path: Path) -> EnsembleDensity:
-        """What `save` wrote; InputError naming the file for anything else."""
+        """What `save` wrote, or a features-only density of an earlier version (one part, scale
+        1: the same scores as then); InputError naming the file for anything else."""
         arrays = load_arrays(path)
         try:
-            thresholds, shrinkage = arrays["thresholds"], arrays["shrinkage"]
-            members = tuple(Gaussians(arrays[f"member-{m}.whiten"], arrays[f"member-{m}.means"], float(s))
-                            for m, s in enumerate(shrinkage))
+            thresholds, shrinkage = arrays["thresholds"], np.asarray(arrays["shrinkage"])
             false_alarm = float(arrays["false_alarm"][0])
-        except (KeyError, IndexError) as error:
+            if "scales" not in arrays:  # features only, keys "member-<m>.whiten"
+                members = tuple(MemberDensity((Gaussians(arrays[f"member-{m}.whiten"], arrays[f"member-{m}.means"],
+                                                         float(s)),), np.ones(1)) for m, s in enumerate(shrinkage))
+            else:
+                members = tuple(
+                    MemberDensity(tuple(Gaussians(arrays[f"member-{m}.part-{p}.whiten"],
+                                                  arrays[f"member-{m}.part-{p}.means"], float(s))
+                                        for p, s in enumerate(row)), np.asarray(arrays["scales"][m], np.float64))
+                    for m, row in enumerate(shrinkage))
+        except (KeyError, IndexError, TypeError) as error:
             raise InputError(f"{path} is not a density this version wrote (no {error})") from None
-        if len(thresholds) != len(members) or any(g.means.shape[1:] != (g.dim,) for g in members):
+        if len(thresholds) != len(members) or any(len(m.scales) != len(m.parts) or
+                                                  any(g.means.shape[1:] != (g.dim,) for g in m.parts)
+                                                  for m in members):
             raise InputError(f"{path} is not a density this version wrote (its arrays do not fit together)")
         return cls(members, thresholds, false_alarm)
 
 
 def ensemble_thresholds(member_scores: np.ndarray, false_alarm: float = FALSE_ALARM) -> np.ndarray:
-    """Validation distances of each member (T, N) -> the threshold of the mean over the first k
+    """Validation scores of each member (T, N) -> the threshold of the mean over the first k
     members, for k = 1..T (T,)."""
     prefix_means = np.cumsum(member_scores, axis=0) / np.arange(1, len(member_scores) + 1)[:, None]
     return np.array([threshold(s, false_alarm) for s in prefix_means])

@@ -14,12 +14,19 @@ import torch
 
 from emodistill.data.dataset import Split
 from emodistill.data.ood import load_nonfaces, load_ood
-from emodistill.evaluation.density import EnsembleDensity, distance, ensemble_thresholds, fit_gaussians, threshold
+from emodistill.evaluation.density import (
+    EnsembleDensity,
+    combine,
+    ensemble_thresholds,
+    fit_member,
+    part_scales,
+    part_sizes,
+    threshold,
+)
 from emodistill.evaluation.metrics import roc_auc, roc_curve
 from emodistill.models.inference import (
     FrozenFront,
-    encode_images,
-    features_from_front,
+    density_inputs,
     predict_encoded_images,
     predict_images,
 )
@@ -74,9 +81,9 @@ def shared_front(model: torch.nn.Module, tail_blocks: int, val: Split, probe: OO
     its own tail, so evaluation runs that part once, on the validation frames, the probes' images
     and the density's training frames, and each member only its tail and heads: the same outputs
     as full forward passes, within float rounding."""
-    front = FrozenFront(model, tail_blocks, device).add("val", val.frames)
-    return (front.add("probe_in", probe.in_images).add("probe_out", probe.ood_images)
-            .add("nonfaces", probe.nonface_images).add("fit", fit_images))
+    front = FrozenFront(model, tail_blocks, device).add("val", val.frames, statistics=True)
+    return (front.add("probe_in", probe.in_images, True).add("probe_out", probe.ood_images, True)
+            .add("nonfaces", probe.nonface_images, True).add("fit", fit_images, True))
 
 
 def density_frames(train: Split, seed: int = 0, limit: int = DENSITY_FRAMES) -> tuple[np.ndarray, np.ndarray]:
@@ -95,69 +102,75 @@ def density_frames(train: Split, seed: int = 0, limit: int = DENSITY_FRAMES) -> 
     return index, classes[index]
 
 
-def _features(model: torch.nn.Module, device: torch.device, images: np.ndarray, cached: np.ndarray | None,
-              tail_blocks: int) -> np.ndarray:
-    """A member's visual features (N, D) of images, from the shared front's cache when there is one."""
-    if cached is not None:
-        return features_from_front(model, cached, device, tail_blocks)
-    return encode_images(model, images, device)
-
-
 def density_scores(models: list[torch.nn.Module], train: Split, fit: tuple[np.ndarray, np.ndarray], val: Split,
                    probe: OODProbe, device: torch.device, path: Path, seed: int = 0,
                    front: FrozenFront | None = None) -> dict:
-    """Fit each member's density on the training frames `fit` (index, classes), threshold the
-    ensemble's mean score on every validation frame, save both at `path`, and score the probes:
-    the report entry's density fields."""
-    tail = 0 if front is None else front.tail_blocks
-
-    def cached(name: str) -> np.ndarray | None:
-        return None if front is None else front[name]
-
+    """Fit each member's density on the training frames `fit` (index, classes), scale its parts
+    and threshold the ensemble's mean score on every validation frame, save it at `path`, and
+    score the probes: the report entry's density fields."""
     fit_index, classes = fit
-    members, val_scores, probe_scores, nonface_scores = [], [], [], []
+    sets = {"fit": np.asarray(train.frames[fit_index]), "val": val.frames, "probe_in": probe.in_images,
+            "probe_out": probe.ood_images, "nonfaces": probe.nonface_images}
+    sizes = part_sizes(models[0].config.density_dim, models[0].config.feature_dim)
+    members, parts = [], {name: [] for name in sets if name != "fit"}  # name -> per member (P, N)
     for model in models:
-        gaussians = fit_gaussians(_features(model, device, np.asarray(train.frames[fit_index]), cached("fit"), tail),
-                                  classes)
-        members.append(gaussians)
-        val_scores.append(distance(gaussians, _features(model, device, val.frames, cached("val"), tail)))
-        inside = distance(gaussians, _features(model, device, probe.in_images, cached("probe_in"), tail))
-        outside = distance(gaussians, _features(model, device, probe.ood_images, cached("probe_out"), tail))
-        probe_scores.append(np.concatenate([inside, outside]))
-        nonface_scores.append(distance(gaussians, _features(model, device, probe.nonface_images,
-                                                            cached("nonfaces"), tail)))
-    density = EnsembleDensity(tuple(members), ensemble_thresholds(np.stack(val_scores)))
+        inputs = {name: density_inputs(model, images, device, cached=None if front is None
+                                       else front.density_cache(name)) for name, images in sets.items()}
+        members.append(fit_member(inputs["fit"], classes, inputs["val"], sizes))
+        for name in parts:
+            parts[name].append(members[-1].distances(inputs[name]))
+    distances = {name: np.stack(d) for name, d in parts.items()}  # (T, P, N)
+    scales = np.stack([m.scales for m in members])  # (T, P)
+    member_val = np.stack([combine(d[None], s[None]) for d, s in zip(distances["val"], scales, strict=True)])
+    density = EnsembleDensity(tuple(members), ensemble_thresholds(member_val))
     density.save(path)
-    scores = np.mean(probe_scores, axis=0)
+
+    def scored(name: str, count: int) -> np.ndarray:
+        return combine(distances[name][:count], scales[:count])
+
+    def flagged(count: int) -> dict:
+        limit = density.threshold_for(count)
+        return {"validation (held out)": held_out_flag_rate(distances["val"][:count], val.video, seed),
+                probe.name: float(np.mean(scored("probe_out", count) > limit)),
+                probe.nonface_name: float(np.mean(scored("nonfaces", count) > limit))}
+
+    every = len(models)
+    scores = np.concatenate([scored("probe_in", every), scored("probe_out", every)])
+    single = [np.concatenate([combine(distances[n][m : m + 1], scales[m : m + 1]) for n in ("probe_in", "probe_out")])
+              for m in range(every)]
     fpr, tpr = roc_curve(probe.is_ood, scores)
-
-    def flagged(val_score: np.ndarray, probe_score: np.ndarray, nonface_score: np.ndarray, limit: float) -> dict:
-        return {"validation (held out)": held_out_flag_rate(val_score, val.video, seed),
-                probe.name: float(np.mean(probe_score[probe.is_ood] > limit)),
-                probe.nonface_name: float(np.mean(nonface_score > limit))}
-
     return {
         "ood_auc": roc_auc(probe.is_ood, scores),
-        "ood_auc_single": float(np.mean([roc_auc(probe.is_ood, s) for s in probe_scores])),
-        "ood_threshold": density.threshold_for(len(models)),
-        "ood_flagged": flagged(np.mean(val_scores, axis=0), scores, np.mean(nonface_scores, axis=0),
-                               density.threshold_for(len(models))),
-        # the first member alone, as `predict --members 1` flags
-        "ood_flagged_single": flagged(val_scores[0], probe_scores[0], nonface_scores[0], density.threshold_for(1)),
-        "density_shrinkage": [g.shrinkage for g in members],
+        "ood_auc_single": float(np.mean([roc_auc(probe.is_ood, s) for s in single])),
+        "ood_threshold": density.threshold_for(every),
+        "ood_flagged": flagged(every),
+        "ood_flagged_single": flagged(1),  # the first member alone, as `predict --members 1` flags
+        # each part alone, at its own 5% of validation faces: what each part catches
+        "ood_flagged_by_part": {part: {probe.name: float(np.mean(np.mean(distances["probe_out"][:, p]
+                                                                           / scales[:, p, None], 0) > 1)),
+                                       probe.nonface_name: float(np.mean(np.mean(distances["nonfaces"][:, p]
+                                                                                 / scales[:, p, None], 0) > 1))}
+                                for p, part in enumerate(("features", "stage statistics")[: len(sizes)])},
+        "density_shrinkage": [[g.shrinkage for g in m.parts] for m in members],
         "roc": thinned_curve(fpr, tpr),
     }
 
 
-def held_out_flag_rate(scores: np.ndarray, video: np.ndarray, seed: int = 0) -> float:
-    """The share of validation frames flagged by a threshold set on the other half of the
-    validation videos, both ways round: the false-alarm rate to expect on unseen faces."""
+def held_out_flag_rate(distances: np.ndarray, video: np.ndarray, seed: int = 0) -> float:
+    """The share of validation frames flagged when the parts' scales and the threshold are set
+    on the other half of the validation videos, both ways round: the false-alarm rate to expect
+    on unseen faces. `distances`: the members' part distances (T, P, N), or plain scores (N,)."""
+    distances = np.asarray(distances, np.float64)
+    distances = distances[None, None] if distances.ndim == 1 else distances
     names = np.unique(video)
     if len(names) < 2:
         return float("nan")
     first = np.isin(video, np.random.default_rng(seed).permutation(names)[: len(names) // 2])
-    flagged = [np.mean(scores[~part] > threshold(scores[part])) * np.sum(~part) for part in (first, ~first)]
-    return float(np.sum(flagged) / len(scores))
+    flagged = []
+    for part in (first, ~first):
+        scores = combine(distances, part_scales(distances[..., part]))
+        flagged.append(np.sum(scores[~part] > threshold(scores[part])))
+    return float(np.sum(flagged) / len(video))
 
 
 def thinned_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 200) -> dict[str, list[float]]:

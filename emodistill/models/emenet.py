@@ -12,7 +12,7 @@ from torch import nn
 
 from emodistill.core.errors import InputError
 from emodistill.models.marblenet import MarbleNet
-from emodistill.models.mobilefacenet import MobileFaceNet, he_initialise
+from emodistill.models.mobilefacenet import MobileFaceNet, density_input, he_initialise, statistics_dim
 from emodistill.tasks import PAPER_TASKS, TaskSet
 
 MODALITIES = ("v", "va")
@@ -40,6 +40,11 @@ class ModelConfig:
     @property
     def head_input_dim(self) -> int:
         return self.feature_dim + (self.audio_dim if self.audio else 0)
+
+    @property
+    def density_dim(self) -> int:
+        """Length of a frame's density input (`EMENet.encode_for_density`)."""
+        return self.feature_dim + statistics_dim(self.width_mult)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -128,27 +133,41 @@ class EMENet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def encode(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-frame features (B, L, 512 [+128]): the CNNs, batched over all B*L frames."""
+    def encode(self, frames: torch.Tensor, audio: torch.Tensor | None = None,
+               statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-frame features (B, L, 512 [+128]): the CNNs, batched over all B*L frames; the
+        backbone's stage statistics (B*L, ...) appended to `statistics` when given."""
         B, L = frames.shape[0], frames.shape[1]
-        features = self.backbone(self._backbone_input(frames)).unflatten(0, (B, L))  # (B, L, 512)
+        features = self.backbone(self._backbone_input(frames), statistics).unflatten(0, (B, L))  # (B, L, 512)
         if self.audio_encoder is not None:
             sound = self.audio_encoder(audio.flatten(0, 1)).unflatten(0, (B, L))  # (B, L, 128)
             features = torch.cat([features, sound], dim=-1)  # (B, L, 640)
         return features
 
-    def encode_front(self, frames: torch.Tensor, tail_blocks: int) -> torch.Tensor:
-        """What a frozen backbone caches per frame (visual only): the maps below its last
-        `tail_blocks` blocks (B, L, C, s, s), or the features (B, L, 512) for 0 blocks."""
-        B, L = frames.shape[0], frames.shape[1]
-        return self.backbone.front(self._backbone_input(frames), tail_blocks).unflatten(0, (B, L))
+    def encode_for_density(self, frames: torch.Tensor, audio: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode`'s features (B, L, D) and each frame's density input (B*L, density_dim):
+        its visual features, then the backbone's stage statistics (`mobilefacenet.density_input`)."""
+        statistics: list[torch.Tensor] = []
+        features = self.encode(frames, audio, statistics)
+        return features, density_input(features[..., : self.config.feature_dim].flatten(0, 1), statistics)
 
-    def encode_tail(self, cached: torch.Tensor, tail_blocks: int) -> torch.Tensor:
-        """Features (B, L, 512) from `encode_front`'s output: `encode` = `encode_tail(encode_front)`."""
+    def encode_front(self, frames: torch.Tensor, tail_blocks: int,
+                     statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """What a frozen backbone caches per frame (visual only): the maps below its last
+        `tail_blocks` blocks (B, L, C, s, s), or the features (B, L, 512) for 0 blocks; the
+        stage statistics below the tail (B*L, ...) appended to `statistics` when given."""
+        B, L = frames.shape[0], frames.shape[1]
+        return self.backbone.front(self._backbone_input(frames), tail_blocks, statistics).unflatten(0, (B, L))
+
+    def encode_tail(self, cached: torch.Tensor, tail_blocks: int,
+                    statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Features (B, L, 512) from `encode_front`'s output: `encode` = `encode_tail(encode_front)`;
+        the tail's stage statistics appended to `statistics` when given."""
         if not tail_blocks:
             return cached
         B, L = cached.shape[0], cached.shape[1]
-        return self.backbone.tail(cached.flatten(0, 1), tail_blocks).unflatten(0, (B, L))
+        return self.backbone.tail(cached.flatten(0, 1), tail_blocks, statistics).unflatten(0, (B, L))
 
     def decode(
         self, features: torch.Tensor, hidden: torch.Tensor | None = None

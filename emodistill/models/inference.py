@@ -15,6 +15,7 @@ import torch
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import sequential_clips
 from emodistill.models.emenet import EMENet
+from emodistill.models.mobilefacenet import density_input
 
 # A model-like callable: (frames (B, L, 3, S, S), audio (B, L, 64, 64) | None) -> task -> (B, L, n).
 Forward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
@@ -75,22 +76,52 @@ def predict_split(
 
 @torch.no_grad()
 def encode_images(
-    model: EMENet, images: np.ndarray, device: torch.device, batch: int = 256, tail_blocks: int = 0
+    model: EMENet, images: np.ndarray, device: torch.device, batch: int = 256, tail_blocks: int = 0,
+    statistics: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """What a frozen backbone caches for each image (N, S, S, 3), with the model in eval mode:
     the features (N, feature_dim) float32, or with `tail_blocks` the maps below the backbone's
-    last blocks (N, C, s, s) (`EMENet.encode_front`).
+    last blocks (N, C, s, s) (`EMENet.encode_front`). With a list `statistics`, the stage
+    statistics computed on the way (N, ...) are appended to it as one array.
 
     The CNN sees each frame alone, so these equal what a full forward pass computes inside.
     """
     model.eval()
-    chunks = []
+    chunks, noted = [], []
     for start in range(0, len(images), batch):
         frames = frames_to_input(np.asarray(images[start : start + batch])[:, None], device)  # (B, 1, ...)
-        chunks.append(model.encode_front(frames, tail_blocks)[:, 0].float().contiguous().cpu().numpy())
+        found: list[torch.Tensor] | None = [] if statistics is not None else None
+        chunks.append(model.encode_front(frames, tail_blocks, found)[:, 0].float().contiguous().cpu().numpy())
+        if found is not None:
+            noted.append(torch.cat(found, 1).cpu().numpy() if found else np.zeros((len(frames), 0), np.float32))
+    if statistics is not None:
+        statistics.append(np.concatenate(noted) if noted else np.zeros((0, 0), np.float32))
     if not chunks:
         return np.zeros((0, model.config.feature_dim), np.float32)
     return np.concatenate(chunks)
+
+
+@torch.no_grad()
+def density_inputs(
+    model: EMENet, images: np.ndarray, device: torch.device, batch: int = 256,
+    cached: tuple[np.ndarray, np.ndarray, int] | None = None,
+) -> np.ndarray:
+    """Each image's density input (N, density_dim) (`EMENet.encode_for_density`), by a full
+    pass, or from a `FrozenFront` entry `cached` = (maps, front statistics, tail_blocks): the
+    tail only."""
+    model.eval()
+    if cached is None:
+        chunks = [model.encode_for_density(frames_to_input(np.asarray(images[s : s + batch])[:, None], device))[1]
+                  .cpu().numpy() for s in range(0, len(images), batch)]
+    else:
+        maps, front_statistics, tail_blocks = cached
+        chunks = []
+        for s in range(0, len(maps), batch):
+            statistics = [torch.from_numpy(front_statistics[s : s + batch]).to(device)]
+            features = model.encode_tail(torch.from_numpy(maps[s : s + batch, None]).to(device), tail_blocks,
+                                         statistics)[:, 0]
+            chunks.append(density_input(features, statistics).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.density_dim), np.float32)
 
 
 def encode_split(
@@ -110,14 +141,24 @@ class FrozenFront:
         self.model, self.tail_blocks, self.device = model, tail_blocks, device
         self.reference = [t.detach().clone() for t in model.backbone.front_tensors(tail_blocks)]
         self.sets: dict[str, np.ndarray] = {}
+        self.statistics: dict[str, np.ndarray] = {}  # the stage statistics below the tail, per set
 
-    def add(self, name: str, images: np.ndarray) -> FrozenFront:
-        """Encode images (N, S, S, 3) (or a split's frames) under `name`: (N, D) or (N, C, s, s)."""
-        self.sets[name] = encode_images(self.model, images, self.device, tail_blocks=self.tail_blocks)
+    def add(self, name: str, images: np.ndarray, statistics: bool = False) -> FrozenFront:
+        """Encode images (N, S, S, 3) (or a split's frames) under `name`: (N, D) or (N, C, s, s);
+        with `statistics`, keep their stage statistics too (`density_cache`)."""
+        noted: list[np.ndarray] | None = [] if statistics else None
+        self.sets[name] = encode_images(self.model, images, self.device, tail_blocks=self.tail_blocks,
+                                        statistics=noted)
+        if noted is not None:
+            self.statistics[name] = noted[0]
         return self
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.sets[name]
+
+    def density_cache(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """What `density_inputs` needs to finish set `name` (added with `statistics`)."""
+        return self.sets[name], self.statistics[name], self.tail_blocks
 
     def covers(self, models: list[EMENet]) -> bool:
         """True when each model's front has exactly the reference's weights and statistics."""
@@ -127,18 +168,6 @@ class FrozenFront:
                     torch.equal(a, b) for a, b in zip(tensors, self.reference, strict=True)):
                 return False
         return True
-
-
-@torch.no_grad()
-def features_from_front(
-    model: EMENet, cached: np.ndarray, device: torch.device, tail_blocks: int, batch: int = 256
-) -> np.ndarray:
-    """The visual features (N, feature_dim) float32 from what `encode_images` cached for N images
-    with `tail_blocks`: the backbone's tail, as `encode_images` without it would give them."""
-    model.eval()
-    chunks = [model.encode_tail(torch.from_numpy(cached[start : start + batch, None]).to(device), tail_blocks)
-              [:, 0].float().cpu().numpy() for start in range(0, len(cached), batch)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.feature_dim), np.float32)
 
 
 def decode_cached(

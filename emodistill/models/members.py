@@ -1,5 +1,5 @@
 """A trained member behind one NumPy interface, whatever runs it (PyTorch here, ONNX Runtime
-in `models.onnx`): streaming over a sequence, with each frame's visual features for the OOD score."""
+in `models.onnx`): streaming over a sequence, with each frame's density input for the OOD score."""
 
 from __future__ import annotations
 
@@ -49,22 +49,22 @@ class TorchMember:
     def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: torch.Tensor | None
     ) -> tuple[dict[str, np.ndarray], torch.Tensor, np.ndarray]:
-        """As `forward_stateful`, plus every frame's visual features (B * L, feature_dim), the
-        feature-density OOD score's input (the sound's features are left out)."""
+        """As `forward_stateful`, plus every frame's density input (B * L, density_dim), the
+        feature-density OOD score's input: visual features and stage statistics (the sound's
+        features are left out)."""
         x = torch.from_numpy(frames).to(self.device)
         sound = None if audio is None else torch.from_numpy(audio).to(self.device)
-        features = self.model.encode(x, sound)  # (B, L, D)
+        features, described = self.model.encode_for_density(x, sound)  # (B, L, D), (B * L, density_dim)
         logits, hidden = self.model.decode(features, hidden)
-        visual = features[..., : self.model.config.feature_dim].flatten(0, 1)  # (B * L, F)
-        return numpy_logits(logits), hidden, visual.float().cpu().numpy()
+        return numpy_logits(logits), hidden, described.cpu().numpy()
 
 
 class SeparateMembers:
     """The plain path of an ensemble: each member's forward in turn, their outputs stacked on a
     leading member axis, as `models.speed.StackedMembers` returns them from one batched forward.
 
-    logits: task -> (M, B, L, n); hidden: a list of M per-member states (None: zeros); visual
-    features (`forward_with_features`): (M, B * L, feature_dim).
+    logits: task -> (M, B, L, n); hidden: a list of M per-member states (None: zeros); density
+    inputs (`forward_with_features`): (M, B * L, density_dim).
     """
 
     def __init__(self, members: list[Member]) -> None:

@@ -23,6 +23,43 @@ BLOCKS = sum(repeats for _, _, repeats, _ in BOTTLENECKS)  # bottleneck blocks o
 STRIDE_TWO_LAYERS = 1 + sum(1 for *_, stride in BOTTLENECKS if stride == 2)  # stem + 3 stages
 
 
+def _stage_ends() -> tuple[int, ...]:
+    """Blocks whose output ends a resolution stage: the block before each stride-2 block and the
+    last; -1 stands for the stem, whose output is the first stage's."""
+    starts, index = [], 0
+    for _, _, repeats, stride in BOTTLENECKS:
+        if stride == 2:
+            starts.append(index)
+        index += repeats
+    return (*(start - 1 for start in starts), BLOCKS - 1)
+
+
+# Where the feature-density OOD score reads the image's statistics: the end of each resolution
+# stage (112 px input: 56, 28, 14 and 7 px maps).
+STAGE_ENDS = _stage_ends()
+
+
+def stage_statistics(maps: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) maps -> (N, 2C) float32: each channel's mean over the map, then its standard
+    deviation (a texture's signature, as style statistics are)."""
+    maps = maps.float()
+    return torch.cat([maps.mean((2, 3)), maps.std((2, 3))], dim=1)
+
+
+def density_input(features: torch.Tensor, statistics: list[torch.Tensor]) -> torch.Tensor:
+    """What the feature-density OOD score reads of each frame, (N, feature_dim + statistics_dim)
+    float32: the visual features (N, feature_dim), then the stage statistics as noted."""
+    return torch.cat([features.float(), *statistics], dim=1)
+
+
+def statistics_dim(width_mult: float = 1.0) -> int:
+    """Length of a frame's stage statistics for a backbone of `width_mult`."""
+    channels = [scale_channels(STEM_CHANNELS, width_mult)]
+    for _, out, repeats, _ in BOTTLENECKS:
+        channels += [scale_channels(out, width_mult)] * repeats
+    return 2 * sum(channels[end + 1] for end in STAGE_ENDS)
+
+
 def he_initialise(module: nn.Module) -> None:
     """He initialisation (fan-out) of every convolution in `module`, the MobileNet-family
     default; BatchNorm and PReLU at PyTorch's defaults (BatchNorm's statistics reset too)."""
@@ -148,9 +185,25 @@ class MobileFaceNet(nn.Module):
         side = final_map_size(input_size)
         self.gdc = ConvBN(feature_dim, feature_dim, side, groups=feature_dim, padding=0, act=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem_dw(self.stem(x)))
+    def forward(self, x: torch.Tensor, statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Features (N, 512); with a list `statistics`, each stage's `stage_statistics` are
+        appended to it, shallowest first."""
+        x = self._blocks(self._stem(x, statistics), 0, len(self.blocks), statistics)
         return self.gdc(self.pointwise(x)).flatten(1)  # (N, 512)
+
+    def _stem(self, x: torch.Tensor, statistics: list[torch.Tensor] | None) -> torch.Tensor:
+        x = self.stem_dw(self.stem(x))
+        if statistics is not None and -1 in STAGE_ENDS:
+            statistics.append(stage_statistics(x))
+        return x
+
+    def _blocks(self, x: torch.Tensor, start: int, stop: int, statistics: list[torch.Tensor] | None) -> torch.Tensor:
+        """Blocks `start` .. `stop` - 1 on x, noting the statistics of each stage end among them."""
+        for index in range(start, stop):
+            x = self.blocks[index](x)
+            if statistics is not None and index in STAGE_ENDS:
+                statistics.append(stage_statistics(x))
+        return x
 
     def tail_layers(self, blocks: int) -> list[nn.Module]:
         """The last `blocks` bottlenecks and the output layers (1x1, GDC); none for 0 blocks."""
@@ -158,21 +211,22 @@ class MobileFaceNet(nn.Module):
             raise ValueError(f"a tail of {blocks} blocks: the network has {len(self.blocks)}")
         return [*self.blocks[len(self.blocks) - blocks :], self.pointwise, self.gdc] if blocks else []
 
-    def front(self, x: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+    def front(self, x: torch.Tensor, tail_blocks: int, statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Everything below the tail of `tail_blocks` blocks: its input maps (N, C, s, s), or the
-        features (N, 512) for a tail of 0 blocks. `tail(front(x, n), n)` is `forward(x)`."""
+        features (N, 512) for a tail of 0 blocks. `tail(front(x, n), n)` is `forward(x)`, and
+        the statistics the two note, in turn, are those `forward` notes."""
         if not tail_blocks:
-            return self(x)
-        x = self.stem_dw(self.stem(x))
-        for block in self.blocks[: len(self.blocks) - tail_blocks]:
-            x = block(x)
-        return x
+            return self(x, statistics)
+        self.tail_layers(tail_blocks)  # checks the count
+        return self._blocks(self._stem(x, statistics), 0, len(self.blocks) - tail_blocks, statistics)
 
-    def tail(self, maps: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+    def tail(self, maps: torch.Tensor, tail_blocks: int, statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The tail of `tail_blocks` blocks on `front`'s output: features (N, 512)."""
-        for layer in self.tail_layers(tail_blocks):
-            maps = layer(maps)
-        return maps.flatten(1)
+        if not tail_blocks:
+            return maps.flatten(1)
+        self.tail_layers(tail_blocks)
+        maps = self._blocks(maps, len(self.blocks) - tail_blocks, len(self.blocks), statistics)
+        return self.gdc(self.pointwise(maps)).flatten(1)
 
     def front_tensors(self, tail_blocks: int) -> list[torch.Tensor]:
         """The parameters and buffers that `front(x, tail_blocks)` computes with: two networks

@@ -1,8 +1,8 @@
 """ONNX export of one member and an ONNX Runtime twin of `EMENet.forward_stateful`.
 
-One file per member: frames [+ audio] + GRU state in, per-task logits, the frames' visual
-features (the OOD score's input) and the GRU state out, with dynamic batch and length, so a video
-can be streamed chunk by chunk like the PyTorch model.
+One file per member: frames [+ audio] + GRU state in, per-task logits, the frames' density
+inputs (visual features and stage statistics, the OOD score's input) and the GRU state out,
+with dynamic batch and length, so a video can be streamed chunk by chunk like the PyTorch model.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from emodistill.models import EMENet, ModelConfig
 OPSET = 17
 CONFIG_KEY = "emodistill.model_config"  # ONNX metadata: the member's ModelConfig as JSON
 HIDDEN_OUT = "hidden_out"  # the last ONNX output, the GRU state
-FEATURES_OUT = "features"  # the output before it, each frame's visual features; the ones before are the logits
+FEATURES_OUT = "features"  # the output before it, each frame's density input; the ones before are the logits
 _ORT_LOAD_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
 
 
@@ -45,10 +45,9 @@ class _ExportWrapper(nn.Module):
 
     def forward(self, frames: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         audio, hidden = rest if len(rest) == 2 else (None, rest[0])
-        features = self.model.encode(frames, audio)  # (B, L, D)
+        features, described = self.model.encode_for_density(frames, audio)  # (B, L, D), (B * L, density_dim)
         logits, hidden = self.model.decode(features, hidden)
-        visual = features[..., : self.model.config.feature_dim]  # (B, L, F)
-        return (*(logits[t.name] for t in self.model.tasks), visual, hidden)
+        return (*(logits[t.name] for t in self.model.tasks), described, hidden)
 
 
 def input_names(config: ModelConfig) -> list[str]:
@@ -72,7 +71,8 @@ def export_member(model: EMENet, path: Path) -> Path:
     clip_axes = {0: "batch", 1: "length"}
     dynamic_axes = {name: clip_axes for name in names if name != "hidden"}
     outputs = [*model.tasks.names, FEATURES_OUT, HIDDEN_OUT]  # the task names name the logits
-    dynamic_axes |= {name: clip_axes for name in (*model.tasks.names, FEATURES_OUT)}
+    dynamic_axes |= {name: clip_axes for name in model.tasks.names}
+    dynamic_axes[FEATURES_OUT] = {0: "frames"}  # (B * L, density_dim)
     dynamic_axes |= {"hidden": {1: "batch"}, HIDDEN_OUT: {1: "batch"}}
     # Export a plain-layout copy: ONNX convolutions are NCHW, and ONNX Runtime picks its own
     # blocked layout; a channels_last source only adds transposes to the graph.
@@ -145,15 +145,17 @@ class OnnxMember:
             raise InputError(f"{self.path} was not exported by emodistill (no model config inside)")
         self.config = ModelConfig(**json.loads(stored))
         self.outputs = [o.name for o in self.session.get_outputs()]  # the tasks' logits, FEATURES_OUT, HIDDEN_OUT
-        # A file exported before the features were an output has the logits and the state only.
-        self.has_features = FEATURES_OUT in self.outputs
+        # A file exported before the features were an output has the logits and the state only;
+        # one exported before the stage statistics has the visual features only.
+        shape = {o.name: o.shape for o in self.session.get_outputs()}.get(FEATURES_OUT)
+        self.has_features = shape is not None and shape[-1] == self.config.density_dim
         self.logit_names = [o for o in self.outputs if o not in (FEATURES_OUT, HIDDEN_OUT)]
         self.n_tasks = len(self.logit_names)
 
     def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: np.ndarray | None
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """As `forward_stateful`, plus every frame's visual features (B * L, feature_dim)."""
+        """As `forward_stateful`, plus every frame's density input (B * L, density_dim)."""
         outputs = self._run(frames, audio, hidden)
         features = outputs[FEATURES_OUT]
         return {n: outputs[n] for n in self.logit_names}, outputs[HIDDEN_OUT], features.reshape(-1, features.shape[-1])

@@ -42,6 +42,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from emodistill.core.errors import InputError
 from emodistill.models.emenet import EMENet
 from emodistill.models.members import numpy_logits
+from emodistill.models.mobilefacenet import density_input
 
 # CPU flags (as /proc/cpuinfo spells them) with which PyTorch's oneDNN kernels multiply bf16 in
 # hardware; without them bf16 is emulated and slower than fp32.
@@ -246,10 +247,18 @@ class MemberCNNs(nn.Module):
 
         self.networks = nn.ModuleList([prepared(part) for part in parts])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, described: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(N, M, F); `described` (face CNNs only): also each member's density inputs (M, N, ...)."""
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return torch.stack([network(x) for network in self.networks], dim=1)  # (N, M, F)
+        if not described:
+            return torch.stack([network(x) for network in self.networks], dim=1)  # (N, M, F)
+        features, inputs = [], []
+        for network in self.networks:
+            statistics: list[torch.Tensor] = []
+            features.append(network(x, statistics))
+            inputs.append(density_input(features[-1], statistics))
+        return torch.stack(features, dim=1), torch.stack(inputs)
 
 
 HiddenState = torch.Tensor | Sequence[torch.Tensor | None] | None
@@ -264,7 +273,7 @@ class StackedMembers:
     - hidden: one tensor (M, n_tasks, B, gru_hidden); `hidden[m]` is member m's GRU state. As an
       argument it may also be None (zeros, the start of a video) or a sequence of M per-member
       states (None for zeros);
-    - visual features (`forward_with_features`): (M, B * L, feature_dim) float32 NumPy.
+    - density inputs (`forward_with_features`): (M, B * L, density_dim) float32 NumPy.
 
     The members' weights are copied at construction (later changes to them are not seen) and
     used in eval mode: BatchNorm with its running statistics, dropout off. With `bf16`, the face
@@ -305,19 +314,27 @@ class StackedMembers:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def encode(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor, audio: torch.Tensor | None = None,
+               described: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Frames (B, L, 3, S, S) in [0, 1] [+ log-mel (B, L, 64, 64)] -> every member's features
-        (M, B, L, D), float32: `EMENet.encode` of each member, in one pass."""
+        (M, B, L, D), float32: `EMENet.encode` of each member, in one pass; with `described`,
+        also their density inputs (M, B*L, density_dim), as `EMENet.encode_for_density`."""
         B, L = frames.shape[:2]
         x = frames.flatten(0, 1) * 2.0 - 1.0  # (B*L, 3, S, S), as EMENet.encode
+        inputs = None
         with self._autocast():
-            features = self.backbone(x).float()  # (B*L, M, F)
+            if described:
+                features, inputs = self.backbone(x, described=True)
+                features, inputs = features.float(), inputs.float()
+            else:
+                features = self.backbone(x).float()  # (B*L, M, F)
         if self.audio_encoder is not None:
             # fp32 always: 2.5% of EMENet-VA's multiply-adds, and bf16 there doubled the VA
             # models' probability error.
             sound = self.audio_encoder(audio.flatten(0, 1))  # (B*L, M, A)
             features = torch.cat([features, sound], dim=-1)  # (B*L, M, F+A)
-        return features.movedim(1, 0).unflatten(1, (B, L))  # (M, B, L, D)
+        features = features.movedim(1, 0).unflatten(1, (B, L))  # (M, B, L, D)
+        return features if inputs is None else (features, inputs)
 
     def decode(
         self, features: torch.Tensor, hidden: HiddenState = None
@@ -375,9 +392,8 @@ class StackedMembers:
     def forward_with_features(
         self, frames: np.ndarray, audio: np.ndarray | None, hidden: HiddenState
     ) -> tuple[dict[str, np.ndarray], torch.Tensor, np.ndarray]:
-        """As `forward_stateful`, plus every member's visual features of every frame,
-        (M, B * L, feature_dim): the feature-density OOD score's input."""
-        features = self.encode(*self._inputs(frames, audio))  # (M, B, L, D)
+        """As `forward_stateful`, plus every member's density input of every frame,
+        (M, B * L, density_dim): the feature-density OOD score's input."""
+        features, inputs = self.encode(*self._inputs(frames, audio), described=True)  # (M, B, L, D)
         logits, hidden = self.decode(features, hidden)
-        visual = features[..., : self.config.feature_dim].flatten(1, 2)  # (M, B*L, F)
-        return numpy_logits(logits), hidden, visual.float().cpu().numpy()
+        return numpy_logits(logits), hidden, inputs.cpu().numpy()

@@ -3,7 +3,7 @@ how sure the model is (paper Fig. 1 as a product).
 
 Per face: AU probabilities, expression, valence/arousal, the normalised entropy of each task
 (split into aleatoric and epistemic parts for an ensemble, Eq. 14) and an out-of-domain flag from
-the distance of the face's features to the training frames' (one member or many). Each person of
+the distance of the face's features and stage statistics to the training frames' (one member or many). Each person of
 a video is a time series of their own: the GRU heads carry one state per face_id. The run's
 evaluation stores what the probabilities are calibrated with and what the flag is thresholded at.
 """
@@ -271,7 +271,7 @@ class Predictor:
         return state
 
     def _ood(self, features: np.ndarray | None) -> tuple[np.ndarray, float] | None:
-        """The members' visual features (T, N, F) -> the density score (N,) and its threshold."""
+        """The members' density inputs (T, N, D) -> the density score (N,) and its threshold."""
         if self.density is None or features is None:
             return None
         return self.density.score(features), self.density.threshold_for(self.n_members)
@@ -280,7 +280,7 @@ class Predictor:
         self, faces: list[tuple[Frame, FaceCrop]], hidden: list[object] | None, sequence: FrameSequence
     ) -> tuple[dict[str, np.ndarray], list[object], np.ndarray | None]:
         """Every member's logits, task -> (T, N, n_logits), for the N faces; the members' GRU
-        states after the last face; and with a density, their visual features (T, N, F) (None
+        states after the last face; and with a density, their density inputs (T, N, D) (None
         without one)."""
         n = len(faces)
         crops = np.stack([face.crop for _, face in faces])  # (N, S, S, 3)

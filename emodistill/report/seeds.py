@@ -42,6 +42,9 @@ def figures(report: dict) -> dict[str, float]:
             add(f"{label} {metric} skill", g.get("skill", {}).get("single", {}).get(metric))
         add(f"{label} OOD AUC", g.get("ood_auc"))
         add(f"{label} OOD AUC (epistemic)", g.get("ood_auc_epistemic"))
+        for name, value in g.get("ood_flagged", {}).items():  # validation, the OOD set, non-faces
+            short = "non-faces" if "non-faces" in name else name.split(" ")[0]
+            add(f"{label} flagged: {short}", value)
         for name, value in g.get("challenge", {}).get("scores", {}).items():
             add(f"{label} {name}", value)
     for key, entry in report.get("baselines", {}).items():
@@ -62,7 +65,8 @@ def claims(names: list[str]) -> list[tuple[str, str]]:
     students = [g for g in generations if g != "Tea"]
     baselines = sorted({n.split(" ")[0] for n in names if n.endswith(" NLL")} - {*generations, "Prior", "Oracle"})
     pairs = []
-    measures = [n.removeprefix("Tea ") for n in names if n.startswith("Tea ") and not n.endswith(" skill")]
+    measures = [n.removeprefix("Tea ") for n in names
+                if n.startswith("Tea ") and not n.endswith(" skill") and "flagged" not in n]
     for student in students:
         pairs += [(f"{student} {m}", f"Tea {m}") for m in measures]
         for baseline in baselines:

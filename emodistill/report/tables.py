@@ -110,16 +110,28 @@ def ood_table(report: dict) -> str:
              *(f"{100 * g['ood_flagged'][name]:.1f}% ({100 * g['ood_flagged_single'][name]:.1f}%)" for name in sets),
              fmt(g.get("ood_auc_epistemic", g["ood_auc"])), *(fmt(g["ood_auc_by_task"].get(t)) for t in tasks)]
             for g in gens]
-    note = ("ROC AUC against the OOD set of the feature-density score (Mahalanobis distance of the frame's "
-            "visual features to class-conditional Gaussians fitted on training frames, averaged over the members; "
-            "the score `predict` flags with), for the ensemble and a single member (mean over members); the share "
-            "of each set flagged at the threshold that flags 5% of the validation frames (validation: threshold "
-            "set on the other half of the videos), for the ensemble (and its first member alone); then the AUC of "
-            "the paper's score, the epistemic uncertainty averaged over the tasks (Fig. 5), and of each task's "
-            "epistemic part alone (a diagnostic). 0.5 is chance.")
+    note = ("ROC AUC against the OOD set of the feature-density score (Mahalanobis distances of the frame's "
+            "visual features and of its stage statistics, each channel's mean and spread at the end of every "
+            "resolution stage of the backbone, to class-conditional Gaussians fitted on training frames; per "
+            "member the larger of the two, each divided by its own 5% threshold on validation frames, then "
+            "averaged over the members; the score `predict` flags with), for the ensemble and a single member "
+            "(mean over members); the share of each set flagged at the threshold that flags 5% of the validation "
+            "frames (validation: threshold set on the other half of the videos), for the ensemble (and its first "
+            "member alone); then the AUC of the paper's score, the epistemic uncertainty averaged over the tasks "
+            "(Fig. 5), and of each task's epistemic part alone (a diagnostic). 0.5 is chance.")
     header = ["Generation", "density AUC (ens.)", "density AUC (single)", "threshold",
               *(f"flagged: {name}" for name in sets), "epistemic AUC", *(f"{t} epistemic" for t in tasks)]
-    return note + "\n\n" + markdown_table(header, rows)
+    table = note + "\n\n" + markdown_table(header, rows)
+    if "ood_flagged_by_part" in gens[0]:
+        parts = list(gens[0]["ood_flagged_by_part"])
+        by_part = [[short_name(g["name"]), *(f"{100 * g['ood_flagged_by_part'][part][name]:.1f}%"
+                                             for part in parts for name in g["ood_flagged_by_part"][part])]
+                   for g in gens]
+        names = list(gens[0]["ood_flagged_by_part"][parts[0]])
+        table += ("\n\nWhat each part of the density flags alone, at its own 5% of validation frames (ensemble):"
+                  "\n\n" + markdown_table(["Generation", *(f"{part}: {name}" for part in parts for name in names)],
+                                           by_part))
+    return table
 
 
 def calibration_table(report: dict) -> str:

@@ -68,7 +68,7 @@ class Ensemble:
         members = [OnnxMember(p, threads) for p in paths]
         if not all(m.has_features for m in members):
             log(f"exporting {generation_name(self.generation)} to ONNX in {self.onnx_dir} again, "
-                "with the features output")
+                "with this version's density output")
             self.export_onnx()
             members = [OnnxMember(p, threads) for p in paths]
         return members
