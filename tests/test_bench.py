@@ -182,6 +182,10 @@ def test_quick_bench_writes_results_and_tables(tmp_path: Path) -> None:
     assert front["reached"] == results["pipeline"][0]["frames_per_s"] and front["met"] == (front["reached"] >= 200)
     ratio = results["targets"]["ensemble_speed_up_with_levers"]
     assert ratio["reached"] == results["levers"]["speedup"] and ratio["met"] == (ratio["reached"] >= 1.5)
+    # Members sharing a frozen backbone: the levers run it once, with their own plain path's outputs.
+    frozen = results["levers"]["frozen_front"]
+    assert frozen["levers_frames_per_s"] > 0 and frozen["max_abs_difference"] <= results["levers"]["tolerance"]
+    assert "sharing a frozen backbone" in out.with_suffix(".md").read_text()
     members = results["members_ratio"]
     whole_rows = {(r["members"], r["backend"]): r for r in results["pipeline"][2:]}
     assert members["one_member_frames_per_s"] == whole_rows[(1, "torch")]["frames_per_s"]
@@ -209,3 +213,15 @@ def test_quick_bench_writes_results_and_tables(tmp_path: Path) -> None:
     assert "| tiny (32x32) | 1 | 2 | 2x4 |" in table and "| whole pipeline | 2 | onnx |" in table
     assert "What `train` will take" in table and "| tiny (32x32) | 1 | 3x4 |" in table
     assert "This benchmark's own cost" in table
+
+
+def test_a_frozen_front_bench_run_shares_all_but_the_tail(tmp_path: Path) -> None:
+    from emodistill.bench.inputs import FROZEN_TAIL, random_run
+    from emodistill.models.mobilefacenet import shared_tail_blocks
+
+    crops = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    frozen = random_run(tmp_path / "frozen", "tiny", 3, crops, frozen_tail=FROZEN_TAIL)
+    backbones = [frozen.load_member(0, m).backbone for m in range(3)]
+    assert shared_tail_blocks(backbones) == FROZEN_TAIL
+    independent = random_run(tmp_path / "independent", "tiny", 2, crops)
+    assert shared_tail_blocks([independent.load_member(0, m).backbone for m in range(2)]) is None

@@ -20,6 +20,7 @@ from emodistill.core.errors import InputError
 from emodistill.data.frontend import iter_frames, prefetch
 from emodistill.models.emenet import build_model
 from emodistill.models.members import TorchMember
+from emodistill.models.mobilefacenet import shared_tail_blocks
 from emodistill.models.speed import (
     Levers,
     StackedHeads,
@@ -138,6 +139,28 @@ def test_stacked_members_match_separate_members(modality: str) -> None:
     # Per-member states in a list are the same as the stacked tensor.
     again, _ = stacked.forward_stateful(second, audio2, list(hidden))
     assert all(np.array_equal(again[k], logits2[k]) for k in logits2)
+
+
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_members_sharing_a_frozen_front_run_it_once_with_the_same_outputs(fold_bn: bool) -> None:
+    # A frozen-backbone run: every member is member 0 below its own last 2 blocks and heads.
+    models = [calibrated(0) for _ in range(3)]
+    for seed, model in enumerate(models[1:], start=1):
+        torch.manual_seed(seed)
+        model.backbone.reset_tail(2)
+        for head in model.heads.values():
+            head.gru.reset_parameters()
+    assert shared_tail_blocks([m.backbone for m in models]) == 2
+    assert shared_tail_blocks([calibrated(s).backbone for s in (0, 1)]) is None
+    stacked = StackedMembers(models, fold_bn=fold_bn)
+    assert stacked.backbone.shared_tail == 2
+    frames, _ = inputs(models[0], B=2, L=4, seed=3)
+    logits, _, features = stacked.forward_with_features(frames, None, [None] * 3)
+    tolerance = 1e-4 if fold_bn else FP32_TOL
+    for m, model in enumerate(models):
+        one, _, one_features = TorchMember(model, torch.device("cpu")).forward_with_features(frames, None, None)
+        assert max_difference(logits, m, one) < tolerance
+        assert float(np.abs(features[m] - one_features).max()) < tolerance
 
 
 def test_stacked_heads_match_each_members_decode() -> None:

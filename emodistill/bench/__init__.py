@@ -78,7 +78,7 @@ def measure(sizes: BenchSizes, tuned: bool, threads: int, log: Callable[[str], N
     """Every measurement of the benchmark, on members made for it in a temporary folder;
     `threads` is the most threads used (the whole pipeline runs with that many)."""
     from emodistill.bench.inference import front_end, model_only, whole_pipeline
-    from emodistill.bench.inputs import face_crops, random_run, write_face_video
+    from emodistill.bench.inputs import FROZEN_TAIL, face_crops, random_run, write_face_video
     from emodistill.bench.machine import machine_info, matmul_peak
     from emodistill.bench.memory import inference_memory
     from emodistill.bench.training import training_memory, training_speed
@@ -115,10 +115,11 @@ def measure(sizes: BenchSizes, tuned: bool, threads: int, log: Callable[[str], N
         video = write_face_video(folder / "face.mp4", sizes.video_frames, sizes.video_size)
         crops = face_crops(video, 2 * sizes.clips[-1][1])
         runs = {preset: random_run(folder / preset, preset, sizes.members, crops) for preset in sizes.presets}
+        frozen = random_run(folder / "frozen-front", sizes.presets[0], sizes.members, crops, frozen_tail=FROZEN_TAIL)
         section("front end beside dlib on every frame")
         results["pipeline"] = front_end(runs[sizes.presets[0]], video, sizes)
         section(f"whole pipeline: 1 member, {sizes.members}, {sizes.members} with the levers, side by side")
-        whole = whole_pipeline(runs[sizes.presets[0]], video, sizes)
+        whole = whole_pipeline(runs[sizes.presets[0]], video, sizes, frozen)
         results["pipeline"] += whole["rows"]
         results["levers"], results["members_ratio"] = whole["levers"], whole["members"]
         section("model-only speed")

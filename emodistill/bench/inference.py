@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from emodistill.bench.common import BACKENDS, BenchSizes, seconds_of, significant, timed_rounds
+from emodistill.bench.inputs import FROZEN_TAIL
 from emodistill.models import PRESETS, count_macs
 from emodistill.models.speed import BF16_TOLERANCE, Levers
 from emodistill.predict.predictor import Predictor
@@ -108,7 +109,10 @@ def _warm_up(predictor: Predictor) -> None:
     predictor.members.forward_stateful(frames, None, None)
 
 
-def whole_pipeline(run: Run, video: Path, sizes: BenchSizes) -> dict:
+FROZEN = "frozen-front levers"  # the frozen-backbone ensemble with the levers
+
+
+def whole_pipeline(run: Run, video: Path, sizes: BenchSizes, frozen: Run | None = None) -> dict:
     """`emodistill predict` on the video, decode to CSV, frames/s.
 
     Side by side in interleaved rounds (after a warm-up pass each): one member and the
@@ -117,18 +121,27 @@ def whole_pipeline(run: Run, video: Path, sizes: BenchSizes) -> dict:
     and without the levers are compared on the warm-up pass (largest difference of any numeric
     column). The ONNX Runtime pipelines run once each, after a warm-up forward pass.
 
+    With `frozen`, a run whose members share a frozen backbone below their tails (as the demo
+    trains them), its ensemble with the levers runs in the same rounds: the levers then compute
+    the shared layers once. Its outputs are compared with its own plain path's (warm-up only).
+
     Returns {"rows": pipeline rows, "levers": the lever comparison, "members": 1 vs ensemble}.
     """
     source = discover(video)
     n, levers = sizes.members, Levers.auto()
-    plan = {"1 plain": (1, Levers()), f"{n} plain": (n, Levers()), f"{n} levers": (n, levers)}
+    plan = {"1 plain": (run, 1, Levers()), f"{n} plain": (run, n, Levers()), f"{n} levers": (run, n, levers)}
+    if frozen is not None:
+        plan[FROZEN] = (frozen, n, levers)
     predictors, load = {}, {}
-    for name, (members, chosen) in plan.items():
+    for name, (source_run, members, chosen) in plan.items():
         started = time.perf_counter()
-        predictors[name] = Predictor(run.root, members=members, runtime="torch", device="cpu",
+        predictors[name] = Predictor(source_run.root, members=members, runtime="torch", device="cpu",
                                      log=lambda _: None, levers=chosen)
         load[name] = time.perf_counter() - started
     tables = {name: predictor.predict(source) for name, predictor in predictors.items()}  # warm-up
+    if frozen is not None:
+        tables[f"{FROZEN} plain"] = Predictor(frozen.root, members=n, runtime="torch", device="cpu",
+                                              log=lambda _: None, levers=Levers()).predict(source)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "emotions.csv"
 
@@ -165,6 +178,11 @@ def whole_pipeline(run: Run, video: Path, sizes: BenchSizes) -> dict:
                  "same_faces": bool((plain["face"] == fast["face"]).all()),
                  "max_abs_difference": largest_difference(plain, fast),
                  "tolerance": BF16_TOLERANCE if levers.bf16 else 1e-4, "rounds": sizes.repeats}
+    if frozen is not None:
+        lever_row["frozen_front"] = {
+            "tail_blocks": FROZEN_TAIL, "levers_frames_per_s": round(fps[FROZEN], 1),
+            "speedup": significant(fps[FROZEN] / fps[f"{n} plain"], 3),
+            "max_abs_difference": largest_difference(tables[f"{FROZEN} plain"], tables[FROZEN])}
     members_row = {"members": n, "preset": run.config().preset, "frames": source.n_frames,
                    "one_member_frames_per_s": round(fps["1 plain"], 1),
                    "ensemble_frames_per_s": round(fps[f"{n} plain"], 1),

@@ -85,21 +85,43 @@ def clip_batches(model: torch.nn.Module, frames: np.ndarray) -> Iterator[tuple[t
         yield clip, audio
 
 
-def random_run(root: Path, preset: str, members: int, crops: np.ndarray) -> Run:
+FROZEN_TAIL = 2  # the demo's members: a shared frozen backbone below their own last 2 blocks
+
+
+def random_run(root: Path, preset: str, members: int, crops: np.ndarray, frozen_tail: int = 0) -> Run:
     """A run folder whose teacher members are randomly initialised, with BatchNorm statistics
-    from the face crops and ONNX files exported beside them."""
+    from the face crops and ONNX files exported beside them. With `frozen_tail`, every member is
+    member 0 below its own last `frozen_tail` blocks and heads, as `train --freeze-backbone
+    --tail-blocks N` makes them."""
     run = Run(root)
     config = run.prepare(RunConfig(data="(none: random weights for the benchmark)",
                                    preset=preset, members=members, generations=0))
     size = PRESETS[preset].input_size
     frames = crops_as_input(crops, size, 2, len(crops) // 2)
+    first = None
     for m in range(members):
         seed = member_seed(config.seed, 0, m)
         torch.manual_seed(seed)
         model = build_model(preset)
-        reestimate_batchnorm(model, clip_batches(model, frames))
+        if frozen_tail and first is not None:
+            model.backbone.load_state_dict(first.backbone.state_dict())
+            model.backbone.reset_tail(frozen_tail)
+            reestimate_batchnorm(model, clip_batches(model, frames))
+            model.backbone.load_state_dict({k: v for k, v in first.backbone.state_dict().items()
+                                            if not _in_tail(k, model, frozen_tail)}, strict=False)
+        else:
+            reestimate_batchnorm(model, clip_batches(model, frames))
+        first = first or model
         save_weights(run.weights_path(0, m), model)
         write_json(run.record_path(0, m), {"generation": "teacher", "member": m, "seed": seed,
                                            "note": "random initialisation, for the benchmark"})
     export_run(root)
     return run
+
+
+def _in_tail(key: str, model: torch.nn.Module, tail_blocks: int) -> bool:
+    """Whether backbone state-dict entry `key` belongs to the last `tail_blocks` blocks or the output layers."""
+    first_tail_block = len(model.backbone.blocks) - tail_blocks
+    if key.startswith(("pointwise.", "gdc.")):
+        return True
+    return key.startswith("blocks.") and int(key.split(".")[1]) >= first_tail_block

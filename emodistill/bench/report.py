@@ -66,7 +66,12 @@ def lever_lines(results: dict) -> list[str]:
              markdown_table(["path", "frames/s", "speed-up", "largest output difference"],
                             [["plain fp32", lev["plain_frames_per_s"], 1.0, "-"],
                              ["levers", lev["levers_frames_per_s"], lev["speedup"],
-                              f"{lev['max_abs_difference']:.1e} (tolerance {lev['tolerance']:g})"]])]
+                              f"{lev['max_abs_difference']:.1e} (tolerance {lev['tolerance']:g})"],
+                             *([[f"levers, members sharing a frozen backbone below their last "
+                                 f"{lev['frozen_front']['tail_blocks']} blocks (the demo's)",
+                                 lev["frozen_front"]["levers_frames_per_s"], lev["frozen_front"]["speedup"],
+                                 f"{lev['frozen_front']['max_abs_difference']:.1e} (against its own plain path)"]]
+                               if "frozen_front" in lev else [])])]
     lines += ["Training steps of one member (forward, loss, backward, Adam), side by side in one fresh process "
               f"(--clips-per-task {results['training'][0]['clips_per_task']}):",
               markdown_table(["preset", "case", "batch BxL", "clips/s", "frames/s", "vs fp32"],

@@ -6,6 +6,8 @@ so a face crop becomes a `feature_dim`-d vector.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -238,3 +240,15 @@ class MobileFaceNet(nn.Module):
         """A fresh random initialisation of the tail (from torch's generator), the rest kept."""
         for layer in self.tail_layers(tail_blocks):
             he_initialise(layer)
+
+
+def shared_tail_blocks(backbones: Sequence[MobileFaceNet]) -> int | None:
+    """The shortest tail below which every backbone computes the same front (equal weights and
+    statistics): a frozen-backbone run's members share all but their last blocks. 0 when the
+    backbones are equal throughout; None when not even the stem is shared."""
+    for blocks in range(len(backbones[0].blocks) + 1):
+        reference = backbones[0].front_tensors(blocks)
+        if all(len(t := other.front_tensors(blocks)) == len(reference)
+               and all(torch.equal(a, b) for a, b in zip(t, reference, strict=True)) for other in backbones[1:]):
+            return blocks
+    return None

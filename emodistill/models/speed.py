@@ -1,25 +1,15 @@
-"""Speed levers for ensemble inference (issue 11), each switchable and checked against the plain path.
+"""Speed levers for ensemble inference, each switchable and checked against the plain path
+(what each gave, measured: benchmarks/README.md, "The speed levers").
 
 - `StackedMembers`: M EMENets of one config behind one `TorchMember`-like object, outputs stacked
   on a leading member axis. The GRU heads of all members run as one batched recurrence
-  (`StackedHeads`, 1.25-2.7x faster than M x 3 `nn.GRU`s); the CNNs run in turn on the shared
-  input. Optionally BatchNorm folded into the convolutions (`fold_batch_norm`) and bf16 autocast.
+  (`StackedHeads`); the CNNs run in turn on the shared input (`MemberCNNs`), and members whose
+  lower layers are equal (a frozen-backbone run) compute those once. Optionally BatchNorm folded
+  into the convolutions (`fold_batch_norm`) and bf16 autocast. Grouped convolutions over the
+  members' channels (0.54x) and `torch.func.vmap` (0.26x) were slower and were dropped.
 - `bf16_fast`: bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX),
   checked at run time from the CPU flags.
 - `Levers`: which levers a run uses, for `bench` and `predict` to record.
-
-Measured on the 2-core AVX2 machine: 5 members, one clip of 32 frames, side by side in one
-process, medians of 5 rounds, speed relative to 5 `TorchMember`s (streaming / streaming with
-each frame's heads run again alone, the OOD pass of the time). Two threads on a quiet machine:
-EMENet-V stacked 1.02 / 1.01x, stacked + folded BN 1.15 / 1.22x (folding alone 1.14 / 1.17x),
-grouped 0.54 / 0.55x, grouped + folded 0.77 / 0.76x, vmap (torch.func) 0.26x; demo preset 1.07
-/ 1.09x, 1.36 / 1.33x, grouped 1.34 / 1.24x, grouped + folded 1.36 / 1.31x, vmap 0.52 / 0.49x.
-One thread, CPU time: EMENet-V stacked + folded 1.12 / 1.21x, grouped 0.50 / 0.59x. Grouped 1x1
-convolutions on the 28x28 maps ran at a third of the dense speed (64 -> 128 channels, 5
-members: 113 against 35 ms), and 5 members' activations side by side overflow the caches.
-
-Measured on a 2-core Xeon with AMX (native bf16), 5 EMENet-V members, 16 frames, model only:
-fp32 39 frames/s, folded BN 53, bf16 74, bf16 + folded 91 (2.3x); on one thread 19, 24, 39, 52.
 
 How often faces are detected is the front end's (`FaceTracker(detect_every=k)`, which follows
 faces in between); the background thread is `prefetch` (emodistill.data.frontend.decode).
@@ -42,7 +32,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from emodistill.core.errors import InputError
 from emodistill.models.emenet import EMENet
 from emodistill.models.members import numpy_logits
-from emodistill.models.mobilefacenet import density_input
+from emodistill.models.mobilefacenet import MobileFaceNet, density_input, shared_tail_blocks
 
 # CPU flags (as /proc/cpuinfo spells them) with which PyTorch's oneDNN kernels multiply bf16 in
 # hardware; without them bf16 is emulated and slower than fp32.
@@ -232,12 +222,15 @@ class StackedHeads(nn.Module):
 class MemberCNNs(nn.Module):
     """M CNNs of one architecture on one shared input, in turn: (N, C, ...) -> (N, M, F), float32
     eval. `fold_bn` folds BatchNorm into the convolutions first (`fold_batch_norm`). Images (4-D
-    inputs) run channels-last, as `TorchMember` runs them.
+    inputs) run channels-last, as `TorchMember` runs them. Face CNNs that share their lower
+    layers (a frozen-backbone run: `shared_tail_blocks`) run those once, then each its own tail.
     """
 
     def __init__(self, parts: Sequence[nn.Module], fold_bn: bool = False) -> None:
         super().__init__()
         self.n_members = len(parts)
+        faces = len(parts) > 1 and all(isinstance(p, MobileFaceNet) for p in parts)
+        self.shared_tail = shared_tail_blocks(parts) if faces else None  # None: nothing shared
 
         def prepared(network: nn.Module) -> nn.Module:
             network = fold_batch_norm(network) if fold_bn else copy.deepcopy(network).eval()
@@ -251,14 +244,20 @@ class MemberCNNs(nn.Module):
         """(N, M, F); `described` (face CNNs only): also each member's density inputs (M, N, ...)."""
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if not described:
-            return torch.stack([network(x) for network in self.networks], dim=1)  # (N, M, F)
+        below: list[torch.Tensor] | None = [] if described else None
+        if self.shared_tail is not None:
+            x = self.networks[0].front(x, self.shared_tail, below)
         features, inputs = [], []
         for network in self.networks:
-            statistics: list[torch.Tensor] = []
-            features.append(network(x, statistics))
-            inputs.append(density_input(features[-1], statistics))
-        return torch.stack(features, dim=1), torch.stack(inputs)
+            statistics = None if below is None else list(below)
+            if self.shared_tail is None:
+                features.append(network(x, statistics) if described else network(x))
+            else:
+                features.append(network.tail(x, self.shared_tail, statistics))
+            if statistics is not None:
+                inputs.append(density_input(features[-1], statistics))
+        features = torch.stack(features, dim=1)  # (N, M, F)
+        return (features, torch.stack(inputs)) if described else features
 
 
 HiddenState = torch.Tensor | Sequence[torch.Tensor | None] | None
