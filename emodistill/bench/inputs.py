@@ -103,14 +103,15 @@ def random_run(root: Path, preset: str, members: int, crops: np.ndarray, frozen_
         seed = member_seed(config.seed, 0, m)
         torch.manual_seed(seed)
         model = build_model(preset)
-        if frozen_tail and first is not None:
+        if frozen_tail and first is not None:  # member 0's front, so the tail's statistics see its maps
             model.backbone.load_state_dict(first.backbone.state_dict())
             model.backbone.reset_tail(frozen_tail)
-            reestimate_batchnorm(model, clip_batches(model, frames))
-            model.backbone.load_state_dict({k: v for k, v in first.backbone.state_dict().items()
-                                            if not _in_tail(k, model, frozen_tail)}, strict=False)
-        else:
-            reestimate_batchnorm(model, clip_batches(model, frames))
+        reestimate_batchnorm(model, clip_batches(model, frames))
+        if frozen_tail and first is not None:  # the front's statistics too, exactly member 0's
+            with torch.no_grad():
+                for mine, theirs in zip(model.backbone.front_tensors(frozen_tail),
+                                        first.backbone.front_tensors(frozen_tail), strict=True):
+                    mine.copy_(theirs)
         first = first or model
         save_weights(run.weights_path(0, m), model)
         write_json(run.record_path(0, m), {"generation": "teacher", "member": m, "seed": seed,
@@ -118,10 +119,3 @@ def random_run(root: Path, preset: str, members: int, crops: np.ndarray, frozen_
     export_run(root)
     return run
 
-
-def _in_tail(key: str, model: torch.nn.Module, tail_blocks: int) -> bool:
-    """Whether backbone state-dict entry `key` belongs to the last `tail_blocks` blocks or the output layers."""
-    first_tail_block = len(model.backbone.blocks) - tail_blocks
-    if key.startswith(("pointwise.", "gdc.")):
-        return True
-    return key.startswith("blocks.") and int(key.split(".")[1]) >= first_tail_block

@@ -15,7 +15,7 @@ import torch
 from emodistill.data.dataset import Split
 from emodistill.data.sampler import sequential_clips
 from emodistill.models.emenet import EMENet
-from emodistill.models.mobilefacenet import density_input
+from emodistill.models.mobilefacenet import density_input, same_tensors
 
 # A model-like callable: (frames (B, L, 3, S, S), audio (B, L, 64, 64) | None) -> task -> (B, L, n).
 Forward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
@@ -162,12 +162,7 @@ class FrozenFront:
 
     def covers(self, models: list[EMENet]) -> bool:
         """True when each model's front has exactly the reference's weights and statistics."""
-        for model in models:
-            tensors = model.backbone.front_tensors(self.tail_blocks)
-            if len(tensors) != len(self.reference) or not all(
-                    torch.equal(a, b) for a, b in zip(tensors, self.reference, strict=True)):
-                return False
-        return True
+        return all(same_tensors(model.backbone.front_tensors(self.tail_blocks), self.reference) for model in models)
 
 
 def decode_cached(

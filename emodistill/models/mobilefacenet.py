@@ -248,7 +248,11 @@ def shared_tail_blocks(backbones: Sequence[MobileFaceNet]) -> int | None:
     backbones are equal throughout; None when not even the stem is shared."""
     for blocks in range(len(backbones[0].blocks) + 1):
         reference = backbones[0].front_tensors(blocks)
-        if all(len(t := other.front_tensors(blocks)) == len(reference)
-               and all(torch.equal(a, b) for a, b in zip(t, reference, strict=True)) for other in backbones[1:]):
+        if all(same_tensors(other.front_tensors(blocks), reference) for other in backbones[1:]):
             return blocks
     return None
+
+
+def same_tensors(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+    """Two lists of tensors (`front_tensors`) with equal shapes and values, in order."""
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True))
