@@ -146,10 +146,10 @@ def density_scores(models: list[torch.nn.Module], train: Split, fit: tuple[np.nd
         "ood_flagged": flagged(every),
         "ood_flagged_single": flagged(1),  # the first member alone, as `predict --members 1` flags
         # each part alone, at its own 5% of validation faces: what each part catches
-        "ood_flagged_by_part": {part: {probe.name: float(np.mean(np.mean(distances["probe_out"][:, p]
-                                                                           / scales[:, p, None], 0) > 1)),
-                                       probe.nonface_name: float(np.mean(np.mean(distances["nonfaces"][:, p]
-                                                                                 / scales[:, p, None], 0) > 1))}
+        "ood_flagged_by_part": {part: {label: float(np.mean(combine(distances[name][:, p : p + 1],
+                                                                    scales[:, p : p + 1]) > 1))
+                                       for name, label in (("probe_out", probe.name),
+                                                           ("nonfaces", probe.nonface_name))}
                                 for p, part in enumerate(("features", "stage statistics")[: len(sizes)])},
         "density_shrinkage": [[g.shrinkage for g in m.parts] for m in members],
         "roc": thinned_curve(fpr, tpr),
