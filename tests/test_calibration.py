@@ -9,6 +9,8 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
+from emodistill.core.checkpoints import save_arrays
+from emodistill.core.errors import InputError
 from emodistill.evaluation.baselines.mc_dropout import enable_mc_dropout, mc_dropout_probs
 from emodistill.evaluation.baselines.temperature_scaling import (
     apply_temperatures,
@@ -17,6 +19,7 @@ from emodistill.evaluation.baselines.temperature_scaling import (
 )
 from emodistill.evaluation.calibration import (
     Calibration,
+    Fit,
     calibrate,
     choose_family,
     fit_affine,
@@ -205,8 +208,8 @@ def test_undoing_the_prior_shift_and_fitting_biases_beats_the_prior():
     prior_nll = nll_categorical(labels[score], np.broadcast_to(prior, (2000, 7)))
     assert raw_nll > prior_nll  # the reweighted member is worse than knowing nothing
     shift = np.log(weights)
-    scale, bias = fit_affine(EXPR, logits[fit] - shift, labels[fit])
-    calibrated = nll_categorical(labels[score], softmax(scale * (logits[score] - shift) + bias, axis=1))
+    fitted = fit_affine(EXPR, logits[fit] - shift, labels[fit])
+    calibrated = nll_categorical(labels[score], softmax(fitted.scale * (logits[score] - shift) + fitted.bias, axis=1))
     truth = nll_categorical(labels[score], softmax(z[score], axis=1))
     assert calibrated < prior_nll and calibrated == pytest.approx(truth, abs=0.02)
     # One temperature cannot move a base rate: it stays above the calibrated NLL.
@@ -227,8 +230,9 @@ def test_the_family_is_the_one_that_scores_best_on_other_videos():
     z, _, many, _ = shifted_expression_data(3000, seed=3)
     videos = np.repeat(np.arange(100), 30)
     assert choose_family(EXPR, 3.0 * z, many, videos) in ("temperature", "affine")
-    scale, bias = fit_family(EXPR, 3.0 * z, many, "temperature")
-    assert scale == pytest.approx(np.full(7, 1 / 3), abs=0.03) and np.array_equal(bias, np.zeros(7))
+    tempered = fit_family(EXPR, 3.0 * z, many, "temperature")
+    assert tempered.scale == pytest.approx(np.full(7, 1 / 3), abs=0.03) and np.array_equal(tempered.bias, np.zeros(7))
+    assert tempered.mix == 0.0
     # Overconfident and shifted by class weights the shift does not know of: only biases fix it.
     weights = np.array([0.2, 3.0, 3.0, 1.0, 1.0, 5.0, 5.0])
     assert choose_family(EXPR, 3.0 * z + np.log(weights), many, videos) == "affine"
@@ -259,6 +263,58 @@ def test_cross_fitted_calibration_never_scores_a_frame_with_its_own_label(tmp_pa
     applied = loaded.apply(stacked)["EXPR"]
     for m in range(2):
         shifted = member_logits[m]["EXPR"] - shifts["EXPR"]
-        scale, bias = fit_family(EXPR, shifted, labels, choose_family(EXPR, shifted, labels, video))
-        assert not np.allclose(scale, 1.0)
-        assert applied[m] == pytest.approx(scale * (stacked["EXPR"][m] - shifts["EXPR"]) + bias, abs=1e-5)
+        fitted = fit_family(EXPR, shifted, labels, choose_family(EXPR, shifted, labels, video))
+        assert not np.allclose(fitted.scale, 1.0)
+        assert applied[m] == pytest.approx(fitted.logits(EXPR, stacked["EXPR"][m] - shifts["EXPR"]), abs=1e-5)
+
+
+def wrong_on_some_videos(videos: int, seed: int):
+    """EXPR frames, 30 per video, labels drawn from softmax(z); the member reads z on most videos
+    but is confidently wrong (three times another draw's logits) on a quarter of them."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (videos * 30, 7)) + np.log([0.4, 0.1, 0.05, 0.05, 0.2, 0.1, 0.1])
+    labels = np.array([rng.choice(7, p=row) for row in softmax(z, axis=1)])
+    video = np.repeat(np.arange(videos), 30)
+    wrong = np.isin(video, rng.choice(videos, videos // 4, replace=False))
+    logits = np.where(wrong[:, None], 3.0 * rng.normal(0, 1.5, z.shape), z)
+    return logits, labels, video
+
+
+def test_a_member_confidently_wrong_on_whole_videos_is_shrunk_toward_the_base_rates():
+    logits, labels, video = wrong_on_some_videos(80, seed=4)
+    assert choose_family(EXPR, logits, labels, video) == "shrunk"
+    shrunk = fit_family(EXPR, logits, labels, "shrunk")
+    assert 0.05 < shrunk.mix < 0.9
+    assert shrunk.rates[0] == pytest.approx(np.bincount(labels, minlength=7) / len(labels), abs=0.01)
+    # On new videos it beats the temperature alone, and the prior.
+    new_logits, new_labels, _ = wrong_on_some_videos(80, seed=5)
+    tempered = fit_family(EXPR, logits, labels, "temperature")
+    prior = np.broadcast_to(np.bincount(labels, minlength=7) / len(labels), new_logits.shape)
+
+    def nll(fitted):
+        return nll_categorical(new_labels, np.exp(fitted.log_probs(EXPR, new_logits).numpy()[:, 0]))
+
+    assert nll(shrunk) < nll(tempered) - 0.02
+    assert nll(shrunk) < nll_categorical(new_labels, prior) - 0.05
+
+
+def test_shrunk_logits_give_the_shrunk_probabilities_and_old_files_read_unshrunk(tmp_path):
+    rng = np.random.default_rng(6)
+    for task in (AU, EXPR):
+        z = rng.normal(0, 3, (50, task.n_logits))
+        rates = rng.dirichlet(np.ones(task.n_classes), task.n_groups)
+        fitted = Fit(rng.uniform(0.5, 2, task.n_logits), rng.normal(0, 1, task.n_logits), 0.3, rates)
+        own = np.exp(task.log_activate(torch.from_numpy(fitted.scale * z + fitted.bias)).numpy())
+        expected = 0.7 * own + 0.3 * rates
+        probs = task.activate(torch.from_numpy(fitted.logits(task, z)).double()).numpy()
+        assert task.distributions(probs) == pytest.approx(expected, abs=1e-5)
+    # A calibration saved before the base rates' share: scale and bias only, applied as before.
+    scale, bias, shift = rng.uniform(0.5, 2, (2, 7)), rng.normal(0, 1, (2, 7)), rng.normal(0, 1, 7)
+    save_arrays(tmp_path / "old.safetensors", {"EXPR.shift": shift, "EXPR.scale": scale, "EXPR.bias": bias})
+    z = rng.normal(0, 2, (2, 5, 7))
+    applied = Calibration.load(tmp_path / "old.safetensors", PAPER_TASKS).apply({"EXPR": z})["EXPR"]
+    assert applied == pytest.approx(scale[:, None] * (z - shift) + bias[:, None], abs=1e-5)
+    save_arrays(tmp_path / "bad.safetensors", {"EXPR.shift": shift, "EXPR.scale": scale, "EXPR.bias": bias,
+                                               "EXPR.mix": np.zeros(3)})
+    with pytest.raises(InputError, match=r"bad\.safetensors.*wrong shape"):
+        Calibration.load(tmp_path / "bad.safetensors", PAPER_TASKS)

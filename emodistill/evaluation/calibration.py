@@ -1,14 +1,16 @@
 """Probabilities that are never worse than knowing nothing: class reweighting's prior shift undone
 (logit adjustment, Menon et al. 2021), then what the validation videos show pays off on new ones.
 
-After the shift, each member and task gets one of three families, chosen by cross-validation over
-the fitting frames' videos: nothing more, a temperature per output group, or a scale and a bias
-per logit (vector scaling for the expression's softmax, Platt scaling per AU; Kull et al. 2019),
-whose bias per class is what one temperature lacks to move a base rate. Each member gets its own,
-fitted on the validation frames, so any subset of members (`predict --members 1`) is calibrated;
-the report scores them by cross-fitting over validation videos, so no frame is scored by a fit
-(or a choice of family) that saw its label. Class decisions (AU present, the expression) stay the
-members' own, reweighted outputs.
+After the shift, each member and task gets one of four families, chosen by cross-validation over
+the fitting frames' videos: nothing more; a temperature per output group; that temperature with
+a share of the fitting frames' base rates mixed into its probabilities ("shrunk": what a member
+that is confidently wrong on whole videos needs, since no temperature bounds its worst frames); or
+a scale and a bias per logit (vector scaling for the expression's softmax, Platt scaling per AU;
+Kull et al. 2019), whose bias per class is what one temperature lacks to move a base rate. Each
+member gets its own, fitted on the validation frames, so any subset of members (`predict
+--members 1`) is calibrated; the report scores them by cross-fitting over validation videos, so no
+frame is scored by a fit (or a choice of family) that saw its label. Class decisions (AU present,
+the expression) stay the members' own, reweighted outputs.
 """
 
 from __future__ import annotations
@@ -28,26 +30,61 @@ from emodistill.tasks import Task, TaskSet, valid_rows
 FOLDS = 5  # cross-fitting folds over the validation videos
 INNER_FOLDS = 3  # folds over the fitting frames' videos that choose a family
 # What may be fitted after the prior shift, simplest first: nothing, a temperature per output
-# group, or a scale and a bias per logit (vector scaling; Platt scaling per AU).
-FAMILIES = ("shift", "temperature", "affine")
+# group, that temperature with a share of the fitting frames' base rates mixed in, or a scale and
+# a bias per logit (vector scaling; Platt scaling per AU).
+FAMILIES = ("shift", "temperature", "shrunk", "affine")
 # Weight of a standard normal prior on each scale (around 1) and bias (around 0), against the
 # summed NLL: negligible for thousands of frames, and it keeps the bias of a class that the
 # fitting frames never show finite.
 PRIOR_WEIGHT = 0.5
+START_MIX = 0.05  # the base rates' share where the "shrunk" fit starts
 
 
 @dataclass(frozen=True)
-class TaskCalibration:
-    """One task's calibration of T members: logits' = scale * (logits - shift) + bias."""
+class Fit:
+    """One member's calibration of one task's shifted logits z:
+    p = (1 - mix) * activate(scale * z + bias) + mix * rates."""
 
-    shift: np.ndarray  # (n_logits,) what the members' losses added to the true log-odds
-    scale: np.ndarray  # (T, n_logits)
-    bias: np.ndarray  # (T, n_logits)
+    scale: np.ndarray  # (n_logits,)
+    bias: np.ndarray  # (n_logits,)
+    mix: float = 0.0  # the base rates' share
+    rates: np.ndarray | None = None  # (n_groups, n_classes): the fitting frames' label frequencies
 
-    def logits(self, member: int, logits: np.ndarray) -> np.ndarray:
-        """Member `member`'s logits (..., n_logits) -> calibrated logits, float32."""
-        return (self.scale[member] * (np.asarray(logits, np.float64) - self.shift) + self.bias[member]).astype(
-            np.float32)
+    @classmethod
+    def identity(cls, task: Task) -> Fit:
+        return cls(np.ones(task.n_logits), np.zeros(task.n_logits), 0.0, uniform_rates(task))
+
+    def log_probs(self, task: Task, z: np.ndarray) -> torch.Tensor:
+        """Calibrated log-probabilities (n, n_groups, n_classes), float64."""
+        with torch_threads(1):
+            z = torch.from_numpy(np.asarray(z, np.float64))
+            log_probs = task.log_activate(z * torch.from_numpy(self.scale) + torch.from_numpy(self.bias))
+            if not self.mix or self.rates is None:
+                return log_probs
+            return mixed(log_probs, torch.tensor(self.mix, dtype=torch.float64), self.rates)
+
+    def logits(self, task: Task, z: np.ndarray) -> np.ndarray:
+        """Calibrated logits (n, n_logits), float32: what `task.activate` turns into `log_probs`."""
+        if not self.mix:  # the same numbers, without a round trip through log-probabilities
+            return (self.scale * np.asarray(z, np.float64) + self.bias).astype(np.float32)
+        return task.logits_from_log_probs(self.log_probs(task, z)).numpy().astype(np.float32)
+
+
+def uniform_rates(task: Task) -> np.ndarray:
+    return np.full((task.n_groups, task.n_classes), 1.0 / task.n_classes)
+
+
+def base_rates(task: Task, labels: np.ndarray) -> np.ndarray:
+    """Each group's label frequencies (n_groups, n_classes), with half a count added to every
+    class so that none is impossible."""
+    targets = task.group_targets(labels)  # (n, G)
+    counts = np.stack([np.bincount(targets[:, g], minlength=task.n_classes) for g in range(task.n_groups)])
+    return (counts + 0.5) / (counts + 0.5).sum(-1, keepdims=True)
+
+
+def mixed(log_probs: torch.Tensor, mix: torch.Tensor, rates: np.ndarray) -> torch.Tensor:
+    """log((1 - mix) * exp(log_probs) + mix * rates), stable; `log_probs` (n, G, K)."""
+    return torch.logaddexp(torch.log1p(-mix) + log_probs, torch.log(mix) + torch.from_numpy(np.log(rates)))
 
 
 def generation_shift(task: Task, weights: np.ndarray | None, generation: int) -> np.ndarray:
@@ -58,27 +95,32 @@ def generation_shift(task: Task, weights: np.ndarray | None, generation: int) ->
     return shift + (0.0 if later is None else generation * later)
 
 
-def fit_affine(task: Task, logits: np.ndarray, labels: np.ndarray,
-               family: str = "affine") -> tuple[np.ndarray, np.ndarray]:
-    """Scale and bias per logit (n_logits,) each, minimising the NLL of the valid `labels` (`Split`
-    format) under task.activate(scale * logits + bias), with a weak prior around the identity.
-    `family` "temperature": one scale per output group and no bias (temperature scaling)."""
+def fit_affine(task: Task, logits: np.ndarray, labels: np.ndarray, family: str = "affine") -> Fit:
+    """The `Fit` of `family` minimising the NLL of the valid `labels` (`Split` format), with a weak
+    prior around the identity: "affine" a scale and bias per logit; "temperature" one scale per
+    output group and no bias (temperature scaling); "shrunk" that temperature and the share of
+    the frames' base rates to mix in."""
     z = torch.from_numpy(np.asarray(logits, np.float64))  # (n, n_logits)
     targets = torch.from_numpy(task.group_targets(labels)).long()  # (n, G)
-    tied = family == "temperature"
+    tied, shrunk = family in ("temperature", "shrunk"), family == "shrunk"
+    rates = base_rates(task, labels) if shrunk else None
     scale = torch.ones(task.n_groups if tied else task.n_logits, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(task.n_logits, dtype=torch.float64, requires_grad=not tied)
+    # The share is sigmoid(mix_logit), in (0, 1).
+    mix_logit = torch.tensor(np.log(START_MIX / (1 - START_MIX)), dtype=torch.float64, requires_grad=shrunk)
     per_group = task.n_logits // task.n_groups
+    fitted = [scale, mix_logit] if shrunk else [scale] if tied else [scale, bias]
 
     def expanded() -> torch.Tensor:
         return scale.repeat_interleave(per_group) if tied else scale  # (n_logits,)
 
-    optimiser = torch.optim.LBFGS([scale] if tied else [scale, bias], lr=1.0, max_iter=200, tolerance_grad=1e-9,
-                                  line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(fitted, lr=1.0, max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
         optimiser.zero_grad()
-        log_probs = task.log_activate(z * expanded() + bias)  # (n, G, K)
+        log_probs = task.log_activate(z * expanded() + bias)
+        if rates is not None:
+            log_probs = mixed(log_probs, torch.sigmoid(mix_logit), rates)
         nll = -log_probs.gather(-1, targets[..., None]).sum()
         loss = (nll + PRIOR_WEIGHT * (((scale - 1) ** 2).sum() + (bias**2).sum())) / max(len(z), 1)
         loss.backward()
@@ -88,22 +130,22 @@ def fit_affine(task: Task, logits: np.ndarray, labels: np.ndarray,
     # fit instead of 0.09 s (the same 9 evaluations).
     with torch.enable_grad(), torch_threads(1):
         optimiser.step(objective)
-        return expanded().detach().numpy().copy(), bias.detach().numpy().copy()
+        mix = float(torch.sigmoid(mix_logit.detach())) if shrunk else 0.0
+        return Fit(expanded().detach().numpy().copy(), bias.detach().numpy().copy(), mix,
+                   uniform_rates(task) if rates is None else rates)
 
 
-def frame_nll(task: Task, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The NLL of each frame's `labels` (`Split` format) under task.activate(logits), summed over
+def frame_nll(task: Task, log_probs: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """The NLL of each frame's `labels` (`Split` format) under `log_probs` (n, G, K), summed over
     its output groups: (n,)."""
     targets = torch.from_numpy(task.group_targets(labels)).long()
-    with torch_threads(1):
-        log_probs = task.log_activate(torch.from_numpy(np.asarray(logits, np.float64)))  # (n, G, K)
-        return -log_probs.gather(-1, targets[..., None])[..., 0].sum(-1).numpy()
+    return -log_probs.gather(-1, targets[..., None])[..., 0].sum(-1).numpy()
 
 
-def fit_family(task: Task, logits: np.ndarray, labels: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, bias) per logit of one of `FAMILIES` fitted on these frames: "shift" fits nothing."""
+def fit_family(task: Task, logits: np.ndarray, labels: np.ndarray, family: str) -> Fit:
+    """The `Fit` of one of `FAMILIES` on these frames: "shift" fits nothing."""
     if family == "shift":
-        return np.ones(task.n_logits), np.zeros(task.n_logits)
+        return Fit.identity(task)
     return fit_affine(task, logits, labels, family)
 
 
@@ -124,8 +166,8 @@ def choose_family(task: Task, logits: np.ndarray, labels: np.ndarray, video: np.
     for k in np.unique(fold):
         inside = fold != k
         for f, family in enumerate(FAMILIES):
-            scale, bias = fit_family(task, logits[inside], labels[inside], family)
-            nll = frame_nll(task, scale * logits[~inside] + bias, labels[~inside])
+            fit = fit_family(task, logits[inside], labels[inside], family)
+            nll = frame_nll(task, fit.log_probs(task, logits[~inside]), labels[~inside])
             per_video[f] += np.bincount(which[~inside], weights=nll, minlength=len(names))
     best = per_video[per_video.sum(1).argmin()]
     within = [(per_video[f] - best).sum() <= np.std(per_video[f] - best) * np.sqrt(len(names))
@@ -135,15 +177,15 @@ def choose_family(task: Task, logits: np.ndarray, labels: np.ndarray, video: np.
 
 def fit_member(tasks: TaskSet, logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
                masks: Mapping[str, np.ndarray], shifts: Mapping[str, np.ndarray], video: np.ndarray,
-               rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """One member's (scale, bias) per calibrated task, of the family `choose_family` picks on the
-    valid frames among `rows` and fitted on them; the identity for a task without one."""
+               rows: np.ndarray) -> dict[str, Fit]:
+    """One member's `Fit` per calibrated task, of the family `choose_family` picks on the valid
+    frames among `rows` and fitted on them; the identity for a task without one."""
     fitted = {}
     for name, shift in shifts.items():
         task = tasks[name]
         valid = rows[valid_rows(masks, name, len(logits[name]))[rows]] if name in labels else rows[:0]
         if not len(valid):
-            fitted[name] = np.ones(task.n_logits), np.zeros(task.n_logits)
+            fitted[name] = Fit.identity(task)
             continue
         shifted, truth = np.asarray(logits[name])[valid] - shift, np.asarray(labels[name])[valid]
         fitted[name] = fit_family(task, shifted, truth, choose_family(task, shifted, truth, video[valid]))
@@ -164,8 +206,35 @@ def folds_by_video(video: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.n
 
 
 @dataclass(frozen=True)
+class TaskCalibration:
+    """One task's calibration of T members: member m's logits -> fit m's of (logits - shift)."""
+
+    task: Task
+    shift: np.ndarray  # (n_logits,) what the members' losses added to the true log-odds
+    scale: np.ndarray  # (T, n_logits)
+    bias: np.ndarray  # (T, n_logits)
+    mix: np.ndarray  # (T,) the base rates' share
+    rates: np.ndarray  # (T, n_groups, n_classes)
+
+    @classmethod
+    def of(cls, task: Task, shift: np.ndarray, fits: list[Fit]) -> TaskCalibration:
+        return cls(task, np.asarray(shift, np.float64), np.stack([f.scale for f in fits]),
+                   np.stack([f.bias for f in fits]), np.array([f.mix for f in fits], np.float64),
+                   np.stack([uniform_rates(task) if f.rates is None else f.rates for f in fits]))
+
+    def fit(self, member: int) -> Fit:
+        return Fit(self.scale[member], self.bias[member], float(self.mix[member]), self.rates[member])
+
+    def logits(self, member: int, logits: np.ndarray) -> np.ndarray:
+        """Member `member`'s logits (..., n_logits) -> calibrated logits, float32."""
+        logits = np.asarray(logits, np.float64)
+        flat = self.fit(member).logits(self.task, logits.reshape(-1, logits.shape[-1]) - self.shift)
+        return flat.reshape(logits.shape)
+
+
+@dataclass(frozen=True)
 class Calibration:
-    """A generation's calibration: per calibrated task, every member's scale and bias."""
+    """A generation's calibration: per calibrated task, every member's fit."""
 
     tasks: dict[str, TaskCalibration]
 
@@ -177,22 +246,28 @@ class Calibration:
     def save(self, path: Path) -> None:
         arrays = {}
         for name, fit in self.tasks.items():
-            arrays |= {f"{name}.shift": fit.shift, f"{name}.scale": fit.scale, f"{name}.bias": fit.bias}
+            arrays |= {f"{name}.{key}": getattr(fit, key) for key in ("shift", "scale", "bias", "mix", "rates")}
         save_arrays(path, arrays)
 
     @classmethod
     def load(cls, path: Path, tasks: TaskSet) -> Calibration:
-        """What `save` wrote for a run of `tasks`; InputError naming the file for anything else."""
+        """What `save` wrote for a run of `tasks` (one written before the base rates' share reads
+        as a share of 0); InputError naming the file for anything else."""
         arrays = load_arrays(path)
         fits = {}
         for name in {key.split(".")[0] for key in arrays}:
             try:
-                fit = TaskCalibration(arrays[f"{name}.shift"], arrays[f"{name}.scale"], arrays[f"{name}.bias"])
-                n_logits = tasks[name].n_logits
-            except (KeyError, ValueError) as error:
+                task = tasks[name]
+                scale = arrays[f"{name}.scale"]
+                fit = TaskCalibration(task, arrays[f"{name}.shift"], scale, arrays[f"{name}.bias"],
+                                      arrays.get(f"{name}.mix", np.zeros(len(scale))),
+                                      arrays.get(f"{name}.rates", np.stack([uniform_rates(task)] * len(scale))))
+            except (KeyError, ValueError, TypeError) as error:
                 raise InputError(f"{path} is not a calibration of this run ({error})") from None
-            shapes = (fit.shift.shape, fit.scale.shape[1:], fit.bias.shape)
-            if shapes != ((n_logits,), (n_logits,), fit.scale.shape):
+            T = len(fit.scale)
+            shapes = (fit.shift.shape, fit.scale.shape, fit.bias.shape, fit.mix.shape, fit.rates.shape)
+            if shapes != ((task.n_logits,), (T, task.n_logits), (T, task.n_logits), (T,),
+                          (T, task.n_groups, task.n_classes)):
                 raise InputError(f"{path} is not a calibration of this run ({name} has the wrong shape)")
             fits[name] = fit
         return cls(fits)
@@ -207,7 +282,7 @@ def calibrate(tasks: TaskSet, member_logits: list[Mapping[str, np.ndarray]], lab
     n = len(video)
     fold = folds_by_video(video, seed=seed)
     everything = np.arange(n)
-    fits: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in shifts}
+    fits: dict[str, list[Fit]] = {name: [] for name in shifts}
     crossed = []
     for logits in member_logits:
         for name, fit in fit_member(tasks, logits, labels, masks, shifts, video, everything).items():
@@ -215,11 +290,8 @@ def calibrate(tasks: TaskSet, member_logits: list[Mapping[str, np.ndarray]], lab
         out = {name: np.array(value, copy=True) for name, value in logits.items()}
         for k in np.unique(fold):
             held_out = fold == k
-            fits_k = fit_member(tasks, logits, labels, masks, shifts, video, everything[~held_out])
-            for name, (scale, bias) in fits_k.items():
-                out[name][held_out] = scale * (logits[name][held_out] - shifts[name]) + bias
+            for name, fit in fit_member(tasks, logits, labels, masks, shifts, video, everything[~held_out]).items():
+                out[name][held_out] = fit.logits(tasks[name], logits[name][held_out] - shifts[name])
         crossed.append(out)
-    calibration = Calibration({name: TaskCalibration(np.asarray(shifts[name], np.float64),
-                                                     np.stack([s for s, _ in pairs]), np.stack([b for _, b in pairs]))
-                               for name, pairs in fits.items()})
-    return calibration, crossed
+    return Calibration({name: TaskCalibration.of(tasks[name], shifts[name], pairs)
+                        for name, pairs in fits.items()}), crossed

@@ -84,6 +84,10 @@ class BinaryTask(Task):
         return torch.stack([torch.nn.functional.logsigmoid(-logits),
                             torch.nn.functional.logsigmoid(logits)], dim=-1)
 
+    def logits_from_log_probs(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """(..., n, 2) -> (..., n): the log-odds of presence."""
+        return log_probs[..., 1] - log_probs[..., 0]
+
     def distributions(self, probs: np.ndarray) -> np.ndarray:
         """P(present) (..., n) -> (..., n, 2) over (absent, present)."""
         probs = self._outputs(probs)

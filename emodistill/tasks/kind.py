@@ -77,6 +77,11 @@ class Task(ABC):
         grouped = logits.unflatten(-1, (self.n_groups, self.n_classes))
         return torch.log_softmax(grouped, dim=-1)
 
+    def logits_from_log_probs(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (..., n_groups, n_classes) -> logits (..., n_logits) that
+        `log_activate` turns back into them."""
+        return log_probs.flatten(-2)
+
     def distributions(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities (..., n_logits) -> one distribution per group (..., n_groups, n_classes)."""
         probs = self._outputs(probs)
