@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import ledoit_wolf
 
-from emodistill.core.checkpoints import save_arrays
+from emodistill.core.checkpoints import load_arrays, save_arrays
 from emodistill.core.errors import InputError
 from emodistill.data.ood import load_nonfaces
 from emodistill.evaluation.density import (
@@ -113,6 +113,12 @@ def test_a_stored_density_scores_as_it_was_fitted(tmp_path: Path):
     assert loaded.score(features) == pytest.approx(density.score(features))
     assert loaded.score(features[:1]) == pytest.approx(members[0].score(features[0]))
     assert (loaded.threshold_for(1), loaded.threshold_for(2)) == (1.5, 1.2)
+    # Fitted on the stage statistics of the version before (raw spreads; no version stored): refused.
+    arrays = load_arrays(tmp_path / "density.safetensors")
+    del arrays["statistics_version"]
+    save_arrays(tmp_path / "raw-spreads.safetensors", arrays)
+    with pytest.raises(InputError, match=r"raw-spreads\.safetensors .*earlier version.*emodistill evaluate"):
+        EnsembleDensity.load(tmp_path / "raw-spreads.safetensors")
     (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match=r"broken\.safetensors"):
         EnsembleDensity.load(tmp_path / "broken.safetensors")

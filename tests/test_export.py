@@ -13,7 +13,7 @@ from emodistill.cli import main
 from emodistill.core.errors import InputError
 from emodistill.models import build_model
 from emodistill.models.members import TorchMember
-from emodistill.models.onnx import OnnxMember, export_member
+from emodistill.models.onnx import STATISTICS_KEY, OnnxMember, export_member
 from emodistill.run import Run, export_run, parse_generation
 from emodistill.tasks import PAPER_TASKS
 
@@ -86,6 +86,13 @@ def test_exported_features_are_the_density_inputs(tmp_path: Path) -> None:
     np.testing.assert_allclose(features, from_torch, atol=1e-4)
     assert member.has_features
     np.testing.assert_allclose(logits["AU"], member.forward_stateful(frames, audio)[0]["AU"], atol=1e-6)
+    # A file whose stage statistics are of another version (or unstated) is not read for them.
+    exported = onnx.load(str(tmp_path / "m.onnx"))
+    kept = [p for p in exported.metadata_props if p.key != STATISTICS_KEY]
+    del exported.metadata_props[:]
+    exported.metadata_props.extend(kept)
+    onnx.save(exported, str(tmp_path / "old.onnx"))
+    assert not OnnxMember(tmp_path / "old.onnx").has_features
 
 
 def test_exported_graph_has_the_documented_interface(tmp_path: Path) -> None:

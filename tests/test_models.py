@@ -23,7 +23,14 @@ from emodistill.models import (
     load_backbone_weights,
     presets_table,
 )
-from emodistill.models.mobilefacenet import STAGE_ENDS, PReLU, final_map_size, scale_channels, statistics_dim
+from emodistill.models.mobilefacenet import (
+    SPREAD_FLOOR,
+    STAGE_ENDS,
+    PReLU,
+    final_map_size,
+    scale_channels,
+    statistics_dim,
+)
 from emodistill.tasks import PAPER_TASKS
 
 B, L = 2, 4
@@ -366,7 +373,7 @@ def test_unreadable_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "demo"])
-def test_stage_statistics_are_each_stage_ends_channel_mean_and_spread(preset: str) -> None:
+def test_stage_statistics_are_each_stage_ends_channel_mean_and_log_spread(preset: str) -> None:
     torch.manual_seed(0)
     backbone = build_model(preset).backbone.eval()
     size = build_model(preset).config.input_size
@@ -381,7 +388,7 @@ def test_stage_statistics_are_each_stage_ends_channel_mean_and_spread(preset: st
         hook.remove()
     assert len(statistics) == len(STAGE_ENDS) == 4 and torch.equal(features, backbone(x))
     for noted, out in zip(statistics, maps, strict=True):
-        torch.testing.assert_close(noted, torch.cat([out.mean((2, 3)), out.std((2, 3))], 1))
+        torch.testing.assert_close(noted, torch.cat([out.mean((2, 3)), torch.log(out.std((2, 3)) + SPREAD_FLOOR)], 1))
     assert torch.cat(statistics, 1).shape == (3, statistics_dim(backbone_width(preset)))
     for tail in (0, 1, 2, 3):  # a front and a tail note the same, in the same order
         split: list[torch.Tensor] = []

@@ -2,9 +2,9 @@
 Mahalanobis distances to class-conditional Gaussians (Lee et al. 2018, DDU), in two parts:
 
 - the visual features, what the face model makes of the frame;
-- the stage statistics, each channel's mean and spread at the end of every resolution stage of
-  the backbone (`mobilefacenet.stage_statistics`), how the image looks to the network on its way
-  (Lee et al. score several layers too). The features alone let non-face photographs and
+- the stage statistics, each channel's mean and log spread at the end of every resolution stage
+  of the backbone (`mobilefacenet.stage_statistics`), how the image looks to the network on its
+  way (Lee et al. score several layers too). The features alone let non-face photographs and
   textures pass (30% of them flagged on the demo); the statistics catch them.
 
 Each part of each member gets its own Gaussians: one mean per class and one covariance shared by
@@ -26,6 +26,7 @@ import numpy as np
 
 from emodistill.core.checkpoints import load_arrays, save_arrays
 from emodistill.core.errors import InputError
+from emodistill.models.mobilefacenet import STATISTICS_VERSION
 
 FALSE_ALARM = 0.05  # the stored threshold flags this share of the validation faces
 
@@ -165,6 +166,7 @@ class EnsembleDensity:
 
     def save(self, path: Path) -> None:
         arrays = {"thresholds": self.thresholds, "false_alarm": np.array([self.false_alarm]),
+                  "statistics_version": np.array([STATISTICS_VERSION]),
                   "scales": np.stack([m.scales for m in self.members]),
                   "shrinkage": np.array([[g.shrinkage for g in m.parts] for m in self.members])}
         for m, member in enumerate(self.members):
@@ -175,7 +177,8 @@ class EnsembleDensity:
     @classmethod
     def load(cls, path: Path) -> EnsembleDensity:
         """What `save` wrote, or a features-only density of an earlier version (one part, scale
-        1: the same scores as then); InputError naming the file for anything else."""
+        1: the same scores as then); InputError naming the file for anything else, a density
+        fitted on another version's stage statistics too."""
         arrays = load_arrays(path)
         try:
             thresholds, shrinkage = arrays["thresholds"], np.asarray(arrays["shrinkage"])
@@ -191,6 +194,10 @@ class EnsembleDensity:
                     for m, row in enumerate(shrinkage))
         except (KeyError, IndexError, TypeError) as error:
             raise InputError(f"{path} is not a density this version wrote (no {error})") from None
+        version = int(arrays["statistics_version"][0]) if "statistics_version" in arrays else 1
+        if any(len(m.parts) > 1 for m in members) and version != STATISTICS_VERSION:
+            raise InputError(f"{path} was fitted on the stage statistics of an earlier version (version {version}, "
+                             f"this one reads version {STATISTICS_VERSION}); run `emodistill evaluate` to refit it")
         if len(thresholds) != len(members) or any(len(m.scales) != len(m.parts) or
                                                   any(g.means.shape[1:] != (g.dim,) for g in m.parts)
                                                   for m in members):

@@ -41,11 +41,20 @@ def _stage_ends() -> tuple[int, ...]:
 STAGE_ENDS = _stage_ends()
 
 
+# What the stage statistics are, stored with every density fitted on them and every ONNX export
+# that computes them, so that neither is read with the other's: 1 was the raw standard deviation,
+# 2 its logarithm.
+STATISTICS_VERSION = 2
+SPREAD_FLOOR = 1e-3  # added to a spread before its logarithm (the demo's smallest is about 1e-2)
+
+
 def stage_statistics(maps: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) maps -> (N, 2C) float32: each channel's mean over the map, then its standard
-    deviation (a texture's signature, as style statistics are)."""
+    """(N, C, h, w) maps -> (N, 2C) float32: each channel's mean over the map, then the logarithm of
+    its standard deviation (a texture's signature, as style statistics are). A spread is a positive
+    scale that varies by factors; on its logarithm a Gaussian finds a map too flat as unusual as
+    one too busy, where on the raw spread, bounded by 0, a flat image lies close to every face."""
     maps = maps.float()
-    return torch.cat([maps.mean((2, 3)), maps.std((2, 3))], dim=1)
+    return torch.cat([maps.mean((2, 3)), torch.log(maps.std((2, 3)) + SPREAD_FLOOR)], dim=1)
 
 
 def density_input(features: torch.Tensor, statistics: list[torch.Tensor]) -> torch.Tensor:

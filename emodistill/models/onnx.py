@@ -28,9 +28,11 @@ from torch import nn
 from emodistill.core.checkpoints import atomic_write
 from emodistill.core.errors import InputError
 from emodistill.models import EMENet, ModelConfig
+from emodistill.models.mobilefacenet import STATISTICS_VERSION
 
 OPSET = 17
 CONFIG_KEY = "emodistill.model_config"  # ONNX metadata: the member's ModelConfig as JSON
+STATISTICS_KEY = "emodistill.statistics_version"  # ONNX metadata: the stage statistics' version
 HIDDEN_OUT = "hidden_out"  # the last ONNX output, the GRU state
 FEATURES_OUT = "features"  # the output before it, each frame's density input; the ones before are the logits
 _ORT_LOAD_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
@@ -94,7 +96,8 @@ def export_member(model: EMENet, path: Path) -> Path:
                 dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
             )
         graph = onnx.load(str(tmp))
-        onnx.helper.set_model_props(graph, {CONFIG_KEY: json.dumps(asdict(config))})
+        onnx.helper.set_model_props(graph, {CONFIG_KEY: json.dumps(asdict(config)),
+                                            STATISTICS_KEY: str(STATISTICS_VERSION)})
         onnx.save(graph, str(tmp))
 
     path = Path(path)
@@ -140,15 +143,18 @@ class OnnxMember:
             )
         except _ORT_LOAD_ERRORS as error:
             raise InputError(f"{self.path} is not a loadable ONNX model ({error})") from None
-        stored = self.session.get_modelmeta().custom_metadata_map.get(CONFIG_KEY)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        stored = metadata.get(CONFIG_KEY)
         if stored is None:
             raise InputError(f"{self.path} was not exported by emodistill (no model config inside)")
         self.config = ModelConfig(**json.loads(stored))
         self.outputs = [o.name for o in self.session.get_outputs()]  # the tasks' logits, FEATURES_OUT, HIDDEN_OUT
         # A file exported before the features were an output has the logits and the state only;
-        # one exported before the stage statistics has the visual features only.
+        # one exported before the stage statistics has the visual features only, and one of an
+        # earlier version of them says so (or nothing).
         shape = {o.name: o.shape for o in self.session.get_outputs()}.get(FEATURES_OUT)
-        self.has_features = shape is not None and shape[-1] == self.config.density_dim
+        self.has_features = (shape is not None and shape[-1] == self.config.density_dim
+                             and metadata.get(STATISTICS_KEY) == str(STATISTICS_VERSION))
         self.logit_names = [o for o in self.outputs if o not in (FEATURES_OUT, HIDDEN_OUT)]
         self.n_tasks = len(self.logit_names)
 
