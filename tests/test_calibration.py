@@ -18,6 +18,7 @@ from emodistill.evaluation.baselines.temperature_scaling import (
     temperature_scaling_cv,
 )
 from emodistill.evaluation.calibration import (
+    FAMILIES,
     Calibration,
     Fit,
     calibrate,
@@ -26,6 +27,7 @@ from emodistill.evaluation.calibration import (
     fit_family,
     folds_by_video,
     generation_shift,
+    mixed,
 )
 from emodistill.evaluation.metrics import nll_binary, nll_categorical
 from emodistill.tasks import AU, EXPR, PAPER_TASKS, VA, VA_BINS, VA_CENTRES
@@ -318,3 +320,24 @@ def test_shrunk_logits_give_the_shrunk_probabilities_and_old_files_read_unshrunk
                                                "EXPR.mix": np.zeros(3)})
     with pytest.raises(InputError, match=r"bad\.safetensors.*wrong shape"):
         Calibration.load(tmp_path / "bad.safetensors", PAPER_TASKS)
+
+
+def test_a_member_always_wrong_gets_a_finite_fit_of_some_family():
+    # Sure of every class but the right one: the best share of the base rates is 1, where the
+    # share's optimum lies at infinity; no fit may turn into NaN and leave no family to choose.
+    rng = np.random.default_rng(9)
+    labels = rng.choice(7, size=66, p=[0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    logits = -8.0 * np.eye(7)[labels] + rng.normal(0, 0.1, (66, 7))
+    video = np.repeat(np.arange(9), 8)[:66]
+    shrunk = fit_family(EXPR, logits, labels, "shrunk")
+    assert shrunk.mix > 0.99 and np.isfinite(shrunk.log_probs(EXPR, logits).numpy()).all()
+    assert choose_family(EXPR, logits, labels, video) in FAMILIES
+    # The mixture and its gradient stay finite at a share of 0 or 1 (as float64 rounds them).
+    log_probs = torch.log_softmax(torch.randn(4, 1, 7, dtype=torch.float64), -1)
+    rates = np.full((1, 7), 1 / 7)
+    for share_logit in (-60.0, 60.0):
+        mix_logit = torch.tensor(share_logit, dtype=torch.float64, requires_grad=True)
+        out = mixed(log_probs, mix_logit, rates)
+        out.sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(mix_logit.grad)
+        assert torch.allclose(out, log_probs if share_logit < 0 else torch.log(torch.from_numpy(rates)).expand(4, 1, 7))

@@ -61,7 +61,7 @@ class Fit:
             log_probs = task.log_activate(z * torch.from_numpy(self.scale) + torch.from_numpy(self.bias))
             if not self.mix or self.rates is None:
                 return log_probs
-            return mixed(log_probs, torch.tensor(self.mix, dtype=torch.float64), self.rates)
+            return mixed(log_probs, torch.logit(torch.tensor(self.mix, dtype=torch.float64)), self.rates)
 
     def logits(self, task: Task, z: np.ndarray) -> np.ndarray:
         """Calibrated logits (n, n_logits), float32: what `task.activate` turns into `log_probs`."""
@@ -82,9 +82,11 @@ def base_rates(task: Task, labels: np.ndarray) -> np.ndarray:
     return (counts + 0.5) / (counts + 0.5).sum(-1, keepdims=True)
 
 
-def mixed(log_probs: torch.Tensor, mix: torch.Tensor, rates: np.ndarray) -> torch.Tensor:
-    """log((1 - mix) * exp(log_probs) + mix * rates), stable; `log_probs` (n, G, K)."""
-    return torch.logaddexp(torch.log1p(-mix) + log_probs, torch.log(mix) + torch.from_numpy(np.log(rates)))
+def mixed(log_probs: torch.Tensor, mix_logit: torch.Tensor, rates: np.ndarray) -> torch.Tensor:
+    """log((1 - mix) * exp(log_probs) + mix * rates) with mix = sigmoid(mix_logit), stable for any
+    `mix_logit` (a share of 0 or 1 included); `log_probs` (n, G, K)."""
+    return torch.logaddexp(torch.nn.functional.logsigmoid(-mix_logit) + log_probs,
+                           torch.nn.functional.logsigmoid(mix_logit) + torch.from_numpy(np.log(rates)))
 
 
 def generation_shift(task: Task, weights: np.ndarray | None, generation: int) -> np.ndarray:
@@ -120,7 +122,7 @@ def fit_affine(task: Task, logits: np.ndarray, labels: np.ndarray, family: str =
         optimiser.zero_grad()
         log_probs = task.log_activate(z * expanded() + bias)
         if rates is not None:
-            log_probs = mixed(log_probs, torch.sigmoid(mix_logit), rates)
+            log_probs = mixed(log_probs, mix_logit, rates)
         nll = -log_probs.gather(-1, targets[..., None]).sum()
         loss = (nll + PRIOR_WEIGHT * (((scale - 1) ** 2).sum() + (bias**2).sum())) / max(len(z), 1)
         loss.backward()
@@ -169,9 +171,12 @@ def choose_family(task: Task, logits: np.ndarray, labels: np.ndarray, video: np.
             fit = fit_family(task, logits[inside], labels[inside], family)
             nll = frame_nll(task, fit.log_probs(task, logits[~inside]), labels[~inside])
             per_video[f] += np.bincount(which[~inside], weights=nll, minlength=len(names))
-    best = per_video[per_video.sum(1).argmin()]
-    within = [(per_video[f] - best).sum() <= np.std(per_video[f] - best) * np.sqrt(len(names))
-              for f in range(len(FAMILIES))]  # the best one always is
+    totals = per_video.sum(1)
+    if not np.isfinite(totals).any():
+        return "shift"
+    best = per_video[np.nanargmin(np.where(np.isfinite(totals), totals, np.nan))]
+    within = [bool((per_video[f] - best).sum() <= np.std(per_video[f] - best) * np.sqrt(len(names)))
+              for f in range(len(FAMILIES))]  # the best one always is; a fit that fails never
     return FAMILIES[within.index(True)]  # simplest first
 
 
