@@ -151,6 +151,7 @@ def run_configs(draw) -> object:
 @given(run_configs())
 @example({"data": "data/synth", "train": {"bogus": 1}})
 @example([1, 2])
+@example({"data": "data/synth", "train": {"\n": 0}})  # found by the fuzzer: the field's name broke the line
 def test_run_config_files_fuzzed(scratch: Path, config: object) -> None:
     from emodistill.run import Run, RunConfig
 

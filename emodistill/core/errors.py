@@ -7,7 +7,12 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """Something the user passed in is wrong; the message names the file (and line)."""
+    """Something the user passed in is wrong; the message names the file (and line). A line
+    break that the input itself put into the message (a config field whose name holds one, say)
+    is shown escaped, so the message stays one line."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class DiskFullError(InputError):
