@@ -111,7 +111,7 @@ def ood_table(report: dict) -> str:
              fmt(g.get("ood_auc_epistemic", g["ood_auc"])), *(fmt(g["ood_auc_by_task"].get(t)) for t in tasks)]
             for g in gens]
     note = ("ROC AUC against the OOD set of the feature-density score (Mahalanobis distances of the frame's "
-            "visual features and of its stage statistics, each channel's mean and spread at the end of every "
+            "visual features and of its stage statistics, each channel's mean and log spread at the end of every "
             "resolution stage of the backbone, to class-conditional Gaussians fitted on training frames; per "
             "member the larger of the two, each divided by its own 5% threshold on validation frames, then "
             "averaged over the members; the score `predict` flags with), for the ensemble and a single member "
