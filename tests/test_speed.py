@@ -92,11 +92,13 @@ def test_levers_record_and_auto() -> None:
                                "decode_thread": False, "model_threads": 0}
     assert Levers.auto(["avx2"], threads=2) == Levers(batched=True, bf16=False, fold_bn=True, decode_thread=True)
     assert Levers.auto(["amx_tile"]).as_dict()["bf16"] is True
-    # bf16 members leave one core to the decode-and-detect thread; fp32 ones keep every core.
+    # bf16 members on matrix units leave one core to the decode-and-detect thread; fp32 ones keep every core.
     assert Levers.auto(["amx_tile"], threads=2).model_threads == 1
     assert Levers.auto(["amx_tile"], threads=8).model_threads == 7
     assert Levers.auto(["amx_tile"], threads=1).model_threads == 0
     assert Levers.auto(["avx2"], threads=8).model_threads == 0
+    # bf16 without matrix units: the members are the slower stage and keep every thread.
+    assert Levers.auto(["avx512_bf16"], threads=2) == Levers(batched=True, bf16=True, fold_bn=True, decode_thread=True)
     assert Levers.auto(["amx_tile"], threads=2, bf16=False) == Levers.auto(["avx2"], threads=2)  # --fp32
     with pytest.raises(InputError, match="model_threads"):
         Levers(model_threads=-1)

@@ -37,6 +37,7 @@ from emodistill.models.mobilefacenet import MobileFaceNet, density_input, shared
 # CPU flags (as /proc/cpuinfo spells them) with which PyTorch's oneDNN kernels multiply bf16 in
 # hardware; without them bf16 is emulated and slower than fp32.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+AMX_FLAGS = ("amx_bf16", "amx_tile")  # bf16 on matrix units: fast enough for the members to spare a core
 
 # How far bf16 autocast may move `predict`'s numeric outputs from fp32. Measured on a Xeon with
 # AMX, the demo's trained teachers and third students on 1,192 validation crops: probabilities
@@ -93,17 +94,18 @@ class Levers:
         BatchNorm and the decode thread always, bf16 only on a CPU with native bf16
         (`bf16_fast`) and unless `bf16` is False.
 
-        With bf16 the members run on one thread fewer than PyTorch's `threads` (default: its
-        current setting), leaving a core to the decode-and-detect thread: the bf16 members on one
-        core keep up with dlib on the other, while two OpenMP threads and the detector fight
-        over two cores. Measured on a 2-core Xeon with AMX, 5 EMENet-V members, whole pipeline:
-        35.4-35.8 frames/s on one thread against 32.2-32.5 on two. In fp32 the members are the
-        slower stage and lose more than they gain (20.4-20.5 against 24.3-24.5), so they keep
-        every thread."""
+        With bf16 on matrix units (AMX) the members run on one thread fewer than PyTorch's
+        `threads` (default: its current setting), leaving a core to the decode-and-detect
+        thread: the bf16 members on one core keep up with the detector on the other, while two
+        OpenMP threads and the detector fight over two cores (5 EMENet-V members, whole pipeline,
+        2-core Xeon: 35.4-35.8 frames/s on one thread, 32.2-32.5 on two). Without matrix units
+        the members are the slower stage and keep every thread (2-core Zen 4 EPYC, bf16: 43.2
+        on one, 58.9 on two; the Xeon in fp32: 20.4-20.5 on one, 24.3-24.5 on two)."""
         bf16 = bf16 and bf16_fast(flags)
         threads = torch.get_num_threads() if threads is None else threads
+        amx = any(flag in set(cpu_flags() if flags is None else flags) for flag in AMX_FLAGS)
         return cls(batched=True, bf16=bf16, fold_bn=True, decode_thread=True,
-                   model_threads=threads - 1 if bf16 and threads > 1 else 0)
+                   model_threads=threads - 1 if bf16 and amx and threads > 1 else 0)
 
 
 @contextmanager
