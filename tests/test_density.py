@@ -1,5 +1,6 @@
 """The feature-density OOD score: Mahalanobis distances against hand-computed ones, thresholds
-against the false-alarm rate they promise, the stored file, and the real non-face pictures."""
+against the false-alarm rate they promise, the stored file, the real non-face pictures, and the
+stage statistics the backbone notes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import ledoit_wolf
 
@@ -23,6 +25,8 @@ from emodistill.evaluation.density import (
     threshold,
 )
 from emodistill.evaluation.ood import held_out_flag_rate
+from emodistill.models import build_model
+from emodistill.models.mobilefacenet import SPREAD_FLOOR, STAGE_ENDS, statistics_dim
 
 
 def test_distance_worked_by_hand_in_one_dimension():
@@ -147,3 +151,30 @@ def test_nonface_pictures_are_real_and_varied():
     assert images.shape[1:] == (32, 32, 3) and images.dtype == np.uint8 and len(images) > 300
     assert np.std(images.reshape(len(images), -1).mean(1)) > 20  # dark skies to white pages
     assert np.array_equal(images, load_nonfaces(32).images)  # the same tiles every time
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_stage_statistics_are_each_stage_ends_channel_mean_and_log_spread(preset: str) -> None:
+    # The density's second part, as the backbone notes it on its way (a whole pass, or a front
+    # and a tail).
+    torch.manual_seed(0)
+    model = build_model(preset)
+    backbone, size = model.backbone.eval(), model.config.input_size
+    x = torch.rand(3, 3, size, size)
+    ends = [backbone.stem_dw if end < 0 else backbone.blocks[end] for end in STAGE_ENDS]
+    maps: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: maps.append(out)) for layer in ends]
+    statistics: list[torch.Tensor] = []
+    with torch.no_grad():
+        features = backbone(x, statistics)
+    for hook in hooks:
+        hook.remove()
+    assert len(statistics) == len(STAGE_ENDS) == 4 and torch.equal(features, backbone(x))
+    for noted, out in zip(statistics, maps, strict=True):
+        torch.testing.assert_close(noted, torch.cat([out.mean((2, 3)), torch.log(out.std((2, 3)) + SPREAD_FLOOR)], 1))
+    assert torch.cat(statistics, 1).shape == (3, statistics_dim(model.config.width_mult))
+    for tail in (0, 1, 2, 3):  # a front and a tail note the same, in the same order
+        split: list[torch.Tensor] = []
+        with torch.no_grad():
+            backbone.tail(backbone.front(x, tail, split), tail, split)
+        torch.testing.assert_close(torch.cat(split, 1), torch.cat(statistics, 1))

@@ -23,14 +23,7 @@ from emodistill.models import (
     load_backbone_weights,
     presets_table,
 )
-from emodistill.models.mobilefacenet import (
-    SPREAD_FLOOR,
-    STAGE_ENDS,
-    PReLU,
-    final_map_size,
-    scale_channels,
-    statistics_dim,
-)
+from emodistill.models.mobilefacenet import PReLU, final_map_size, scale_channels
 from emodistill.tasks import PAPER_TASKS
 
 B, L = 2, 4
@@ -370,32 +363,3 @@ def test_unreadable_checkpoints(tmp_path):
         load_backbone_weights(build_model("tiny"), not_tensors)
     with pytest.raises(InputError, match=r"missing\.pt: backbone checkpoint not found"):
         load_backbone_weights(build_model("tiny"), tmp_path / "missing.pt")
-
-
-@pytest.mark.parametrize("preset", ["tiny", "demo"])
-def test_stage_statistics_are_each_stage_ends_channel_mean_and_log_spread(preset: str) -> None:
-    torch.manual_seed(0)
-    backbone = build_model(preset).backbone.eval()
-    size = build_model(preset).config.input_size
-    x = torch.rand(3, 3, size, size)
-    ends = [backbone.stem_dw if end < 0 else backbone.blocks[end] for end in STAGE_ENDS]
-    maps: list[torch.Tensor] = []
-    hooks = [layer.register_forward_hook(lambda _m, _i, out: maps.append(out)) for layer in ends]
-    statistics: list[torch.Tensor] = []
-    with torch.no_grad():
-        features = backbone(x, statistics)
-    for hook in hooks:
-        hook.remove()
-    assert len(statistics) == len(STAGE_ENDS) == 4 and torch.equal(features, backbone(x))
-    for noted, out in zip(statistics, maps, strict=True):
-        torch.testing.assert_close(noted, torch.cat([out.mean((2, 3)), torch.log(out.std((2, 3)) + SPREAD_FLOOR)], 1))
-    assert torch.cat(statistics, 1).shape == (3, statistics_dim(backbone_width(preset)))
-    for tail in (0, 1, 2, 3):  # a front and a tail note the same, in the same order
-        split: list[torch.Tensor] = []
-        with torch.no_grad():
-            backbone.tail(backbone.front(x, tail, split), tail, split)
-        torch.testing.assert_close(torch.cat(split, 1), torch.cat(statistics, 1))
-
-
-def backbone_width(preset: str) -> float:
-    return build_model(preset).config.width_mult
