@@ -118,4 +118,3 @@ def random_run(root: Path, preset: str, members: int, crops: np.ndarray, frozen_
                                            "note": "random initialisation, for the benchmark"})
     export_run(root)
     return run
-

@@ -216,11 +216,16 @@ class MobileFaceNet(nn.Module):
                 statistics.append(stage_statistics(x))
         return x
 
-    def tail_layers(self, blocks: int) -> list[nn.Module]:
-        """The last `blocks` bottlenecks and the output layers (1x1, GDC); none for 0 blocks."""
+    def _tail_start(self, blocks: int) -> int:
+        """The index of the first of the last `blocks` bottlenecks; ValueError for a count the
+        network does not have."""
         if not 0 <= blocks <= len(self.blocks):
             raise ValueError(f"a tail of {blocks} blocks: the network has {len(self.blocks)}")
-        return [*self.blocks[len(self.blocks) - blocks :], self.pointwise, self.gdc] if blocks else []
+        return len(self.blocks) - blocks
+
+    def tail_layers(self, blocks: int) -> list[nn.Module]:
+        """The last `blocks` bottlenecks and the output layers (1x1, GDC); none for 0 blocks."""
+        return [*self.blocks[self._tail_start(blocks) :], self.pointwise, self.gdc] if blocks else []
 
     def front(self, x: torch.Tensor, tail_blocks: int, statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Everything below the tail of `tail_blocks` blocks: its input maps (N, C, s, s), or the
@@ -228,15 +233,13 @@ class MobileFaceNet(nn.Module):
         the statistics the two note, in turn, are those `forward` notes."""
         if not tail_blocks:
             return self(x, statistics)
-        self.tail_layers(tail_blocks)  # checks the count
-        return self._blocks(self._stem(x, statistics), 0, len(self.blocks) - tail_blocks, statistics)
+        return self._blocks(self._stem(x, statistics), 0, self._tail_start(tail_blocks), statistics)
 
     def tail(self, maps: torch.Tensor, tail_blocks: int, statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The tail of `tail_blocks` blocks on `front`'s output: features (N, 512)."""
         if not tail_blocks:
             return maps.flatten(1)
-        self.tail_layers(tail_blocks)
-        maps = self._blocks(maps, len(self.blocks) - tail_blocks, len(self.blocks), statistics)
+        maps = self._blocks(maps, self._tail_start(tail_blocks), len(self.blocks), statistics)
         return self.gdc(self.pointwise(maps)).flatten(1)
 
     def front_tensors(self, tail_blocks: int) -> list[torch.Tensor]:

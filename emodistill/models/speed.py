@@ -101,9 +101,9 @@ class Levers:
         2-core Xeon: 35.4-35.8 frames/s on one thread, 32.2-32.5 on two). Without matrix units
         the members are the slower stage and keep every thread (2-core Zen 4 EPYC, bf16: 43.2
         on one, 58.9 on two; the Xeon in fp32: 20.4-20.5 on one, 24.3-24.5 on two)."""
-        bf16 = bf16 and bf16_fast(flags)
+        have = set(cpu_flags() if flags is None else flags)
+        bf16, amx = bf16 and bf16_fast(have), any(flag in have for flag in AMX_FLAGS)
         threads = torch.get_num_threads() if threads is None else threads
-        amx = any(flag in set(cpu_flags() if flags is None else flags) for flag in AMX_FLAGS)
         return cls(batched=True, bf16=bf16, fold_bn=True, decode_thread=True,
                    model_threads=threads - 1 if bf16 and amx and threads > 1 else 0)
 
